@@ -1,0 +1,3 @@
+from unfreeze.cli import main
+
+raise SystemExit(main())
