@@ -1,0 +1,138 @@
+"""The SMS Spam Collection, split exactly as the reference does.
+
+Reference recipe (LLMs-from-scratch ch06, `additional_experiments.py`; checked in DESIGN.md): read the
+tab-separated file with pandas' default quoting (a stray `"` merges two lines, giving 5572 rows),
+sample as many ham as there are spam (747) with `random_state=123`, concatenate ham then spam,
+shuffle with `random_state=123`, map ham->0 spam->1, shuffle *again* with `random_state=123` (the
+reference's `random_split` shuffles before cutting), and cut 70/10/20 in order.
+Result: train 1045 (530 ham / 515 spam), validation 149 (76/73), test 300 (141/159).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from unfreeze.errors import UsageError
+
+URLS = (
+    "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+    # The reference's backup mirror, used when UCI is down.
+    "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
+)
+SPLIT_SEED = 123  # fixed by the reference; the split does not follow --seed so results stay comparable
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+@dataclass
+class Splits:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    source: str
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("UNFREEZE_CACHE", Path.home() / ".cache" / "unfreeze"))
+
+
+def download(target: Path | None = None, timeout: float = 30.0) -> Path:
+    """Download the collection (UCI, then the reference's mirror) and keep `SMSSpamCollection`."""
+    target = target or cache_dir() / "sms_spam" / "SMSSpamCollection"
+    if target.exists():
+        return target
+    errors = []
+    for url in URLS:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+            with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+                content = archive.read("SMSSpamCollection")
+        except (urllib.error.URLError, TimeoutError, OSError, zipfile.BadZipFile, KeyError) as err:
+            errors.append(f"{url}: {err}")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
+        return target
+    raise UsageError(
+        "could not download the SMS Spam Collection (" + "; ".join(errors)[:300] + "); "
+        "offline? pass --data /path/to/SMSSpamCollection"
+    )
+
+
+def read_collection(path: Path) -> pd.DataFrame:
+    """The raw tab-separated file as (Label, Text), validated."""
+    try:
+        frame = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"])
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise UsageError(f"--data {path}: not a tab-separated SMSSpamCollection file ({err})") from None
+    labels = set(frame["Label"].dropna().unique())
+    if frame.empty or not labels or not labels <= {"ham", "spam"} or frame["Text"].isna().all():
+        raise UsageError(
+            f"--data {path}: expected lines 'ham<TAB>text' or 'spam<TAB>text', found labels {sorted(map(str, labels))[:5]}"
+        )
+    return frame
+
+
+def balanced_split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float = 0.1) -> tuple:
+    """Balance ham to the spam count, shuffle, and cut in order, exactly like the reference."""
+    spam = frame[frame["Label"] == "spam"]
+    ham = frame[frame["Label"] == "ham"]
+    if len(spam) == 0 or len(ham) < len(spam):
+        raise UsageError(f"--data: need at least as many ham as spam messages (ham {len(ham)}, spam {len(spam)})")
+    balanced = pd.concat([ham.sample(len(spam), random_state=SPLIT_SEED), spam])
+    balanced = balanced.sample(frac=1, random_state=SPLIT_SEED).reset_index(drop=True)
+    balanced["Label"] = balanced["Label"].map({"ham": 0, "spam": 1})
+    balanced = balanced.sample(frac=1, random_state=SPLIT_SEED).reset_index(drop=True)
+    train_end = int(len(balanced) * train_frac)
+    validation_end = train_end + int(len(balanced) * validation_frac)
+    return balanced[:train_end], balanced[train_end:validation_end], balanced[validation_end:]
+
+
+def _read_split_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UsageError(f"--data {path}: unreadable CSV ({err})") from None
+    missing = {"Label", "Text"} - set(frame.columns)
+    if missing:
+        raise UsageError(f"--data {path}: missing column(s) {', '.join(sorted(missing))}; expected Label,Text")
+    if not set(frame["Label"].unique()) <= {0, 1}:
+        raise UsageError(f"--data {path}: Label must be 0 (ham) or 1 (spam)")
+    frame["Text"] = frame["Text"].fillna("").astype(str)
+    return frame
+
+
+def load_splits(data: str | None) -> Splits:
+    """`data`: None (download and cache), the raw collection file, or a folder of split CSVs."""
+    if data is None:
+        path = download()
+    else:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise UsageError(f"--data {data}: no such file or folder")
+    if path.is_dir():
+        files = [path / f"{name}.csv" for name in SPLIT_NAMES]
+        absent = [f.name for f in files if not f.exists()]
+        if absent:
+            raise UsageError(f"--data {path}: folder lacks {', '.join(absent)} (expected train/validation/test.csv)")
+        train, validation, test = (_read_split_csv(f) for f in files)
+    else:
+        train, validation, test = balanced_split(read_collection(path))
+    for name, frame in zip(SPLIT_NAMES, (train, validation, test)):
+        if len(frame) == 0:
+            raise UsageError(f"--data {path}: the {name} split is empty; provide more examples")
+    reset = [f.reset_index(drop=True) for f in (train, validation, test)]
+    return Splits(*reset, source=str(path))

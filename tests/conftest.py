@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny data and a byte-level tokenizer made by the tests, and ../shared/data when present."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's reversible byte -> printable-character table: printable Latin-1 bytes map to themselves,
+    # the remaining 68 bytes to code points from 256 upward.
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in keep:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer_dir(tmp_path_factory) -> Path:
+    """A GPT-2-style tokenizer folder with one token per byte (no merges) and <|endoftext|> = 50256."""
+    folder = tmp_path_factory.mktemp("byte_tokenizer")
+    vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
+    vocab["<|endoftext|>"] = 50256
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "model_max_length": 1024}), encoding="utf-8")
+    return folder
+
+
+def make_spam_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Separable toy messages: spam shouts about prizes, ham talks about dinner."""
+    rng = random.Random(seed)
+    spam_words = ["WIN", "PRIZE", "CASH", "FREE", "CALL", "NOW", "CLAIM"]
+    ham_words = ["see", "you", "at", "dinner", "ok", "later", "home", "love"]
+    rows = []
+    for i in range(n):
+        label = "spam" if i % 2 else "ham"
+        words = spam_words if label == "spam" else ham_words
+        rows.append((label, " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))))
+    return rows
+
+
+@pytest.fixture
+def spam_csv_dir(tmp_path) -> Path:
+    """A folder with train/validation/test.csv (Label 0/1, Text), 48/16/16 rows."""
+    import pandas as pd
+
+    rows = make_spam_rows(80)
+    frame = pd.DataFrame({"Label": [1 if l == "spam" else 0 for l, _ in rows], "Text": [t for _, t in rows]})
+    folder = tmp_path / "spam"
+    folder.mkdir()
+    frame[:48].to_csv(folder / "train.csv", index=False)
+    frame[48:64].to_csv(folder / "validation.csv", index=False)
+    frame[64:].to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA

@@ -1,0 +1,181 @@
+"""The model, the presets and LoRA: each flag's effect, asserted on a 2-layer GPT-2."""
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2Model
+
+from unfreeze import trainable
+from unfreeze.models import lora as lora_lib
+from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
+
+N_EMBD, N_LAYER = 32, 2
+
+
+def tiny_classifier(seed=0, **kwargs) -> GPT2Classifier:
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=N_LAYER, n_embd=N_EMBD, n_head=2, n_positions=64, vocab_size=50257,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = "sdpa"
+    model = GPT2Classifier(GPT2Model(config), **kwargs)
+    return model.eval()
+
+
+def ids(batch=3, length=10, seed=1):
+    return torch.randint(0, 50000, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def block_params(model, index):
+    return {f"body.h.{index}.{name}" for name, _ in model.body.h[index].named_parameters()}
+
+
+HEAD = {"head.weight", "head.bias"}
+LN_F = {"body.ln_f.weight", "body.ln_f.bias"}
+
+
+@pytest.mark.parametrize("preset", ["last_layer", "last_block", "last_two_blocks", "all"])
+def test_presets_train_exactly_the_named_tensors(preset):
+    model = tiny_classifier()
+    trainable.classifier_preset(model, preset)
+    names = set(trainable.trainable_summary(model)["trainable_tensors"])
+    expected = {
+        "last_layer": HEAD,
+        "last_block": HEAD | LN_F | block_params(model, 1),
+        "last_two_blocks": HEAD | LN_F | block_params(model, 1) | block_params(model, 0),
+        "all": {name for name, _ in model.named_parameters()},
+    }[preset]
+    assert names == expected
+    # Counts: one block of GPT-2 has 12 d^2 + 13 d parameters; LayerNorm 2d; the head 2d + 2.
+    d = N_EMBD
+    block, head = 12 * d * d + 13 * d, 2 * d + 2
+    count = trainable.trainable_summary(model)["trainable_params"]
+    assert count == {"last_layer": head, "last_block": head + 2 * d + block,
+                     "last_two_blocks": head + 2 * d + 2 * block,
+                     "all": sum(p.numel() for p in model.parameters())}[preset]
+
+
+@pytest.mark.parametrize("preset", ["last_layer", "last_block", "last_two_blocks", "all", "lora", "lora_alternative"])
+def test_optimizer_steps_change_exactly_the_trainable_tensors(preset):
+    model = tiny_classifier()
+    trainable.classifier_preset(model, preset, lora_rank=4, lora_alpha=2, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    model.train()
+    for step in range(3):
+        loss = torch.nn.functional.cross_entropy(model(ids(seed=step)), torch.tensor([0, 1, 1]))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    trainable_names = set(trainable.trainable_summary(model)["trainable_tensors"])
+    for name, param in model.named_parameters():
+        changed = not torch.equal(before[name], param.detach())
+        assert changed == (name in trainable_names), f"{preset}: {name} changed={changed}"
+
+
+def test_lora_with_b_zero_equals_the_base_model():
+    base = tiny_classifier()
+    adapted = tiny_classifier()
+    trainable.classifier_preset(adapted, "lora", lora_rank=4, lora_alpha=8, seed=0)
+    x = ids()
+    assert torch.allclose(base(x), adapted(x), atol=1e-6)
+
+
+def test_lora_scaling_is_the_references_alpha_times_x_a_b():
+    """Every adapted layer computes W x + b + alpha * x @ A @ B (A: in x r, B: r x out)."""
+    rank, alpha = 4, 3
+    model = tiny_classifier()
+    lora_lib.add_lora(model, rank, alpha, seed=0)
+    for name in lora_lib.linear_layers(tiny_classifier()):
+        layer = model.get_submodule(name)
+        a = layer.lora_A["default"].weight.detach().T  # (in, r)
+        b = torch.randn(rank, a.shape[0] if False else layer.lora_B["default"].weight.shape[0])
+        with torch.no_grad():
+            layer.lora_B["default"].weight.copy_(b.T)
+        x = torch.randn(5, a.shape[0])
+        base_out = layer.base_layer(x)
+        assert torch.allclose(layer(x), base_out + alpha * (x @ a @ b), atol=1e-5), name
+        # The reference draws A from kaiming_uniform on an (in, r) tensor: U(-1/sqrt(r), 1/sqrt(r)).
+        bound = 1 / math.sqrt(rank)
+        assert a.abs().max() <= bound and a.abs().max() > 0.5 * bound
+
+
+def test_lora_alternative_is_the_same_function_as_lora():
+    rank, alpha = 4, 2
+    peft_model, merged_model = tiny_classifier(), tiny_classifier()
+    lora_lib.add_lora(peft_model, rank, alpha, seed=0)
+    lora_lib.add_merged_lora(merged_model, rank, alpha, seed=0)
+    generator = torch.Generator().manual_seed(3)
+    for name in lora_lib.linear_layers(tiny_classifier()):
+        layer = peft_model.get_submodule(name)
+        merged = merged_model.get_submodule(name).parametrizations.weight[0]
+        a = torch.randn(merged.A.shape, generator=generator)
+        b = torch.randn(merged.B.shape, generator=generator) * 0.1
+        with torch.no_grad():
+            merged.A.copy_(a)
+            merged.B.copy_(b)
+            layer.lora_A["default"].weight.copy_(a.T)
+            layer.lora_B["default"].weight.copy_(b.T)
+    x = ids()
+    assert torch.allclose(peft_model(x), merged_model(x), atol=1e-4)
+
+
+def test_lora_presets_also_train_the_head_like_the_reference():
+    for preset in ("lora", "lora_alternative"):
+        model = tiny_classifier()
+        trainable.classifier_preset(model, preset, lora_rank=2, lora_alpha=2, seed=0)
+        head_params = list(getattr(model.head, "base_layer", model.head).parameters())
+        assert all(p.requires_grad for p in head_params)
+        assert not model.body.wte.weight.requires_grad
+        assert len(trainable.trainable_summary(model)["trainable_tensors"]) > 2
+
+
+def test_flexible_equals_last_on_unpadded_input_and_picks_last_real_token():
+    last, flexible = tiny_classifier(token_pos="last"), tiny_classifier(token_pos="flexible")
+    x = ids()
+    assert torch.equal(last(x), flexible(x))
+    padded = torch.cat([x[:, :6], torch.full((3, 4), PAD_TOKEN_ID)], dim=1)
+    assert torch.allclose(flexible(padded), last(x[:, :6]), atol=1e-6)
+    assert not torch.allclose(last(padded), last(x[:, :6]), atol=1e-4)
+
+
+def test_first_position_and_mean_pooling():
+    first, mean = tiny_classifier(token_pos="first"), tiny_classifier(average=True)
+    x = ids()
+    per_position = first.per_position_logits(x)
+    assert torch.allclose(first(x), per_position[:, 0], atol=1e-6)
+    # Pool-then-head equals the reference's head-then-mean (the head is affine).
+    assert torch.allclose(mean(x), per_position.mean(dim=1), atol=1e-5)
+
+
+def test_disabled_causal_mask_lets_the_first_position_see_later_tokens():
+    causal, full = tiny_classifier(token_pos="first"), tiny_classifier(token_pos="first", causal=False)
+    x = ids(batch=1)
+    changed = x.clone()
+    changed[0, -1] = (x[0, -1] + 1) % 50000
+    assert torch.equal(causal(x), causal(changed))  # causal: position 0 never sees the last token
+    assert not torch.allclose(full(x), full(changed))
+    # Sanity: same weights, different masks give different outputs at the first position.
+    assert not torch.allclose(causal(x), full(x))
+
+
+def test_run_stages_from_any_point_equals_the_full_forward():
+    model = tiny_classifier()
+    x = ids()
+    full = model.features(x)
+    for stage in range(1, model.final_stage + 1):
+        prefix = model.run_stages(model.embed(x), 1, stage)
+        assert torch.equal(model.run_stages(prefix, stage), full), stage
+
+
+def test_frozen_prefix_is_decided_from_the_parameters_each_stage_uses():
+    # With LoRA in every block only the embedding lookup is frozen (stage 0).
+    expectations = {"last_layer": 4, "last_block": 2, "last_two_blocks": 1, "all": 0, "lora": 1}
+    for preset, stages in expectations.items():
+        model = tiny_classifier()
+        trainable.classifier_preset(model, preset, lora_rank=2, lora_alpha=2, seed=0)
+        assert trainable.frozen_prefix_stages(model.stage_modules()) == stages, preset
+    model = tiny_classifier()
+    trainable.classifier_preset(model, "last_layer")
+    model.body.h[0].attn.attn_dropout.p = 0.1  # active dropout makes the prefix non-deterministic
+    assert trainable.frozen_prefix_stages(model.stage_modules()) == 1
