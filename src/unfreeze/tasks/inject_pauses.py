@@ -1,0 +1,222 @@
+"""`unfreeze inject-pauses`: write GSM8K with pause tokens injected into the training answers.
+
+The flags are those of the reference `gsm8k_pause_injector.py` (same names, same meanings), so its
+usage line runs with the script name replaced. The injection rules are in `unfreeze.data.pauses`.
+
+Output, in `--augm_dataset_save_location`: `train.json` (`--n_generated_samples_per_datapoint`
+independently augmented copies of the training set, one after the other) and `test.json` (the test
+set unchanged). Both are JSON arrays with one row per line, as `datasets.load_dataset("json", ...)`,
+`json.load` and `pandas.read_json` all read them. Nothing is written until every row is ready; the
+two files are written into a temporary folder beside the target and renamed into place last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from unfreeze.data import pauses
+from unfreeze.data.gsm8k import HUB_ID, load_gsm8k_split
+from unfreeze.errors import UsageError
+
+DEFAULT_PATTERNS = '{"=": 1, "\\n": 1}'  # the reference default: one pause after "=" and after each newline
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset_location", default=None,
+                        help="folder with train/test as .jsonl or .json; default: download "
+                             f"{HUB_ID} (config main), else GitHub openai/grade-school-math")
+    parser.add_argument("--pause_token", default="<|PAUSE|>", help="the pause token string to inject")
+    parser.add_argument("--n_pauses_per_patterns", default=DEFAULT_PATTERNS,
+                        help="JSON object: regex pattern -> number of pauses inserted after each match; a "
+                             "newline pattern also puts that many at the very start "
+                             f"(default {DEFAULT_PATTERNS!r}; '{{}}' for none)")
+    parser.add_argument("--n_random_pauses", type=int, default=0,
+                        help="pauses per answer at uniformly random slots (token boundaries, or spaces)")
+    parser.add_argument("--n_leading_pauses", type=int, default=0,
+                        help="pauses at the very start of every answer")
+    parser.add_argument("--variable_number_of_pauses", action="store_true",
+                        help="draw the number of random pauses uniformly from 0..--n_random_pauses per sample")
+    parser.add_argument("--tokenizer_hf_name", default="None",
+                        help="hub id or local folder; random pauses go between its tokens. "
+                             "None: between words (before spaces)")
+    parser.add_argument("--augm_dataset_save_location", default=os.path.join("data", "gsm8k_pause_injected"),
+                        help="folder that receives train.json and test.json")
+    parser.add_argument("--pause_augm_col_name", default="pause_augmented_answer",
+                        help="column receiving the augmented answer ('answer' replaces the original)")
+    parser.add_argument("--n_generated_samples_per_datapoint", type=int, default=1,
+                        help="independently augmented copies of the training set, concatenated")
+    parser.add_argument("--verbose", action="store_true", help="print the parameters, steps and a sample")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed; the same flags and seed give byte-identical files")
+
+
+# ---------------------------------------------------------------- checking the flags (before any work)
+
+def parse_pattern_flag(text: str) -> list[pauses.PatternRule]:
+    try:
+        counts = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--n_pauses_per_patterns is not valid JSON ({err.msg}); "
+                         "example: '{\"=\": 1, \"\\\\n\": 1}'") from None
+    try:
+        return pauses.compile_patterns(counts)
+    except ValueError as err:
+        raise UsageError(f"--n_pauses_per_patterns: {err}") from None
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    for flag, value, minimum in (("--n_random_pauses", args.n_random_pauses, 0),
+                                 ("--n_leading_pauses", args.n_leading_pauses, 0),
+                                 ("--n_generated_samples_per_datapoint", args.n_generated_samples_per_datapoint, 1)):
+        if value < minimum:
+            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def check_answers(rows: list[dict], split: str, pause_token: str) -> None:
+    for number, row in enumerate(rows, start=1):
+        try:
+            pauses.check_text_has_no_pause(row["answer"], pause_token)
+        except ValueError:
+            raise UsageError(f"--pause_token {pause_token!r} already occurs in the answer of {split} row "
+                             f"{number}; choose a string that is not in the data") from None
+
+
+def load_pause_tokenizer(name: str, pause_token: str):
+    """The tokenizer whose boundaries are the random slots, with the pause added as a special token.
+
+    Adding the pause as a special token keeps it one unbreakable token for this tokenizer, so anything
+    that tokenises the augmented text (SFT) sees each pause whole, never split into sub-words.
+    """
+    if name in (None, "", "None", "none"):
+        return None
+    from unfreeze.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(name, flag="--tokenizer_hf_name")
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(f"--tokenizer_hf_name {name}: a fast tokenizer (tokenizer.json) is needed for "
+                         "character offsets")
+    tokenizer.add_tokens([pause_token], special_tokens=True)
+    return tokenizer
+
+
+# ---------------------------------------------------------------- the work
+
+def augment_rows(rows: list[dict], plans: list[pauses.AnswerPlan], config: pauses.PauseConfig,
+                 column: str, copies: int, rng: random.Random, show_progress: bool) -> tuple[list[dict], list[int]]:
+    """`copies` augmented copies of all rows, in order copy by copy, and each row's pause count."""
+    out_rows, counts = [], []
+    with tqdm(total=copies * len(rows), desc="injecting pauses", unit="answer", disable=not show_progress,
+              mininterval=0.5) as bar:
+        for _copy in range(copies):
+            for row, plan in zip(rows, plans):
+                text, n_pauses = pauses.augment(plan, config, rng)
+                # Dict order: the original columns first; "answer" is replaced in place when named.
+                out_rows.append({**row, column: text})
+                counts.append(n_pauses)
+            bar.update(len(rows))
+    return out_rows, counts
+
+
+def json_array_text(rows: list[dict]) -> str:
+    """A JSON array with one row per line: valid JSON, diffable, and deterministic."""
+    if not rows:
+        return "[]\n"
+    return "[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n]\n"
+
+
+def write_folder(target: Path, files: dict[str, str]) -> None:
+    """Write all files into a temporary folder beside `target`, then rename each into place.
+
+    A crash before the renames leaves only the temporary folder's removal to do; every file that is
+    visible under its final name is complete.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        # mkdtemp makes the folder private (0700); once renamed it is the user's folder, so give it the
+        # permissions an ordinary mkdir would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        for name, text in files.items():
+            with open(staging / name, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if not target.exists():
+            os.replace(staging, target)  # one atomic rename publishes both files
+            return
+        for name in files:
+            os.replace(staging / name, target / name)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def summary(n_train: int, n_test: int, counts: list[int], target: Path, seconds: float) -> str:
+    mean = sum(counts) / len(counts) if counts else 0.0
+    low, high = (min(counts), max(counts)) if counts else (0, 0)
+    return (f"wrote {n_train} training rows and {n_test} test rows to {target} in {seconds:.1f}s; "
+            f"pauses per training answer: mean {mean:.3f}, min {low}, max {high}")
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    # 1. Every flag is checked before the data is read and before anything is written.
+    try:
+        pauses.check_pause_token(args.pause_token)
+    except ValueError as err:
+        raise UsageError(f"--pause_token: {err}") from None
+    rules = parse_pattern_flag(args.n_pauses_per_patterns)
+    check_counts(args)
+    target = Path(args.augm_dataset_save_location).expanduser()
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--augm_dataset_save_location {target} exists and is not a folder")
+    if args.verbose:
+        print("Summary of parameters:")
+        for name, value in vars(args).items():
+            print(f"  {name}: {value}")
+    config = pauses.PauseConfig(pause_token=args.pause_token, rules=tuple(rules), n_random=args.n_random_pauses,
+                                variable=args.variable_number_of_pauses, n_leading=args.n_leading_pauses)
+    # A missing seed is drawn and printed, so even an unseeded run can be repeated exactly.
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    if args.seed is None:
+        print(f"no --seed given; using --seed {seed}")
+
+    # 2. Data and tokenizer.
+    location = args.dataset_location
+    if location is not None and location != HUB_ID and Path(location).expanduser().is_file():
+        raise UsageError(f"--dataset_location {location}: expected a folder holding train and test files")
+    train = load_gsm8k_split(location, "train", flag="--dataset_location")
+    test = load_gsm8k_split(location, "test", flag="--dataset_location")
+    check_answers(train, "train", args.pause_token)
+    if args.verbose:
+        print(f"loaded {len(train)} training and {len(test)} test rows")
+    tokenizer = load_pause_tokenizer(args.tokenizer_hf_name, args.pause_token) if config.n_random > 0 else None
+    if args.verbose and config.n_random > 0:
+        print("random slots: " + ("token boundaries of " + args.tokenizer_hf_name if tokenizer is not None
+                                  else "before each space"))
+
+    # 3. Each answer is tokenised once; its slots serve every copy.
+    plans = pauses.plan_answers([row["answer"] for row in train], config, tokenizer)
+    rng = random.Random(seed)
+    show_progress = args.verbose or sys.stderr.isatty()
+    augmented, counts = augment_rows(train, plans, config, args.pause_augm_col_name,
+                                     args.n_generated_samples_per_datapoint, rng, show_progress)
+    if args.verbose and augmented:
+        print("a training row:", json.dumps(augmented[0], ensure_ascii=False))
+
+    # 4. Publish both files together, last.
+    write_folder(target, {"train.json": json_array_text(augmented), "test.json": json_array_text(test)})
+    print(summary(len(augmented), len(test), counts, target, time.perf_counter() - started))
+    return 0
