@@ -28,7 +28,7 @@ def field(default: Any, help: str, choices: typing.Sequence[str] | None = None, 
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def _base_type(annotation: Any) -> Any:
+def base_type(annotation: Any) -> Any:
     """`int | None` -> int; `str` -> str (annotations are strings under `from __future__`)."""
     if isinstance(annotation, str):
         annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations only
@@ -40,7 +40,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one `--name` flag per field of `cls`, keeping the field name as the flag name."""
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
-        kind = _base_type(f.type)
+        kind = base_type(f.type)
         flag = f"--{f.name}"
         if kind is bool:
             parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
@@ -61,7 +61,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML/command-line value to the field's type, or fail naming the key."""
-    kind = _base_type(annotation)
+    kind = base_type(annotation)
     if value is None:
         return None
     try:

@@ -1,0 +1,282 @@
+"""`unfreeze report DIR`: the results table of a sweep folder, in the seed table's layout.
+
+Everything comes from the folder: `sweep.json` (rows, options, published values, columns), each
+finished run's `runs/<row>/seed-<s>/metrics.json`, and `failed.json`. One table row per sweep row;
+with several seeds a metric reads `mean ± std` (sample standard deviation, n-1), and where the sweep
+file stores a published value it stands beside ours: `95.33 ± 0.47% (pub. 95.00%)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from unfreeze.errors import UsageError
+from unfreeze.files import read_json
+
+SEED_DIR = re.compile(r"^seed-(-?\d+)$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="a sweep output folder (the --out of `unfreeze sweep`)")
+    parser.add_argument("--format", choices=("md", "csv", "json"), default="md",
+                        help="md: Markdown table (default); csv: raw numbers; json: everything")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also draw a bar chart of the main metric per row, with error bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    table = build_table(args.dir)
+    print(render(table, args.format), end="")
+    if args.plot:
+        plot(table, args.plot)
+    return 0
+
+
+# --- collecting -----------------------------------------------------------------------------------
+
+
+def build_table(directory: str | Path) -> dict[str, Any]:
+    """Aggregate a sweep folder into a plain dict (what `--format json` prints)."""
+    directory = Path(directory)
+    if not (directory / "sweep.json").is_file():
+        raise UsageError(f"{directory} is not a sweep folder (no sweep.json); pass the --out of `unfreeze sweep`")
+    sweep = read_json(directory / "sweep.json")
+    failures_path = directory / "failed.json"
+    failures = read_json(failures_path) if failures_path.is_file() else {}
+    columns = sweep["columns"]
+    selected = set(sweep.get("selected", []))
+    rows = []
+    for row in sweep["rows"]:
+        runs = finished_runs(directory, row["name"])
+        problems = [
+            {"seed": f["seed"], "status": f.get("status", "failed"), "error": f.get("error")}
+            for f in failures.values()
+            if f.get("row") == row["name"] and f.get("seed") not in runs
+        ]
+        if not runs and not problems and row["name"] not in selected:
+            continue  # a row of the file that was never asked for
+        if runs:
+            status = "finished"
+        elif problems:
+            status = "failed" if any(p["status"] == "failed" for p in problems) else "skipped"
+        else:
+            status = "pending"
+        metrics = {}
+        for column in columns:
+            if column["source"] != "metric":
+                continue
+            values = [m[column["key"]] for m in runs.values() if m.get(column["key"]) is not None]
+            metrics[column["key"]] = {**summarize(values), "published": row.get("published", {}).get(column["key"])}
+        rows.append({
+            "index": row["index"],
+            "name": row["name"],
+            "label": row.get("label"),
+            "note": row.get("note"),
+            "init_from": row.get("init_from"),
+            "status": status,
+            "seeds": sorted(runs),
+            "problems": sorted(problems, key=lambda p: p["seed"]),
+            "options": {c["key"]: row["config"].get(c["key"]) for c in columns if c["source"] == "option"},
+            "metrics": metrics,
+        })
+    return {
+        "dir": str(directory),
+        "command": sweep["command"],
+        "main_metric": sweep["main_metric"],
+        "columns": columns,
+        "overrides": sweep.get("overrides", {}),
+        "source": sweep.get("source"),
+        "rows": rows,
+    }
+
+
+def finished_runs(directory: Path, row: str) -> dict[int, dict[str, Any]]:
+    """seed -> metrics of every finished run of a row (partial folders never count)."""
+    runs = {}
+    folder = directory / "runs" / row
+    if folder.is_dir():
+        for child in folder.iterdir():
+            match = SEED_DIR.match(child.name)
+            if match and (child / "metrics.json").is_file():
+                runs[int(match.group(1))] = read_json(child / "metrics.json")
+    return dict(sorted(runs.items()))
+
+
+def summarize(values: list[Any]) -> dict[str, Any]:
+    """mean, sample std (None for fewer than two numbers), n; text values are listed instead."""
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if values and len(numbers) == len(values):
+        mean = statistics.fmean(numbers)
+        std = statistics.stdev(numbers) if len(numbers) > 1 else None
+        return {"mean": mean, "std": std, "n": len(numbers), "values": numbers}
+    texts = sorted({str(v) for v in values})
+    return {"mean": ", ".join(texts) if texts else None, "std": None, "n": len(values), "values": values}
+
+
+# --- formatting -------------------------------------------------------------------------------------
+
+
+def format_value(value: Any, fmt: str, std: float | None = None) -> str:
+    """One number (optionally ± std) in a column's format; text passes through."""
+    if value is None:
+        return ""
+    if fmt == "check":
+        return "X" if value is True or str(value).lower() in ("true", "1", "yes") else ""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or fmt == "text":
+        return str(value)
+    spread = std is not None and not math.isclose(std, 0.0, abs_tol=1e-12)
+    if fmt == "percent":
+        return f"{value * 100:.2f} ± {std * 100:.2f}%" if spread else f"{value * 100:.2f}%"
+    if fmt == "minutes":
+        return f"{value / 60:.2f} ± {std / 60:.2f} min" if spread else f"{value / 60:.2f} min"
+    if fmt == "int":
+        return f"{value:,.0f} ± {std:,.0f}" if spread else f"{value:,.0f}"
+    digits = int(fmt[5:]) if fmt.startswith("float") and fmt[5:].isdigit() else 4
+    return f"{value:.{digits}f} ± {std:.{digits}f}" if spread else f"{value:.{digits}f}"
+
+
+def seeds_cell(row: dict[str, Any]) -> str:
+    finished = len(row["seeds"])
+    failed = sum(p["status"] == "failed" for p in row["problems"])
+    skipped = sum(p["status"] == "skipped" for p in row["problems"])
+    extra = [f"{failed} failed"] * bool(failed) + [f"{skipped} skipped"] * bool(skipped)
+    return f"{finished}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def metric_cell(row: dict[str, Any], column: dict[str, Any]) -> str:
+    summary = row["metrics"][column["key"]]
+    if row["status"] in ("failed", "skipped", "pending"):
+        ours = row["status"]
+    else:
+        ours = format_value(summary["mean"], column["format"], summary["std"]) or "-"
+    published = summary.get("published")
+    if published is not None:
+        return f"{ours} (pub. {format_value(published, column['format'])})"
+    return ours
+
+
+def render(table: dict[str, Any], fmt: str = "md") -> str:
+    if fmt == "json":
+        return json.dumps(table, indent=2, default=str) + "\n"
+    if fmt == "csv":
+        return render_csv(table)
+    return render_markdown(table)
+
+
+def render_markdown(table: dict[str, Any]) -> str:
+    columns = table["columns"]
+    header = ["#", "Row"] + [c["label"] for c in columns] + ["Seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in table["rows"]:
+        cells = [str(row["index"]), row["name"]]
+        for column in columns:
+            if column["source"] == "option":
+                cells.append(format_value(row["options"].get(column["key"]), column["format"]))
+            else:
+                cells.append(metric_cell(row, column))
+        cells.append(seeds_cell(row))
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    notes = ["", "Metrics: mean ± sample standard deviation over seeds (n-1); (pub. x): the published value."]
+    if table.get("source"):
+        notes.append(f"Published values: {table['source']}")
+    if table.get("overrides"):
+        notes.append("Overrides (--set): " + " ".join(f"{k}={_short(v)}" for k, v in table["overrides"].items()))
+    starts: dict[str, list[str]] = {}
+    for row in table["rows"]:
+        if row.get("init_from"):
+            starts.setdefault(row["init_from"], []).append(row["name"])
+    for source, names in starts.items():
+        notes.append(f"Started from the output of {source} (same seed; its model options apply): {', '.join(names)}")
+    problems = [(row["name"], p) for row in table["rows"] for p in row["problems"]]
+    if problems:
+        notes.append("")
+        notes.append("Runs without a result:")
+        notes.extend(f"- {name} seed {p['seed']}: {p['status']}: {p['error']}" for name, p in problems)
+    if not table["rows"]:
+        notes.append("No rows have run yet.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def render_csv(table: dict[str, Any]) -> str:
+    """Raw numbers (fractions, seconds), one line per row."""
+    columns = table["columns"]
+    header = ["index", "row"] + [c["key"] for c in columns if c["source"] == "option"]
+    for column in columns:
+        if column["source"] == "metric":
+            header += [f"{column['key']}_mean", f"{column['key']}_std", f"{column['key']}_published"]
+    header += ["status", "seeds", "failed_seeds", "error"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in table["rows"]:
+        line = [row["index"], row["name"]] + [row["options"].get(c["key"]) for c in columns if c["source"] == "option"]
+        for column in columns:
+            if column["source"] == "metric":
+                summary = row["metrics"][column["key"]]
+                line += [_blank(summary["mean"]), _blank(summary["std"]), _blank(summary.get("published"))]
+        line += [row["status"], " ".join(map(str, row["seeds"])),
+                 " ".join(str(p["seed"]) for p in row["problems"]),
+                 "; ".join(p["error"] or "" for p in row["problems"])]
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
+
+
+# --- the bar chart ------------------------------------------------------------------------------------
+
+
+def plot(table: dict[str, Any], path: str | Path) -> Path:
+    """Bar per row of the main metric (mean, error bar = std), published values as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = table["main_metric"]
+    column = next(c for c in table["columns"] if c["key"] == key)
+    scale, unit = {"percent": (100.0, " (%)"), "minutes": (1 / 60, " (min)")}.get(column["format"], (1.0, ""))
+    rows = table["rows"]
+    names = [row["name"] for row in rows]
+    means, errors, published = [], [], []
+    for row in rows:
+        summary = row["metrics"][key]
+        ok = row["status"] == "finished" and isinstance(summary["mean"], (int, float))
+        means.append(summary["mean"] * scale if ok else 0.0)
+        errors.append((summary["std"] or 0.0) * scale if ok else 0.0)
+        pub = summary.get("published")
+        published.append(pub * scale if isinstance(pub, (int, float)) else math.nan)
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 1.5), 4.0))
+    positions = list(range(len(rows)))
+    axes.bar(positions, means, yerr=errors, capsize=3, color="tab:blue", label="ours (mean ± std)")
+    if any(not math.isnan(p) for p in published):
+        axes.plot(positions, published, "kD", markerfacecolor="none", linestyle="none", label="published")
+    for position, row in zip(positions, rows):
+        if row["status"] != "finished":
+            axes.text(position, 0, row["status"], rotation=90, ha="center", va="bottom", fontsize=8, color="tab:red")
+    axes.set_xticks(positions)
+    axes.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    axes.set_ylabel(column["label"] + unit)
+    axes.set_title(f"{table['command']}: {column['label']} per row")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
