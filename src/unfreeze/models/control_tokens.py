@@ -1,0 +1,430 @@
+"""The pause-token ("control token") language model: any Hugging Face causal LM plus control tokens.
+
+What is added to the base model, and nothing else:
+
+* **Control tokens** (e.g. `<|pause|>`) become *special* tokens of the tokenizer, with ids right after the
+  base vocabulary: `V, V+1, ...` where `V` is the number of rows of the LM head. Special tokens are never
+  split or merged by the tokenizer, so removing them from a tokenized text leaves the text's own tokens.
+* **Control-token embeddings as a delta** (like peft's TrainableTokens): the base embedding matrix is not
+  resized or touched; the new rows live in their own small parameter `control_embeddings` and are
+  swapped in where the input holds a control id. An untrained model therefore embeds every normal token
+  exactly like the base model. New rows are drawn from N(0, var(existing embedding matrix)).
+* **A pause head**: `nn.Linear(hidden, n_control + 1)` on the last hidden state (optionally detached, so
+  the head's loss never reaches the body); its last output means "use the LM head". PyTorch's default
+  Linear initialisation, as in the reference code base.
+
+Next-token log-probabilities over the extended vocabulary `V + n_control`:
+
+    log p(tok)     = log p_lm(tok) + log p_head(use LM)      for a normal token
+    log p(ctrl_i)  = log p_head(ctrl_i)                      for a control token
+
+(the LM head has no rows for control tokens, which is the same as masking their LM logits to -inf).
+Training loss = [LM NLL on positions whose label is a normal token + head NLL on every labelled
+position] / number of labelled positions, which is exactly the NLL of the combined distribution.
+
+Saved folder (`save_pretrained`): the base model in plain Hugging Face format (LoRA not merged), the
+tokenizer (with the control tokens), `adapter/` (peft LoRA, if any), `control_tokens.safetensors` and
+`control_tokens.json` (written last: it marks the folder as a complete control-token model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unfreeze.errors import UsageError
+
+IGNORE_INDEX = -100
+MARKER_FILE = "control_tokens.json"
+TENSORS_FILE = "control_tokens.safetensors"
+ADAPTER_DIR = "adapter"
+FORMAT = "unfreeze-control-tokens"
+# Filler names for tokenizers that are shorter than the model's vocabulary (padded embedding matrices).
+FILLER_TOKEN = "<|unfreeze_unused_{}|>"
+
+
+@dataclass
+class ControlTokenOutput:
+    """What `ControlTokenLM.forward` returns. Loss fields are None when no labels were given."""
+
+    logprobs: torch.Tensor | None  # (B, T, V + n_control) next-token log-probs; None if not requested
+    loss: torch.Tensor | None = None  # lm_loss + pause_loss
+    lm_loss: torch.Tensor | None = None  # LM NLL of normal-token labels / labelled positions
+    pause_loss: torch.Tensor | None = None  # head NLL of all labels / labelled positions
+    past_key_values: Any = None
+    # Per-example sums (B,), so that evaluation can weight every token equally across batches/processes.
+    example_lm_nll: torch.Tensor | None = None
+    example_pause_nll: torch.Tensor | None = None
+    example_tokens: torch.Tensor | None = None
+
+
+class ControlTokenLM(nn.Module):
+    """A causal LM with control tokens, a delta embedding for them and a pause head.
+
+    `base` is the Hugging Face model (a peft `PeftModel` once `add_lora` was called); `hf_model` is the
+    Hugging Face model inside it either way.
+    """
+
+    def __init__(self, base: nn.Module, tokenizer: Any, control_tokens: Sequence[str] = (), detach_head: bool = True):
+        super().__init__()
+        self.base = base
+        self.tokenizer = tokenizer
+        self.detach_head = bool(detach_head)
+        self.control_tokens = list(control_tokens)
+        lm_head = self.hf_model.get_output_embeddings()
+        token_embeddings = self.hf_model.get_input_embeddings()
+        if lm_head is None or token_embeddings is None:
+            raise UsageError(f"{type(self.hf_model).__name__} has no LM head / token embeddings; need a causal LM")
+        self.base_vocab_size = int(lm_head.weight.shape[0])
+        self.control_token_ids = register_control_tokens(tokenizer, self.control_tokens, self.base_vocab_size)
+        n = len(self.control_tokens)
+        if n == 0:
+            self.control_embeddings = None
+            self.pause_head = None
+            return
+        weight = token_embeddings.weight
+        std = weight.detach().float().var().sqrt().item()
+        rows = torch.randn(n, weight.shape[1], device=weight.device) * std
+        self.control_embeddings = nn.Parameter(rows.to(weight.dtype))
+        # The head reads the same vector as the LM head (the final, normalised hidden state).
+        self.pause_head = nn.Linear(lm_head.weight.shape[1], n + 1, device=weight.device, dtype=lm_head.weight.dtype)
+
+    # --- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_base(cls, model: nn.Module, tokenizer: Any, control_tokens: Sequence[str] = ("<|pause|>",),
+                  detach_head: bool = True) -> "ControlTokenLM":
+        """Wrap a loaded Hugging Face causal LM; adds the control tokens to `tokenizer` (in place)."""
+        return cls(model, tokenizer, control_tokens, detach_head)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, *, tokenizer: str | None = None, dtype: Any = None,
+                        device: str | torch.device | None = None, merge_adapter: bool = False,
+                        control_tokens: Sequence[str] = (), detach_head: bool = True) -> "ControlTokenLM":
+        """Load a saved control-token folder, or a plain HF model (folder or hub id) with `control_tokens`.
+
+        A saved folder brings its own control tokens, head and adapter (`control_tokens` is ignored);
+        `merge_adapter=True` folds a saved LoRA adapter into the weights (for further training).
+        """
+        folder = Path(str(path_or_id)).expanduser()
+        if folder.is_dir() and (folder / MARKER_FILE).exists():
+            model = _load_saved(cls, folder, dtype=dtype, merge_adapter=merge_adapter)
+        else:
+            if folder.is_dir() and (folder / TENSORS_FILE).exists():
+                raise UsageError(f"model folder {folder} is incomplete: {TENSORS_FILE} without {MARKER_FILE} "
+                                 f"(an interrupted save?); save it again")
+            base = load_causal_lm(str(path_or_id), dtype=dtype)
+            from unfreeze.models.loading import load_tokenizer
+
+            tok = load_tokenizer(tokenizer or str(path_or_id), flag="tokenizer")
+            model = cls(base, tok, control_tokens, detach_head)
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    # --- pieces -----------------------------------------------------------------------------------------
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The Hugging Face model (inside the peft wrapper when LoRA is on)."""
+        get_base = getattr(self.base, "get_base_model", None)
+        return get_base() if callable(get_base) and is_peft_model(self.base) else self.base
+
+    @property
+    def config(self) -> Any:
+        return self.hf_model.config
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the extended vocabulary: base vocabulary + control tokens."""
+        return self.base_vocab_size + len(self.control_tokens)
+
+    @property
+    def has_lora(self) -> bool:
+        return is_peft_model(self.base)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; control ids take their row from `control_embeddings` (the delta)."""
+        V = self.base_vocab_size
+        is_control = input_ids >= V
+        embeds = self.hf_model.get_input_embeddings()(input_ids.masked_fill(is_control, 0))
+        if self.control_embeddings is None:
+            return embeds
+        # Every position looks up a control row (clamped), so the parameter is always part of the graph
+        # (DDP sees it used); `where` keeps only the rows of real control ids.
+        control = F.embedding((input_ids - V).clamp(0, len(self.control_tokens) - 1), self.control_embeddings)
+        return torch.where(is_control.unsqueeze(-1), control.to(embeds.dtype), embeds)
+
+    def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+                 target_modules: Sequence[str] | None = None) -> None:
+        """Wrap the base model with a peft LoRA adapter (targets default to q_proj,v_proj or GPT-2's c_attn)."""
+        from peft import LoraConfig, get_peft_model
+        from transformers.pytorch_utils import Conv1D
+
+        if self.has_lora:
+            raise UsageError("the model already has a LoRA adapter; merge it first (merge_lora)")
+        targets = list(target_modules) if target_modules else default_lora_targets(self.hf_model)
+        leaf_types = {type(m) for name, m in self.hf_model.named_modules() if name.rsplit(".", 1)[-1] in targets}
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                            task_type="CAUSAL_LM", fan_in_fan_out=Conv1D in leaf_types)  # GPT-2 stores W transposed
+        try:
+            self.base = get_peft_model(self.base, config)
+        except ValueError as err:
+            raise UsageError(f"lora_target_modules {','.join(targets)}: {str(err).splitlines()[0]}") from None
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA update into the base weights and drop the adapter."""
+        if self.has_lora:
+            self.base = self.base.merge_and_unload()
+
+    # --- forward ----------------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, past_key_values: Any = None, use_cache: bool = False,
+                position_ids: torch.Tensor | None = None, *, return_logprobs: bool = True) -> ControlTokenOutput:
+        """Combined next-token log-probs (and the losses when `labels` are given).
+
+        `return_logprobs=False` skips building the (B, T, V + n) tensor: training needs only the losses.
+        """
+        n = len(self.control_tokens)
+        out = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask,
+                        past_key_values=past_key_values, use_cache=use_cache, position_ids=position_ids,
+                        output_hidden_states=n > 0, return_dict=True)
+        logits = out.logits.float()
+        log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)  # log p_lm = logits - this
+        head_logprobs = None
+        if n:
+            hidden = out.hidden_states[-1]  # after the final norm: what the LM head reads
+            if self.detach_head:
+                hidden = hidden.detach()
+            head_logprobs = torch.log_softmax(self.pause_head(hidden).float(), dim=-1)
+        logprobs = None
+        if return_logprobs:
+            logprobs = logits - log_normaliser
+            if n:
+                logprobs = torch.cat([logprobs.add_(head_logprobs[..., -1:]), head_logprobs[..., :-1]], dim=-1)
+        result = ControlTokenOutput(logprobs=logprobs, past_key_values=out.past_key_values if use_cache else None)
+        if labels is not None:
+            self._add_losses(result, logits, log_normaliser, head_logprobs, labels)
+        return result
+
+    def _add_losses(self, result: ControlTokenOutput, logits: torch.Tensor, log_normaliser: torch.Tensor,
+                    head_logprobs: torch.Tensor | None, labels: torch.Tensor) -> None:
+        """Labels follow the Hugging Face convention: aligned with input_ids, shifted here."""
+        V, n = self.base_vocab_size, len(self.control_tokens)
+        target = labels[:, 1:]
+        active = target != IGNORE_INDEX
+        is_control = active & (target >= V)
+        normal = active & ~is_control
+        lm_tok = logits[:, :-1].gather(-1, target.clamp(0, V - 1).unsqueeze(-1)) - log_normaliser[:, :-1]
+        lm_tok = lm_tok.squeeze(-1)
+        lm_nll = torch.where(normal, -lm_tok, torch.zeros_like(lm_tok)).sum(1)
+        if head_logprobs is None:
+            pause_nll = torch.zeros_like(lm_nll)
+        else:
+            head_target = torch.where(is_control, target - V, torch.full_like(target, n)).clamp(0, n)
+            head_tok = head_logprobs[:, :-1].gather(-1, head_target.unsqueeze(-1)).squeeze(-1)
+            pause_nll = torch.where(active, -head_tok, torch.zeros_like(head_tok)).sum(1)
+        tokens = active.sum(1)
+        denominator = tokens.sum().clamp(min=1)
+        result.lm_loss = lm_nll.sum() / denominator
+        result.pause_loss = pause_nll.sum() / denominator
+        result.loss = result.lm_loss + result.pause_loss
+        result.example_lm_nll, result.example_pause_nll, result.example_tokens = lm_nll, pause_nll, tokens
+
+    # --- saving -----------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the folder described in the module docstring; the marker file goes last."""
+        from safetensors.torch import save_file
+
+        from unfreeze.files import atomic_write_json
+
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MARKER_FILE).unlink(missing_ok=True)  # a half-rewritten folder must not look complete
+        shutil.rmtree(folder / ADAPTER_DIR, ignore_errors=True)  # an older save's adapter must not come back
+        self.hf_model.save_pretrained(folder, state_dict=base_state_dict(self.hf_model))
+        if self.has_lora:
+            # save_embedding_layers=False: "auto" would look the base model up on the hub.
+            self.base.save_pretrained(folder / ADAPTER_DIR, save_embedding_layers=False)
+        self.tokenizer.save_pretrained(folder)
+        tensors = {}
+        if self.control_embeddings is not None:
+            tensors = {"control_embeddings": self.control_embeddings,
+                       "pause_head.weight": self.pause_head.weight, "pause_head.bias": self.pause_head.bias}
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / TENSORS_FILE))
+        atomic_write_json(folder / MARKER_FILE, {
+            "format": FORMAT, "version": 1, "control_tokens": self.control_tokens,
+            "control_token_ids": self.control_token_ids, "base_vocab_size": self.base_vocab_size,
+            "detach_head": self.detach_head, "lora": self.has_lora,
+        })
+        return folder
+
+
+# --- helpers (module level so the sft recipe and tests can use them) ------------------------------------
+
+
+def is_peft_model(module: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(module, PeftModel)
+
+
+def register_control_tokens(tokenizer: Any, tokens: Sequence[str], base_vocab_size: int) -> list[int]:
+    """Add `tokens` as special tokens with ids base_vocab_size, base_vocab_size+1, ...; return the ids."""
+    from transformers import AddedToken
+
+    if not tokens:
+        return []
+    if len(set(tokens)) != len(tokens):
+        raise UsageError(f"control tokens must be distinct, got {list(tokens)}")
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        if len(tokenizer) > base_vocab_size:
+            raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model only {base_vocab_size} "
+                             f"rows; control tokens must come right after the model's vocabulary")
+        # A model whose embedding matrix is padded beyond the tokenizer: name the unused rows so that the
+        # control tokens land after the model's vocabulary.
+        fillers = [FILLER_TOKEN.format(i) for i in range(base_vocab_size - len(tokenizer))]
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in fillers + missing],
+                             special_tokens=True)
+    ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in tokens]
+    expected = list(range(base_vocab_size, base_vocab_size + len(tokens)))
+    if ids != expected:
+        raise UsageError(f"control tokens {list(tokens)} have ids {ids} in the tokenizer, expected {expected} "
+                         f"(right after the model's {base_vocab_size}-token vocabulary)")
+    return ids
+
+
+def default_lora_targets(hf_model: nn.Module) -> list[str]:
+    """Mistral/Llama-style attention: q_proj, v_proj; GPT-2: c_attn (its fused q,k,v projection)."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in hf_model.named_modules()}
+    if {"q_proj", "v_proj"} <= leaves:
+        return ["q_proj", "v_proj"]
+    if "c_attn" in leaves:
+        return ["c_attn"]
+    raise UsageError(f"no default LoRA targets for {type(hf_model).__name__}; set lora_target_modules")
+
+
+def base_state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict in plain Hugging Face form: LoRA layers contribute their base layer only.
+
+    Walks the module tree (no key-name surgery): a peft LoRA layer is replaced by its `base_layer`, under
+    the LoRA layer's own name, so the keys are those of the original model.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    state: dict[str, torch.Tensor] = {}
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        if isinstance(module, LoraLayer):
+            module = module.base_layer
+        for name, param in module._parameters.items():
+            if param is not None:
+                state[prefix + name] = param.detach()
+        for name, buffer in module._buffers.items():
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                state[prefix + name] = buffer.detach()
+        for name, child in module._modules.items():
+            if child is not None:
+                walk(child, f"{prefix}{name}.")
+
+    walk(hf_model, "")
+    return state
+
+
+def load_causal_lm(source: str, *, dtype: Any = None, random_init: bool = False,
+                   overrides: dict[str, Any] | None = None, flag: str = "model") -> nn.Module:
+    """A Hugging Face causal LM from a hub id or folder; random weights (with config overrides) on request."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = _torch_dtype(dtype)
+    if random_init:
+        from unfreeze.models.loading import gpt2_config
+
+        config = gpt2_config(source, overrides or {}, flag=flag)
+        model = AutoModelForCausalLM.from_config(config)
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+    if overrides:
+        raise UsageError("model_config overrides need weights=random (pretrained weights fix the architecture)")
+    folder = Path(source).expanduser()
+    if not folder.is_dir() and source.startswith((".", "/", "~")):
+        raise UsageError(f"{flag} {source}: folder does not exist")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(folder) if folder.is_dir() else source,
+                                                    dtype="auto" if dtype is None else dtype)
+    except Exception as err:  # network, auth, missing or corrupt files: one clear line
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        hint = "" if folder.is_dir() else "; if this machine is offline, set model to a local folder"
+        raise UsageError(f"could not load model {source!r} ({type(err).__name__}: {first}){hint}") from None
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise UsageError(f"dtype {dtype!r} is not one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def _load_saved(cls: type[ControlTokenLM], folder: Path, *, dtype: Any, merge_adapter: bool) -> ControlTokenLM:
+    """Rebuild a folder written by `save_pretrained`; any inconsistency is a one-line UsageError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from unfreeze.models.loading import load_tokenizer
+
+    try:
+        meta = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+        tokens, ids = list(meta["control_tokens"]), list(meta["control_token_ids"])
+        detach_head = bool(meta.get("detach_head", True))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"model folder {folder}: {MARKER_FILE} is corrupt ({type(err).__name__}: {err})") from None
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"model folder {folder}: {MARKER_FILE} is not an unfreeze control-token file")
+    base = load_causal_lm(str(folder), dtype=dtype)
+    tokenizer = load_tokenizer(str(folder), flag="model")
+    if (folder / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        try:
+            base = PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR), is_trainable=False)
+        except Exception as err:
+            raise UsageError(f"model folder {folder}: cannot load {ADAPTER_DIR}/ ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]})") from None
+        if merge_adapter:
+            base = base.merge_and_unload()
+    model = cls(base, tokenizer, tokens, detach_head)
+    if model.control_token_ids != ids:
+        raise UsageError(f"model folder {folder}: tokenizer ids {model.control_token_ids} of {tokens} differ "
+                         f"from the saved ids {ids}")
+    try:
+        saved = load_file(str(folder / TENSORS_FILE))
+    except (OSError, SafetensorError) as err:
+        raise UsageError(f"model folder {folder}: cannot read {TENSORS_FILE} ({err})") from None
+    own = {}
+    if model.control_embeddings is not None:
+        own = {"control_embeddings": model.control_embeddings,
+               "pause_head.weight": model.pause_head.weight, "pause_head.bias": model.pause_head.bias}
+    if set(saved) != set(own):
+        raise UsageError(f"model folder {folder}: {TENSORS_FILE} holds {sorted(saved)}, expected {sorted(own)}")
+    with torch.no_grad():
+        for name, param in own.items():
+            if saved[name].shape != param.shape:
+                raise UsageError(f"model folder {folder}: {name} has shape {tuple(saved[name].shape)}, "
+                                 f"expected {tuple(param.shape)}")
+            param.copy_(saved[name])
+    return model

@@ -1,0 +1,449 @@
+"""`unfreeze sft CONFIG [key=value ...] --out DIR`: pause-token supervised fine-tuning on GSM8K (seed 003).
+
+One recipe, top to bottom: setup (config, accelerator, model, what trains, data) -> train (AdamW, linear
+schedule, gradient accumulation, periodic validation) -> save `<out>/final/` -> evaluate (validation
+losses, optionally GSM8K test accuracy) -> `metrics.json`, written atomically and last.
+
+The same command runs on one device or under `accelerate launch --num_processes N ...`: `accelerate`
+places the model, shards the batches and applies mixed precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unfreeze.config import config_from_mapping, field, to_dict
+from unfreeze.errors import UsageError
+
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass
+class SFTConfig:
+    """Every key of an `unfreeze sft` YAML config (unknown keys are errors)."""
+
+    # --- model ----------------------------------------------------------------------------------------
+    model: str = field("gpt2", "hub id, plain Hugging Face model folder, or a saved pause-model folder "
+                               "(e.g. a step-1 run's <out>/final)")
+    weights: str = field("pretrained", "pretrained weights, or random init (architecture from `model` + model_config)",
+                         choices=("pretrained", "random"))
+    model_config: str | None = field(None, "JSON architecture overrides for weights=random, e.g. "
+                                           "'{\"n_layer\":2,\"n_embd\":64,\"n_head\":2}'")
+    tokenizer: str | None = field(None, "tokenizer folder or hub id (default: the model's)")
+    dtype: str = field("float32", "dtype of the weights", choices=DTYPES)
+    # --- control tokens -------------------------------------------------------------------------------
+    pause_token: str | None = field("<|pause|>", "the control token; null for the no-pause (step-1) baselines")
+    detach_head: bool = field(True, "the pause head reads a detached hidden state (its loss never reaches the body)")
+    # --- what trains (everything else is frozen) ------------------------------------------------------
+    unfreeze_pause_embedding: bool = field(False, "train the pause token's embedding row")
+    unfreeze_pause_head: bool = field(False, "train the pause head")
+    unfreeze_lm_head: bool = field(False, "train the LM head (untied from the input embeddings if only it trains)")
+    unfreeze_lm_embeddings: bool = field(False, "train the LM input embeddings (untied from the LM head if only "
+                                                "they train)")
+    lora: bool = field(False, "train a LoRA adapter on the body (peft)")
+    lora_r: int = field(16, "LoRA rank")
+    lora_alpha: int = field(32, "LoRA alpha (peft scales the update by alpha/r)")
+    lora_dropout: float = field(0.05, "LoRA dropout")
+    lora_target_modules: str | None = field(None, "comma-separated module names (default q_proj,v_proj; GPT-2: c_attn)")
+    merge_lora: bool = field(False, "merge the LoRA adapter into the weights before saving <out>/final")
+    # --- data -----------------------------------------------------------------------------------------
+    data: str | None = field(None, "folder from `unfreeze inject-pauses` (train.json/test.json), a GSM8K folder "
+                                   "(train.jsonl/test.jsonl), or one training file")
+    answer_field: str = field("answer", "answer column of the data (inject-pauses' default column is "
+                                        "pause_augmented_answer unless run with --pause_augm_col_name answer)")
+    val_fraction: float = field(0.1, "share of the training file held out for validation (seeded split)")
+    train_limit: int | None = field(None, "use only the first N rows of the training file (smoke tests)")
+    max_length: int = field(600, "maximum tokens per example; longer ones are cut (and counted)")
+    # --- training -------------------------------------------------------------------------------------
+    num_epochs: int = field(1, "training epochs")
+    batch_size: int = field(8, "examples per batch and process")
+    gradient_accumulation_steps: int = field(1, "batches per optimizer step")
+    lr: float = field(5e-5, "AdamW learning rate (peak of the linear schedule)")
+    weight_decay: float = field(0.0, "AdamW weight decay")
+    warmup_steps: int = field(0, "linear warm-up steps before the linear decay to 0")
+    max_grad_norm: float = field(1.0, "gradient clipping norm (0: off)")
+    mixed_precision: str = field("no", "accelerate mixed precision", choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = field(False, "recompute activations in backward (saves memory on big models)")
+    eval_every: int = field(500, "optimizer steps between validation losses (0: only at the end)")
+    eval_at_start: bool = field(False, "also compute the validation losses before training")
+    eval_batch_size: int = field(8, "examples per validation batch")
+    log_every: int = field(10, "optimizer steps between training-loss log lines")
+    seed: int = field(42, "seed for the split, new weights, data order and dropout")
+    report_to: str = field("none", "experiment tracker (accelerate)", choices=REPORT_TO)
+    out: str | None = field(None, "run folder (also --out): metrics.json, config.json, run.log, final/")
+    # --- GSM8K test evaluation after training ---------------------------------------------------------
+    test: bool = field(False, "score <out>/final on the GSM8K test set by greedy generation")
+    test_data: str | None = field(None, "GSM8K test file (default: the data folder's test.json/test.jsonl)")
+    test_limit: int | None = field(None, "score only the first N test questions")
+    test_batch_size: int = field(16, "questions per generation batch")
+    max_new_tokens: int = field(256, "generation budget per answer")
+
+
+COMPONENT_SWITCHES = {
+    "pause_embedding": "unfreeze_pause_embedding", "pause_head": "unfreeze_pause_head",
+    "lm_head": "unfreeze_lm_head", "lm_embeddings": "unfreeze_lm_embeddings", "lora": "lora",
+}
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # The config keys are the interface; list them (with defaults) under --help.
+    lines = ["config keys (YAML or key=value; default in brackets):"]
+    for f in dataclasses.fields(SFTConfig):
+        lines.append(f"  {f.name} [{f.default}]: {f.metadata.get('help', '')}")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "\n".join(lines)
+    parser.add_argument("config", help="YAML file with SFTConfig keys (see docs/sft.md; experiments/pause/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override config keys, e.g. lr=1e-4 lora=true")
+    parser.add_argument("--out", default=None, help="run folder (default: the config's `out`)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_config(load_config(args.config, args.overrides, args.out))
+    return 0
+
+
+def load_config(path: str, overrides: list[str] = (), out: str | None = None) -> SFTConfig:
+    """YAML file, then `key=value` overrides (values parsed as YAML: true, 1e-4, null), then --out."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise UsageError(f"cannot read config {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config {path} must be a mapping of keys to values")
+    str_keys = {f.name for f in dataclasses.fields(SFTConfig) if "str" in str(f.type)}
+    for key, value in list(values.items()):
+        if key in str_keys and isinstance(value, bool):  # YAML 1.1 reads `no`/`yes` as booleans
+            values[key] = "yes" if value else "no"
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"override {item!r} is not key=value")
+        if key in str_keys and text.strip() not in ("", "null", "~", "None"):
+            values[key] = text  # text stays text (`mixed_precision=no`, JSON for model_config)
+        else:
+            values[key] = yaml.safe_load(text) if text.strip() else None
+    if out is not None:
+        values["out"] = out
+    return config_from_mapping(SFTConfig, values, where=f"{path} (or the overrides)")
+
+
+# --- the recipe ---------------------------------------------------------------------------------------
+
+
+def run_config(config: SFTConfig) -> dict[str, Any]:
+    """Train, save, evaluate; returns the metrics (also written to <out>/metrics.json on success)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from unfreeze.files import atomic_write_json, close_logger, run_logger
+
+    _check_config(config)
+    out = Path(config.out)
+    _reset_accelerate_state()  # a sweep runs many recipes in one process, each with its own settings
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_dir=str(out),
+        # Control-token rows take part in every forward, but frozen branches may not: be tolerant.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)  # a stale result must not outlive a failed rerun
+        atomic_write_json(out / "config.json", to_dict(config))
+    log = run_logger(out if main else None, name="unfreeze.sft")
+    if not main:
+        log.setLevel("WARNING")
+    try:
+        return _train_and_evaluate(config, accelerator, log, out)
+    finally:
+        close_logger(log)
+        _reset_accelerate_state()
+
+
+def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from unfreeze.data import sft_data
+    from unfreeze.files import atomic_write_json
+    from unfreeze.models.pause_trainable import set_trainable
+
+    main = accelerator.is_main_process
+    set_seed(config.seed)
+    # --- setup: model, what trains, data --------------------------------------------------------------
+    model = build_model(config, log)
+    positions = getattr(model.config, "n_positions", None)  # GPT-2's learned positions are a hard limit
+    if positions is not None and config.max_length > positions:
+        raise UsageError(f"max_length={config.max_length} exceeds the model's {positions} positions")
+    components = [name for name, key in COMPONENT_SWITCHES.items() if getattr(config, key)]
+    trainable = set_trainable(model, components)
+    for line in trainable.lines():
+        log.info(line)
+    if config.gradient_checkpointing:
+        model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    train_file, test_file = sft_data.data_files(config.data)
+    rows = sft_data.read_rows(train_file, config.answer_field)
+    if config.train_limit is not None:
+        rows = rows[: config.train_limit]
+    _check_pauses(config, rows, train_file, log)
+    train_rows, val_rows = sft_data.split_train_val(rows, config.val_fraction, config.seed)
+    train_set = sft_data.encode_rows(model.tokenizer, train_rows, config.max_length, model.control_tokens)
+    val_set = sft_data.encode_rows(model.tokenizer, val_rows, config.max_length, model.control_tokens)
+    for name, encoded, n_rows in (("train", train_set, len(train_rows)), ("validation", val_set, len(val_rows))):
+        if encoded.n_truncated:
+            dropped = f"; {encoded.n_dropped} lost every answer token and were dropped" if encoded.n_dropped else ""
+            log.warning(f"warning: {encoded.n_truncated} of {n_rows} {name} examples are longer than "
+                        f"max_length={config.max_length} tokens and were cut{dropped}")
+    if not train_set.examples or not val_set.examples:
+        raise UsageError(f"no training or validation examples left (max_length={config.max_length} too small?)")
+    log.info(f"data: {train_file} -> {len(train_set.examples)} train / {len(val_set.examples)} validation examples")
+
+    collate = sft_data.Collator(sft_data.pad_token_id(model.tokenizer))
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_set.examples, batch_size=config.batch_size, shuffle=True,
+                              collate_fn=collate, generator=generator)
+    val_loader = DataLoader(val_set.examples, batch_size=config.eval_batch_size, collate_fn=collate)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * config.num_epochs
+    # Not passed to accelerate.prepare: a prepared scheduler steps once per process per optimizer step.
+    scheduler = get_linear_schedule_with_warmup(optimizer.optimizer, config.warmup_steps, total_steps)
+    if config.report_to != "none":
+        accelerator.init_trackers("unfreeze-sft", config={k: v for k, v in to_dict(config).items() if v is not None})
+
+    metrics: dict[str, Any] = {}
+    if config.eval_at_start:
+        start = evaluate(model, val_loader, accelerator)
+        metrics.update({f"initial_{k}": v for k, v in start.items()})
+        log.info(_format_losses("before training", start))
+        accelerator.log(start, step=0)
+
+    # --- train ----------------------------------------------------------------------------------------
+    log.info(f"training: {config.num_epochs} epoch(s), {total_steps} optimizer steps of {config.batch_size} "
+             f"examples x {config.gradient_accumulation_steps} accumulation x {accelerator.num_processes} process(es)")
+    progress = tqdm(total=total_steps, desc="sft", disable=not accelerator.is_local_main_process)
+    step, running, started = 0, [], time.perf_counter()
+    model.train()
+    for _epoch in range(config.num_epochs):
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                output = model(**batch, return_logprobs=False)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            # kept on the device; read (one sync) only when logging
+            running.append(torch.stack([output.loss, output.lm_loss, output.pause_loss]).detach())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            if step % config.log_every == 0 or step == total_steps:
+                loss, lm_loss, pause_loss = torch.stack(running).mean(0).tolist()
+                running = []
+                progress.set_postfix(loss=f"{loss:.4f}")
+                accelerator.log({"train_loss": loss, "train_lm_loss": lm_loss, "train_pause_loss": pause_loss,
+                                 "lr": scheduler.get_last_lr()[0]}, step=step)
+                log.info(f"step {step}/{total_steps}: train loss {loss:.4f} (lm {lm_loss:.4f}, pause {pause_loss:.4f})")
+            if config.eval_every and step % config.eval_every == 0 and step < total_steps:
+                losses = evaluate(model, val_loader, accelerator)
+                accelerator.log(losses, step=step)
+                log.info(_format_losses(f"step {step}", losses))
+    progress.close()
+    train_time = time.perf_counter() - started
+
+    # --- evaluate on validation, save -----------------------------------------------------------------
+    final_losses = evaluate(model, val_loader, accelerator)
+    accelerator.log(final_losses, step=step)
+    log.info(_format_losses("after training", final_losses))
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    metrics.update(final_losses)
+    metrics.update({
+        "train_time_s": round(train_time, 3), "optimizer_steps": step,
+        "trainable_params": trainable.trainable_params, "total_params": trainable.total_params,
+        "trainable_tensors": trainable.tensors, "trainable_components": trainable.components,
+        "untied_embeddings": trainable.untied,
+        "n_train": len(train_set.examples), "n_val": len(val_set.examples),
+        "n_truncated": train_set.n_truncated + val_set.n_truncated,
+        "n_dropped": train_set.n_dropped + val_set.n_dropped,
+        "num_processes": accelerator.num_processes,
+    })
+    accelerator.wait_for_everyone()
+    final = out / "final"
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.merge_lora:
+            unwrapped.merge_lora()
+            log.info("merged the LoRA adapter into the weights")
+        unwrapped.save_pretrained(final)
+        log.info(f"saved the model to {final}")
+    accelerator.wait_for_everyone()
+    del model, optimizer, train_loader, val_loader, params
+    accelerator.free_memory()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if not main:
+        return metrics  # the main process alone evaluates on test and writes the results
+
+    # --- GSM8K test accuracy (generation), then metrics.json last --------------------------------------
+    if config.test:
+        from unfreeze.tasks.eval_gsm8k import evaluate_model_folder
+
+        test_path = config.test_data or (str(test_file) if test_file else None)
+        # write_metrics=False: the evaluation's numbers go into this run's metrics.json, written last.
+        results = evaluate_model_folder(str(final), test_path, str(out), config.test_limit,
+                                        config.test_batch_size, config.max_new_tokens, write_metrics=False)
+        for key, value in results.items():
+            metrics[key if key.startswith("test_") else f"test_{key}"] = value
+    atomic_write_json(out / "metrics.json", metrics)
+    log.info(f"wrote {out / 'metrics.json'}")
+    return metrics
+
+
+# --- pieces -------------------------------------------------------------------------------------------
+
+
+def build_model(config: SFTConfig, log: Any):
+    """The model to train: a saved pause-model folder, or a HF model (pretrained or random) + control tokens."""
+    from unfreeze.models.control_tokens import MARKER_FILE, ControlTokenLM, load_causal_lm
+    from unfreeze.models.loading import load_tokenizer, parse_model_config
+
+    tokens = [config.pause_token] if config.pause_token else []
+    folder = Path(config.model).expanduser()
+    if folder.is_dir() and (folder / MARKER_FILE).exists():
+        if config.weights == "random" or config.model_config or config.tokenizer:
+            raise UsageError(f"model {config.model} is a saved model folder; it brings its own weights and "
+                             f"tokenizer (unset weights=random, model_config, tokenizer)")
+        # A saved LoRA adapter is merged: this run trains from the weights that folder represents.
+        model = ControlTokenLM.from_pretrained(str(folder), dtype=config.dtype, merge_adapter=True)
+        if model.control_tokens and model.control_tokens != tokens:
+            raise UsageError(f"model {config.model} has control tokens {model.control_tokens}; "
+                             f"set pause_token to {model.control_tokens[0]!r}")
+        if not model.control_tokens and tokens:
+            model = ControlTokenLM.from_base(model.base, model.tokenizer, tokens, config.detach_head)
+        model.detach_head = config.detach_head
+        log.info(f"model: {config.model} (saved folder; control tokens {model.control_tokens or 'none'})")
+    else:
+        overrides = parse_model_config(config.model_config, flag="model_config")
+        random_init = config.weights == "random"
+        tokenizer = load_tokenizer(config.tokenizer or config.model, flag="tokenizer") if random_init else None
+        if random_init:
+            # A random model is built for its tokenizer: same vocabulary size and special ids.
+            overrides = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                         "eos_token_id": tokenizer.eos_token_id, **overrides}
+        base = load_causal_lm(config.model, dtype=config.dtype, random_init=random_init, overrides=overrides)
+        tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model, flag="tokenizer")
+        model = ControlTokenLM.from_base(base, tokenizer, tokens, config.detach_head)
+        log.info(f"model: {config.model} ({config.weights} weights); control tokens {tokens or 'none'}")
+    if config.lora:
+        targets = [t.strip() for t in config.lora_target_modules.split(",")] if config.lora_target_modules else None
+        model.add_lora(config.lora_r, config.lora_alpha, config.lora_dropout, targets)
+    return model.train()
+
+
+@torch.no_grad()
+def evaluate(model: Any, loader: Any, accelerator: Any) -> dict[str, float]:
+    """Validation losses with every labelled token weighted equally (across batches and processes)."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    for batch in loader:
+        output = model(**batch, return_logprobs=False)
+        per_example = torch.stack([output.example_lm_nll.float(), output.example_pause_nll.float(),
+                                   output.example_tokens.float()], dim=1)
+        totals += accelerator.gather_for_metrics(per_example).sum(0).double()
+    model.train()
+    lm, pause, tokens = totals.tolist()
+    tokens = max(tokens, 1.0)
+    return {"eval_loss": (lm + pause) / tokens, "eval_lm_loss": lm / tokens, "eval_pause_loss": pause / tokens}
+
+
+def _format_losses(when: str, losses: dict[str, float]) -> str:
+    return (f"{when}: validation loss {losses['eval_loss']:.4f} (lm {losses['eval_lm_loss']:.4f}, "
+            f"pause {losses['eval_pause_loss']:.4f})")
+
+
+def _check_config(config: SFTConfig) -> None:
+    """Problems that can be named before anything heavy is loaded."""
+    if not config.out:
+        raise UsageError("no run folder: pass --out DIR (or set `out` in the config)")
+    if not config.data:
+        raise UsageError("no data: set `data` to a folder from `unfreeze inject-pauses` or a GSM8K folder")
+    for key in ("num_epochs", "batch_size", "gradient_accumulation_steps", "max_length", "eval_batch_size",
+                "log_every", "lora_r"):
+        if getattr(config, key) < 1:
+            raise UsageError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if config.eval_every < 0:
+        raise UsageError(f"eval_every must be 0 (off) or positive, got {config.eval_every}")
+    if not config.pause_token:
+        on = [key for key in ("unfreeze_pause_embedding", "unfreeze_pause_head") if getattr(config, key)]
+        if on:
+            raise UsageError(f"{', '.join(on)} need a control token, but pause_token is null")
+    if config.merge_lora and not config.lora:
+        raise UsageError("merge_lora: true needs lora: true")
+    if config.report_to != "none":
+        from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+        available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
+                     "mlflow": is_mlflow_available}[config.report_to]()
+        if not available:
+            raise UsageError(f"report_to={config.report_to} needs `pip install {config.report_to}`")
+    if config.test:
+        try:
+            from unfreeze.tasks.eval_gsm8k import evaluate_model_folder  # noqa: F401
+        except ImportError as err:
+            raise UsageError(f"test: true needs the GSM8K evaluation (unfreeze.tasks.eval_gsm8k): {err}") from None
+
+
+def _check_pauses(config: SFTConfig, rows: list[dict], train_file: Path, log: Any) -> None:
+    from unfreeze.data.sft_data import count_containing
+
+    if config.pause_token:
+        if count_containing(rows, config.pause_token) == 0:
+            log.warning(f"warning: no {config.answer_field!r} in {train_file} contains {config.pause_token!r}; "
+                        f"the pause head will only learn never to pause (pause data: `unfreeze inject-pauses "
+                        f"--pause_token '{config.pause_token}'`; its answers may be in answer_field="
+                        f"pause_augmented_answer)")
+    elif count_containing(rows, "<|pause|>"):
+        log.warning(f"warning: {train_file} contains '<|pause|>' but pause_token is null: it is trained as "
+                    f"plain text")
+
+
+def _reset_accelerate_state() -> None:
+    """Forget the previous recipe's accelerate settings (mixed precision, accumulation); keeps the
+    process group of a distributed launch (PartialState)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
