@@ -78,6 +78,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX on the prompt; aligned with input_ids (the model shifts)
     truncated: bool = False
+    hidden: torch.Tensor | None = None  # final hidden states, when `unfreeze.sft_cache` cached them
 
 
 def encode_example(tokenizer: Any, question: str, answer: str, max_length: int,
@@ -126,7 +127,13 @@ class Collator:
             ids[i, :n] = torch.tensor(e.input_ids)
             labels[i, :n] = torch.tensor(e.labels)
             mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if examples[0].hidden is not None:
+            hidden = torch.zeros((len(examples), width, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype)
+            for i, e in enumerate(examples):
+                hidden[i, : len(e.input_ids)] = e.hidden
+            batch["cached_hidden"] = hidden
+        return batch
 
 
 def pad_token_id(tokenizer: Any) -> int:

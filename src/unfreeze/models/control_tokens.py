@@ -188,20 +188,28 @@ class ControlTokenLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, past_key_values: Any = None, use_cache: bool = False,
-                position_ids: torch.Tensor | None = None, *, return_logprobs: bool = True) -> ControlTokenOutput:
+                position_ids: torch.Tensor | None = None, *, return_logprobs: bool = True,
+                cached_hidden: torch.Tensor | None = None) -> ControlTokenOutput:
         """Combined next-token log-probs (and the losses when `labels` are given).
 
         `return_logprobs=False` skips building the (B, T, V + n) tensor: training needs only the losses.
+        `cached_hidden`: the final hidden states of these inputs, computed earlier by `final_hidden`
+        (see `unfreeze.sft_cache`): only the LM head and the pause head run.
         """
         n = len(self.control_tokens)
-        out = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask,
-                        past_key_values=past_key_values, use_cache=use_cache, position_ids=position_ids,
-                        output_hidden_states=n > 0, return_dict=True)
-        logits = out.logits.float()
+        if cached_hidden is not None:
+            hidden = cached_hidden.to(self.hf_model.get_output_embeddings().weight.dtype)
+            out = None
+            logits = self.hf_model.get_output_embeddings()(hidden).float()
+        else:
+            out = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask,
+                            past_key_values=past_key_values, use_cache=use_cache, position_ids=position_ids,
+                            output_hidden_states=n > 0, return_dict=True)
+            logits = out.logits.float()
+            hidden = out.hidden_states[-1] if n else None  # after the final norm: what the LM head reads
         log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)  # log p_lm = logits - this
         head_logprobs = None
         if n:
-            hidden = out.hidden_states[-1]  # after the final norm: what the LM head reads
             if self.detach_head:
                 hidden = hidden.detach()
             head_logprobs = torch.log_softmax(self.pause_head(hidden).float(), dim=-1)
@@ -210,10 +218,18 @@ class ControlTokenLM(nn.Module):
             logprobs = logits - log_normaliser
             if n:
                 logprobs = torch.cat([logprobs.add_(head_logprobs[..., -1:]), head_logprobs[..., :-1]], dim=-1)
-        result = ControlTokenOutput(logprobs=logprobs, past_key_values=out.past_key_values if use_cache else None)
+        past = out.past_key_values if use_cache and out is not None else None
+        result = ControlTokenOutput(logprobs=logprobs, past_key_values=past)
         if labels is not None:
             self._add_losses(result, logits, log_normaliser, head_logprobs, labels)
         return result
+
+    @torch.no_grad()
+    def final_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden state (after the final norm): what both heads read."""
+        out = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask,
+                        output_hidden_states=True, return_dict=True)
+        return out.hidden_states[-1]
 
     def _add_losses(self, result: ControlTokenOutput, logits: torch.Tensor, log_normaliser: torch.Tensor,
                     head_logprobs: torch.Tensor | None, labels: torch.Tensor) -> None:

@@ -74,6 +74,13 @@ class SFTConfig:
     warmup_steps: int = field(0, "linear warm-up steps before the linear decay to 0")
     max_grad_norm: float = field(1.0, "gradient clipping norm (0: off)")
     mixed_precision: str = field("no", "accelerate mixed precision", choices=MIXED_PRECISION)
+    dropout: float | None = field(None, "set every dropout of the model to this (null: keep the model's; "
+                                        "GPT-2 checkpoints carry 0.1, Mistral/Llama 0.0)")
+    cache_activations: str = field("auto", "compute the frozen body's final hidden states once when only heads "
+                                           "on top train and no dropout is active: auto, on, off",
+                                   choices=("auto", "on", "off"))
+    cache_budget_gb: float | None = field(None, "memory the hidden-state cache may use (default: a quarter of "
+                                                "free memory); above it the run goes uncached")
     gradient_checkpointing: bool = field(False, "recompute activations in backward (saves memory on big models)")
     eval_every: int = field(500, "optimizer steps between validation losses (0: only at the end)")
     eval_at_start: bool = field(False, "also compute the validation losses before training")
@@ -200,6 +207,10 @@ def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path
     positions = getattr(model.config, "n_positions", None)  # GPT-2's learned positions are a hard limit
     if positions is not None and config.max_length > positions:
         raise UsageError(f"max_length={config.max_length} exceeds the model's {positions} positions")
+    if config.dropout is not None:
+        from unfreeze.sft_cache import set_dropout
+
+        set_dropout(model.hf_model, config.dropout)
     components = [name for name, key in COMPONENT_SWITCHES.items() if getattr(config, key)]
     trainable = set_trainable(model, components)
     for line in trainable.lines():
@@ -225,6 +236,10 @@ def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path
     log.info(f"data: {train_file} -> {len(train_set.examples)} train / {len(val_set.examples)} validation examples")
 
     collate = sft_data.Collator(sft_data.pad_token_id(model.tokenizer))
+    cache_info, cache_s = {"kind": "none", "bytes": 0}, 0.0
+    if config.cache_activations != "off":
+        cache_info, cache_s = _cache_hidden_states(config, model, train_set.examples + val_set.examples,
+                                                   collate, accelerator, log)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(train_set.examples, batch_size=config.batch_size, shuffle=True,
                               collate_fn=collate, generator=generator)
@@ -280,7 +295,8 @@ def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path
                 accelerator.log(losses, step=step)
                 log.info(_format_losses(f"step {step}", losses))
     progress.close()
-    train_time = time.perf_counter() - started
+    # Building the cache is work the uncached path does inside training, so it counts as training time.
+    train_time = time.perf_counter() - started + cache_s
 
     # --- evaluate on validation, save -----------------------------------------------------------------
     final_losses = evaluate(model, val_loader, accelerator)
@@ -297,7 +313,8 @@ def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path
         "n_train": len(train_set.examples), "n_val": len(val_set.examples),
         "n_truncated": train_set.n_truncated + val_set.n_truncated,
         "n_dropped": train_set.n_dropped + val_set.n_dropped,
-        "num_processes": accelerator.num_processes,
+        "num_processes": accelerator.num_processes, "cache": cache_info,
+        "examples_per_s": round(config.num_epochs * len(train_set.examples) / train_time, 2) if train_time else None,
     })
     accelerator.wait_for_everyone()
     final = out / "final"
@@ -371,6 +388,38 @@ def build_model(config: SFTConfig, log: Any):
         targets = [t.strip() for t in config.lora_target_modules.split(",")] if config.lora_target_modules else None
         model.add_lora(config.lora_r, config.lora_alpha, config.lora_dropout, targets)
     return model.train()
+
+
+def _cache_hidden_states(config: SFTConfig, model: Any, examples: list, collate: Any, accelerator: Any,
+                         log: Any) -> tuple[dict[str, Any], float]:
+    """Store each example's final hidden states when that is exact and fits the budget."""
+    from unfreeze import sft_cache
+    from unfreeze.activation_cache import available_memory_bytes
+
+    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else model.hf_model.dtype
+    plan = sft_cache.plan(model, [len(e.input_ids) for e in examples], dtype)
+    if plan.enabled:
+        model.to(accelerator.device)
+        if not sft_cache.verify_heads_reproduce_logits(model, collate(examples[:2]), accelerator.device):
+            plan = sft_cache.SFTCachePlan(False, "this model's logits are not lm_head(last hidden state)")
+    if not plan.enabled:
+        if config.cache_activations == "on":
+            raise UsageError(f"cache_activations=on cannot be exact here: {plan.reason}")
+        log.info(f"activation cache: off ({plan.reason})")
+        return {"kind": "none", "bytes": 0, "reason": plan.reason}, 0.0
+    budget = (config.cache_budget_gb * 2**30 if config.cache_budget_gb is not None
+              else available_memory_bytes(accelerator.device) // 4)
+    if plan.estimated_bytes > budget:
+        log.info(f"activation cache: off ({plan.estimated_bytes / 2**30:.2f} GiB exceeds the budget of "
+                 f"{budget / 2**30:.2f} GiB; raise cache_budget_gb to enable)")
+        return {"kind": "none", "bytes": 0, "reason": "over budget"}, 0.0
+    begin = time.perf_counter()
+    stored = sft_cache.attach_hidden_states(model, examples, collate, config.eval_batch_size, accelerator.device,
+                                            accelerator.autocast, dtype, "caching final hidden states")
+    seconds = time.perf_counter() - begin
+    log.info(f"activation cache: {plan.reason}; {stored / 2**20:.1f} MiB in {seconds:.1f}s")
+    return {"kind": "final_hidden", "bytes": stored, "estimated_bytes": plan.estimated_bytes,
+            "dtype": str(dtype).replace("torch.", ""), "build_s": round(seconds, 3), "reason": plan.reason}, seconds
 
 
 @torch.no_grad()

@@ -1,0 +1,73 @@
+"""`unfreeze sft` with cached final hidden states equals the uncached run, and caches only where exact."""
+
+import pytest
+import torch
+
+from unfreeze import sft_cache
+from unfreeze.models.pause_trainable import set_trainable
+from unfreeze.tasks.sft import load_config, run_config
+
+from pause_helpers import tiny_model
+from test_sft import _tiny_config, pause_data  # noqa: F401  (fixture)
+
+HEADS_ONLY = [
+    {"unfreeze_pause_embedding": False, "unfreeze_pause_head": True},  # sft_fr_pembed
+    {"unfreeze_pause_embedding": False, "unfreeze_pause_head": True, "unfreeze_lm_head": True},
+]
+
+
+@pytest.mark.parametrize("switches", HEADS_ONLY, ids=["pause_head", "pause_head+lm_head"])
+def test_cached_sft_equals_uncached(tmp_path, pause_data, switches):  # noqa: F811
+    runs = {}
+    for mode in ("off", "on"):
+        path = _tiny_config(tmp_path, pause_data, dropout=0.0, cache_activations=mode, eval_at_start=True,
+                            **switches)
+        runs[mode] = run_config(load_config(str(path), out=str(tmp_path / mode)))
+    assert runs["on"]["cache"]["kind"] == "final_hidden" and runs["off"]["cache"]["kind"] == "none"
+    for key in ("initial_eval_loss", "eval_loss", "eval_lm_loss", "eval_pause_loss"):
+        assert runs["on"][key] == pytest.approx(runs["off"][key], abs=1e-5), key
+    assert runs["on"]["eval_pause_loss"] < runs["on"]["initial_eval_pause_loss"]  # it did train
+    cache = runs["on"]["cache"]
+    assert abs(cache["estimated_bytes"] - cache["bytes"]) <= 0.1 * cache["bytes"]
+
+
+@pytest.mark.parametrize("components", [["pause_embedding", "pause_head"], ["lm_head", "lm_embeddings"],
+                                        ["lm_embeddings"]])
+def test_never_caches_when_the_hidden_state_depends_on_a_trainable_tensor(components):
+    model = tiny_model()
+    sft_cache.set_dropout(model.hf_model, 0.0)
+    set_trainable(model, components)
+    assert not sft_cache.plan(model, [5], torch.float32).enabled
+
+
+def test_a_tied_trainable_lm_head_never_caches():
+    model = tiny_model()
+    sft_cache.set_dropout(model.hf_model, 0.0)
+    set_trainable(model, ["pause_head"])
+    hf = model.hf_model
+    assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight  # tied
+    hf.get_output_embeddings().weight.requires_grad_(True)  # training the head trains the embeddings
+    assert not sft_cache.plan(model, [5], torch.float32).enabled
+    # Untied by `set_trainable` when only the LM head trains: then the body is frozen and caching is exact.
+    set_trainable(model, ["lm_head", "pause_head"])
+    assert sft_cache.plan(model, [5], torch.float32).enabled
+
+
+def test_dropout_and_lora_prevent_caching():
+    model = tiny_model()
+    set_trainable(model, ["pause_head"])
+    sft_cache.set_dropout(model.hf_model, 0.1)
+    assert "dropout" in sft_cache.plan(model, [5], torch.float32).reason
+    model = tiny_model()
+    sft_cache.set_dropout(model.hf_model, 0.0)
+    model.add_lora(r=2, alpha=4, dropout=0.0)
+    set_trainable(model, ["lora"])
+    assert not sft_cache.plan(model, [5], torch.float32).enabled
+
+
+def test_cache_on_where_not_exact_is_an_error(tmp_path, pause_data):  # noqa: F811
+    from unfreeze.errors import UsageError
+
+    path = _tiny_config(tmp_path, pause_data, cache_activations="on")  # dropout 0.1 and pause embedding train
+    with pytest.raises(UsageError, match="cannot be exact"):
+        run_config(load_config(str(path), out=str(tmp_path / "run")))
