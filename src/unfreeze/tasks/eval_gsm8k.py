@@ -1,0 +1,275 @@
+"""`unfreeze eval-gsm8k --model DIR --out DIR`: GSM8K test accuracy by greedy generation, pauses included.
+
+Top to bottom: check the flags -> read the questions -> load the model -> generate (batched, greedy, with
+a key/value cache, through the pause model's combined distribution) -> score -> `test_results.json`
+(one record per question), then `metrics.json`, both written atomically, metrics last. `unfreeze sft`
+calls `evaluate_model_folder` on its saved model when its config says `test: true`.
+
+Scoring: pause tokens and other special tokens are removed from the completion, the answer is the first
+match of the reference's regex `#### (\\-?[0-9\\.\\,]+)` with commas removed, and it is correct when it
+equals the ground truth's -- compared as numbers when both parse ("18.0" and "18" are the same answer;
+a plain string comparison would count that as wrong), else as strings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from unfreeze.config import add_dataclass_arguments, config_from_args, field, to_dict
+from unfreeze.data.gsm8k import extract_answer, load_gsm8k_split
+from unfreeze.data.pauses import count_pauses, strip_pauses
+from unfreeze.errors import UsageError, require
+from unfreeze.files import atomic_write_json, close_logger, run_logger
+
+DEFAULT_PAUSE_TOKEN = "<|pause|>"
+RESULTS_FILE = "test_results.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class EvalConfig:
+    """Every flag of `unfreeze eval-gsm8k`."""
+
+    model: str | None = field(None, "model folder: `unfreeze sft`'s <out>/final, or a plain Hugging Face causal LM")
+    data: str | None = field(None, "GSM8K test file, or folder with test.jsonl/test.json; unset: download openai/gsm8k")
+    limit: int | None = field(None, "score only the first N questions")
+    batch_size: int = field(8, "questions per generation batch")
+    max_new_tokens: int = field(256, "generation budget per answer (pauses count)")
+    pause_temperature: float = field(1.0, "multiply the odds of pausing: 0 never pauses, 1 unchanged, >1 more pauses")
+    train_stats: str | None = field(None, "training file (or folder with train.json[l]) whose mean pauses per "
+                                          "answer is recorded as train_mean_pauses_per_answer")
+    out: str | None = field(None, "run folder for test_results.json, metrics.json, eval_config.json, run.log")
+    device: str = field("auto", "auto, cpu, cuda or mps")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, EvalConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(EvalConfig, args)
+    require(bool(cfg.out), "--out is required: the folder for test_results.json and metrics.json")
+    evaluate_model_folder(cfg.model, cfg.data, cfg.out, cfg.limit, cfg.batch_size, cfg.max_new_tokens,
+                          cfg.pause_temperature, train_stats=cfg.train_stats, device=cfg.device,
+                          config=to_dict(cfg))
+    return 0
+
+
+def validate(limit: int | None, batch_size: int, max_new_tokens: int, pause_temperature: float) -> None:
+    """Reject impossible numbers before anything is loaded."""
+    require(limit is None or limit >= 1, f"--limit must be at least 1 (got {limit}); leave it out to score all")
+    require(batch_size >= 1, f"--batch_size must be at least 1 (got {batch_size})")
+    require(max_new_tokens >= 1, f"--max_new_tokens must be at least 1 (got {max_new_tokens})")
+    require(math.isfinite(pause_temperature) and pause_temperature >= 0,
+            f"--pause_temperature must be a finite number >= 0 (got {pause_temperature}); "
+            "0 never pauses, 1 leaves the model unchanged")
+
+
+# --- scoring: pure functions --------------------------------------------------------------------------
+
+
+def clean_completion(text: str, pause_tokens: Sequence[str] = (DEFAULT_PAUSE_TOKEN,),
+                     special_tokens: Sequence[str] = ()) -> str:
+    """The completion without pause tokens and other special tokens (e.g. `<|endoftext|>`)."""
+    for token in pause_tokens:
+        text = strip_pauses(text, token)
+    # Longest first, so that a special token containing another is removed whole.
+    for token in sorted(set(special_tokens), key=len, reverse=True):
+        if token:
+            text = text.replace(token, "")
+    return text
+
+
+def predicted_answer(text: str, pause_tokens: Sequence[str] = (DEFAULT_PAUSE_TOKEN,),
+                     special_tokens: Sequence[str] = ()) -> str | None:
+    """The number after `#### ` in the cleaned completion (commas removed), or None."""
+    return extract_answer(clean_completion(text, pause_tokens, special_tokens))
+
+
+def is_correct(predicted: str | None, truth: str | None) -> bool:
+    """Same answer: equal as numbers when both parse ("18.0" == "18"), else equal as strings."""
+    if predicted is None or truth is None:
+        return False
+    try:
+        return float(predicted) == float(truth)
+    except ValueError:
+        return predicted == truth
+
+
+def summarize(records: Sequence[dict], generation_s: float, eval_s: float) -> dict[str, Any]:
+    """The metrics of a list of scored records (see `score_batch`)."""
+    n = len(records)
+    pauses = [r["num_pauses"] for r in records]
+    tokens = [r["num_generated_tokens"] for r in records]
+    return {
+        "test_accuracy": sum(r["correct"] for r in records) / n if n else 0.0,
+        "num_questions": n,
+        "num_correct": sum(r["correct"] for r in records),
+        "num_without_answer": sum(r["predicted_answer"] is None for r in records),
+        "num_stopped_by_length": sum(not r["stopped_at_eos"] for r in records),
+        "mean_pauses_per_reply": sum(pauses) / n if n else 0.0,
+        "max_pauses_per_reply": max(pauses, default=0),
+        "mean_generated_tokens": sum(tokens) / n if n else 0.0,
+        "generated_tokens_per_s": round(sum(tokens) / generation_s, 2) if generation_s > 0 else None,
+        "generation_time_s": round(generation_s, 3),
+        "eval_time_s": round(eval_s, 3),
+    }
+
+
+def mean_pauses_per_answer(rows: Sequence[dict], pause_tokens: Sequence[str] = (DEFAULT_PAUSE_TOKEN,)) -> float:
+    """Mean number of pause tokens in the "answer" field of training rows (the rate a model learned)."""
+    if not rows:
+        return 0.0
+    return sum(count_pauses(row["answer"], token) for row in rows for token in pause_tokens) / len(rows)
+
+
+# --- the evaluation -----------------------------------------------------------------------------------
+
+
+def evaluate_model_folder(model_dir: str, data: str | None, out_dir: str, limit: int | None, batch_size: int,
+                          max_new_tokens: int, pause_temperature: float = 1.0, write_metrics: bool = True, *,
+                          train_stats: str | None = None, device: str = "auto", progress: bool = True,
+                          config: dict | None = None) -> dict:
+    """Score the model in `model_dir` on GSM8K test; write `test_results.json` (and `metrics.json`).
+
+    `data` is a GSM8K test file or folder (None downloads it); `limit` keeps the first N questions.
+    Returns the metrics dict. With `write_metrics=False` (how `unfreeze sft` calls it: it merges the dict
+    into its own metrics.json) only `test_results.json` is written. `config` (the command line's flags) is
+    saved as `eval_config.json`. Bad input raises `UsageError` before anything is written.
+    """
+    from unfreeze.models.loading import resolve_device
+
+    started = time.perf_counter()
+    out = Path(out_dir)
+    # A stale result must not survive a failed rerun, whatever failed (ours only: sft owns its metrics.json).
+    (out / RESULTS_FILE).unlink(missing_ok=True)
+    if write_metrics:
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    validate(limit, batch_size, max_new_tokens, pause_temperature)
+    require(bool(model_dir), "--model is required: a model folder, e.g. the <out>/final of `unfreeze sft`")
+    folder = Path(model_dir).expanduser()
+    require(folder.is_dir(), f"--model {model_dir}: no such folder")
+    rows = load_questions(data, limit)  # missing fields fail here, before the (slow) model load
+    train_rows = load_gsm8k_split(train_stats, "train", flag="--train_stats") if train_stats else None
+    target = resolve_device(device)
+    model = load_model(folder, target)
+    pause_tokens = list(model.control_tokens) if model.control_token_ids else []
+    rows = with_ground_truth(rows, data, pause_tokens or [DEFAULT_PAUSE_TOKEN])
+
+    log = run_logger(out, "unfreeze.eval_gsm8k")
+    try:
+        if config is not None:
+            atomic_write_json(out / "eval_config.json", config)
+        log.info(f"model {folder} on {target}: control tokens {pause_tokens or 'none'}; "
+                 f"{len(rows)} questions from {data or 'openai/gsm8k (download)'}")
+        records, generation_s = generate_and_score(
+            model, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            pause_temperature=pause_temperature, device=target, progress=progress)
+        metrics = summarize(records, generation_s, time.perf_counter() - started)
+        metrics.update({"pause_temperature": pause_temperature, "max_new_tokens": max_new_tokens,
+                        "batch_size": batch_size, "model": str(folder), "device": str(target)})
+        if train_rows is not None:
+            metrics["train_mean_pauses_per_answer"] = mean_pauses_per_answer(
+                train_rows, pause_tokens or [DEFAULT_PAUSE_TOKEN])
+        atomic_write_json(out / RESULTS_FILE, records)
+        log.info(f"test accuracy {metrics['test_accuracy']:.4f} ({metrics['num_correct']}/{len(records)}); "
+                 f"pauses per reply {metrics['mean_pauses_per_reply']:.2f} (max {metrics['max_pauses_per_reply']}); "
+                 f"{metrics['generated_tokens_per_s']} generated tokens/s")
+        if write_metrics:
+            atomic_write_json(out / METRICS_FILE, metrics)
+            log.info(f"results written to {out / METRICS_FILE}")
+        return metrics
+    finally:
+        close_logger(log)
+
+
+def load_questions(data: str | None, limit: int | None) -> list[dict]:
+    """The first `limit` test rows (the loader checks that each has text "question" and "answer")."""
+    rows = load_gsm8k_split(data, "test", flag="--data")
+    rows = rows[:limit] if limit is not None else rows
+    require(len(rows) > 0, f"--data {data}: no questions to score")
+    return rows
+
+
+def with_ground_truth(rows: Sequence[dict], data: str | None, pause_tokens: Sequence[str]) -> list[dict]:
+    """question, answer and ground truth of each row; a row without `#### <number>` is a UsageError.
+
+    The ground truth is read like a completion (pauses removed first), so a test file written by
+    `unfreeze inject-pauses` scores the same as the original.
+    """
+    checked = []
+    for number, row in enumerate(rows, start=1):
+        truth = predicted_answer(row["answer"], pause_tokens)
+        require(truth is not None, f"--data {data}: row {number}'s answer has no final '#### <number>'")
+        checked.append({"question": row["question"], "answer": row["answer"], "ground_truth": truth})
+    return checked
+
+
+def load_model(folder: Path, device):
+    """A saved pause model (`unfreeze sft`) or a plain Hugging Face causal LM, in eval mode on `device`."""
+    from unfreeze.models.control_tokens import ControlTokenLM
+
+    if not (folder / "config.json").exists():
+        raise UsageError(f"--model {folder} is not a model folder (no config.json); pass the <out>/final "
+                         f"folder of `unfreeze sft` or a Hugging Face model folder")
+    model = ControlTokenLM.from_pretrained(str(folder))  # its own errors are one-line UsageErrors
+    return model.to(device).eval()
+
+
+def generate_and_score(model, rows: Sequence[dict], *, batch_size: int, max_new_tokens: int,
+                       pause_temperature: float, device, progress: bool = True) -> tuple[list[dict], float]:
+    """Greedy completions of every question, scored; returns (records in input order, generation seconds)."""
+    from tqdm.auto import tqdm
+
+    from unfreeze.data.sft_data import encode_prompt
+    from unfreeze.generation import greedy_generate, max_positions, step_function
+
+    tokenizer = model.tokenizer
+    eos_id = tokenizer.eos_token_id
+    require(eos_id is not None, "the model's tokenizer has no EOS token; generation could never stop early")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    pause_ids = list(model.control_token_ids)
+    pause_tokens = tokenizer.convert_ids_to_tokens(pause_ids) if pause_ids else []
+    special = [t for t in tokenizer.all_special_tokens if t not in pause_tokens]
+    prompts = [encode_prompt(tokenizer, row["question"]) for row in rows]
+    limit = max_positions(model)
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    if limit is not None and len(prompts[longest]) + max_new_tokens > limit:
+        raise UsageError(f"question {longest + 1} has a {len(prompts[longest])}-token prompt; with --max_new_tokens "
+                         f"{max_new_tokens} it exceeds the model's {limit} positions; lower --max_new_tokens")
+
+    # Longest prompts first: similar lengths share a batch (less padding), and memory peaks at once.
+    order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
+    step = step_function(model)
+    records: list[dict | None] = [None] * len(rows)
+    generation_s, n_correct, n_done = 0.0, 0, 0
+    bar = tqdm(total=len(rows), desc="eval-gsm8k", unit="q", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        began = time.perf_counter()
+        outputs = greedy_generate(step, [prompts[i] for i in batch], eos_id=eos_id, pad_id=pad_id,
+                                  max_new_tokens=max_new_tokens, pause_ids=pause_ids,
+                                  pause_temperature=pause_temperature, device=device)
+        generation_s += time.perf_counter() - began  # .tolist() inside waited for the device
+        for index, output in zip(batch, outputs):
+            tokens = output.tokens[:-1] if output.stopped_at_eos else output.tokens
+            text = tokenizer.decode(tokens, skip_special_tokens=False)
+            predicted = predicted_answer(text, pause_tokens, special)
+            correct = is_correct(predicted, rows[index]["ground_truth"])
+            records[index] = {
+                "index": index, "question": rows[index]["question"], "generated_text": text,
+                "predicted_answer": predicted, "ground_truth": rows[index]["ground_truth"], "correct": correct,
+                "num_pauses": sum(tok in pause_ids for tok in output.tokens),
+                "num_generated_tokens": output.num_generated, "stopped_at_eos": output.stopped_at_eos,
+            }
+            n_correct += correct
+        n_done += len(batch)
+        bar.update(len(batch))
+        bar.set_postfix(acc=f"{n_correct / n_done:.3f}")
+    bar.close()
+    return records, generation_s
