@@ -189,14 +189,17 @@ class ControlTokenLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, past_key_values: Any = None, use_cache: bool = False,
                 position_ids: torch.Tensor | None = None, *, return_logprobs: bool = True,
-                cached_hidden: torch.Tensor | None = None) -> ControlTokenOutput:
+                cached_hidden: torch.Tensor | None = None, logits_to_keep: int = 0) -> ControlTokenOutput:
         """Combined next-token log-probs (and the losses when `labels` are given).
 
         `return_logprobs=False` skips building the (B, T, V + n) tensor: training needs only the losses.
         `cached_hidden`: the final hidden states of these inputs, computed earlier by `final_hidden`
         (see `unfreeze.sft_cache`): only the LM head and the pause head run.
+        `logits_to_keep=k > 0`: only the last k positions' outputs (generation needs just the last one).
         """
         n = len(self.control_tokens)
+        if logits_to_keep and labels is not None:
+            raise ValueError("logits_to_keep is for generation; the losses need every position")
         if cached_hidden is not None:
             hidden = cached_hidden.to(self.hf_model.get_output_embeddings().weight.dtype)
             out = None
@@ -204,9 +207,10 @@ class ControlTokenLM(nn.Module):
         else:
             out = self.base(inputs_embeds=self.embed(input_ids), attention_mask=attention_mask,
                             past_key_values=past_key_values, use_cache=use_cache, position_ids=position_ids,
-                            output_hidden_states=n > 0, return_dict=True)
+                            output_hidden_states=n > 0, return_dict=True, logits_to_keep=logits_to_keep)
             logits = out.logits.float()
-            hidden = out.hidden_states[-1] if n else None  # after the final norm: what the LM head reads
+            # After the final norm: what the LM head reads (the same positions as the logits).
+            hidden = out.hidden_states[-1][:, -logits.shape[1]:] if n else None
         log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)  # log p_lm = logits - this
         head_logprobs = None
         if n:

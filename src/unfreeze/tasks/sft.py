@@ -342,7 +342,10 @@ def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path
         # write_metrics=False: the evaluation's numbers go into this run's metrics.json, written last.
         results = evaluate_model_folder(str(final), test_path, str(out), config.test_limit,
                                         config.test_batch_size, config.max_new_tokens, write_metrics=False)
+        # Only the evaluation's results; its settings (model, device, batch size) are this run's config.
         for key, value in results.items():
+            if key in ("model", "device", "batch_size", "data", "limit", "max_new_tokens", "pause_temperature"):
+                continue
             metrics[key if key.startswith("test_") else f"test_{key}"] = value
     atomic_write_json(out / "metrics.json", metrics)
     log.info(f"wrote {out / 'metrics.json'}")
