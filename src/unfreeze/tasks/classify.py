@@ -269,11 +269,13 @@ def _run(cfg: ClassifyConfig, out: Path | None, log) -> dict:
     train_time_s = train_loop_s + cache_build_s
 
     model.eval()
+    eval_started = time.perf_counter()
     final = {name: accuracy(forward, loaders[name], name, device, desc=f"accuracy ({name})") for name in SPLITS}
+    eval_time_s = time.perf_counter() - eval_started
     metrics = {
         "train_acc": final["train"], "val_acc": final["validation"], "test_acc": final["test"],
         "train_time_s": round(train_time_s, 3), "train_loop_s": round(train_loop_s, 3),
-        "cache_build_s": round(cache_build_s, 3),
+        "cache_build_s": round(cache_build_s, 3), "eval_time_s": round(eval_time_s, 3),
         "examples_per_s": round(history["examples_seen"] / train_time_s, 2) if train_time_s > 0 else None,
         "total_time_s": round(time.perf_counter() - started, 3),
         "device": str(device), "precision": cfg.precision,
