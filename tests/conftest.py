@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# Tests never reach the network: a hub lookup that slipped through fails at once instead of retrying.
+# Subprocesses started by tests inherit it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
