@@ -134,3 +134,29 @@ def test_cli_learns_spam_on_the_real_data(shared_data, tmp_path):
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (1045, 149, 300)
     assert metrics["max_length"] == 120  # the reference's longest training example
     assert metrics["test_acc"] >= 0.90
+
+
+def test_pretrained_weights_from_a_local_folder(spam_csv_dir, byte_tokenizer_dir, tmp_path):
+    """`--model_size FOLDER --weights pretrained` loads a saved causal LM's body, not a fresh one."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from unfreeze.tasks.classify import build_model
+
+    torch.manual_seed(7)
+    saved = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128))
+    saved.save_pretrained(tmp_path / "gpt2-tiny")
+    cfg = tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / "run", weights="pretrained",
+                      model_size=str(tmp_path / "gpt2-tiny"), model_config=None, num_epochs=1)
+    model = build_model(cfg)
+    assert torch.equal(model.body.h[1].attn.c_attn.weight, saved.transformer.h[1].attn.c_attn.weight)
+    assert model.body.config.resid_pdrop == 0.0  # dropout is off, as in the reference
+    assert run_config(cfg)["total_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_missing_pretrained_folder_is_a_usage_error(spam_csv_dir, byte_tokenizer_dir, tmp_path):
+    cfg = tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / "run", weights="pretrained",
+                      model_size=str(tmp_path / "absent"), model_config=None)
+    with pytest.raises(UsageError, match="--model_size"):
+        run_config(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -46,7 +46,7 @@ def parse_model_config(text: str | dict | None, flag: str = "--model_config") ->
     return value
 
 
-def _offline_hint(what: str, source: str, flag: str, err: Exception) -> UsageError:
+def offline_error(what: str, source: str, flag: str, err: Exception) -> UsageError:
     return UsageError(
         f"could not load {what} {source!r} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
         f"if this machine is offline, pass a local folder with {flag}"
@@ -89,7 +89,7 @@ def load_tokenizer(source: str, flag: str = "--tokenizer"):
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as err:  # network, auth, missing repo: all end in the same advice
-        raise _offline_hint("tokenizer", source, flag, err) from None
+        raise offline_error("tokenizer", source, flag, err) from None
 
 
 def gpt2_config(model_id: str, overrides: dict[str, Any], flag: str = "--model_size"):
@@ -102,7 +102,7 @@ def gpt2_config(model_id: str, overrides: dict[str, Any], flag: str = "--model_s
         try:
             config = AutoConfig.from_pretrained(model_id)
         except Exception as err:
-            raise _offline_hint("model config", model_id, flag, err) from None
+            raise offline_error("model config", model_id, flag, err) from None
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise UsageError(f"--model_config key {key!r} is not a field of {type(config).__name__}")

@@ -64,6 +64,8 @@ def build_model(cfg: ClassifyConfig) -> GPT2Classifier:
     model_id = loading.resolve_model_id(cfg.model_size)
     overrides = loading.parse_model_config(cfg.model_config)
     config = loading.gpt2_config(model_id, overrides)
+    require(getattr(config, "model_type", "gpt2") == "gpt2",
+            f"--model_size {cfg.model_size!r} is a {config.model_type} model; classify supports GPT-2 models")
     loading.without_dropout(config)
     config._attn_implementation = "sdpa"
     if cfg.weights == "random":
@@ -76,9 +78,7 @@ def build_model(cfg: ClassifyConfig) -> GPT2Classifier:
             body = GPT2Model.from_pretrained(model_id, config=config)
         except Exception as err:
             hint = "--model_size /path/to/local/model_folder (or --weights random)"
-            raise loading._offline_hint("pretrained weights", model_id, hint, err) from None
-    require(getattr(config, "model_type", "gpt2") == "gpt2",
-            f"--model_size {cfg.model_size!r} is a {config.model_type} model; classify supports GPT-2 models")
+            raise loading.offline_error("pretrained weights", model_id, hint, err) from None
     body.eval()
     torch.manual_seed(cfg.seed)  # the reference reseeds right before creating the head
     return GPT2Classifier(body, num_classes=2, causal=not cfg.disable_causal_mask,
