@@ -208,10 +208,10 @@ def greedy_generate(
         # The new token is real for rows that were still running when it was chosen.
         mask = torch.cat([mask, active.long().unsqueeze(1)], dim=1)
         positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-        input_ids = torch.cat([input_ids, next_ids.unsqueeze(1)], dim=1)
         if use_cache:
             logprobs, past = step(next_ids.unsqueeze(1), mask, positions[:, -1:], past, True)
-        else:
+        else:  # only the uncached reference path re-reads the whole sequence
+            input_ids = torch.cat([input_ids, next_ids.unsqueeze(1)], dim=1)
             logprobs, _ = step(input_ids, mask, positions, None, False)
 
     return _collect(torch.stack(generated, dim=1).tolist(), eos_ids)
