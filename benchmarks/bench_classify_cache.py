@@ -29,17 +29,10 @@ from unfreeze.data import sms_spam
 from unfreeze.tasks.classify import run_config
 from unfreeze.tasks.classify_config import ClassifyConfig
 
+from common import matmul_peak_gflops  # benchmarks/common.py (the script folder is on sys.path)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ARCH = {"n_layer": 12, "n_embd": 768, "n_head": 12}
-
-
-def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up
-    begin = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - begin) / 1e9
 
 
 def write_subset(folder: Path, n_train: int) -> None:

@@ -23,14 +23,7 @@ from transformers import GPT2Config, GPT2Model
 
 from unfreeze.models.classifier import GPT2Classifier
 
-
-def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    begin = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - begin) / 1e9
+from common import matmul_peak_gflops  # benchmarks/common.py (the script folder is on sys.path)
 
 
 def build(args, attention: str) -> GPT2Classifier:

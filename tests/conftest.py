@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -16,32 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2's reversible byte -> printable-character table: printable Latin-1 bytes map to themselves,
-    # the remaining 68 bytes to code points from 256 upward.
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in keep:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 @pytest.fixture(scope="session")
 def byte_tokenizer_dir(tmp_path_factory) -> Path:
-    """A GPT-2-style tokenizer folder with one token per byte (no merges) and <|endoftext|> = 50256."""
-    folder = tmp_path_factory.mktemp("byte_tokenizer")
-    vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
-    vocab["<|endoftext|>"] = 50256
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "model_max_length": 1024}), encoding="utf-8")
-    return folder
+    """A folder holding the tiny byte-level tokenizer of `pause_helpers` (one token per byte)."""
+    from pause_helpers import save_tiny_tokenizer
+
+    return save_tiny_tokenizer(tmp_path_factory.mktemp("byte_tokenizer"))
 
 
 def make_spam_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:

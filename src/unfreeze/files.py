@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +34,35 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_folder(target: Path, files: dict[str, str]) -> None:
+    """Write all files into a temporary folder beside `target`, then rename each into place.
+
+    A crash before the renames leaves only the temporary folder's removal to do; every file that is
+    visible under its final name is complete.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        # mkdtemp makes the folder private (0700); once renamed it is the user's folder, so give it the
+        # permissions an ordinary mkdir would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        for name, text in files.items():
+            with open(staging / name, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if not target.exists():
+            os.replace(staging, target)  # one atomic rename publishes both files
+            return
+        for name in files:
+            os.replace(staging / name, target / name)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_json(path: str | os.PathLike) -> Any:

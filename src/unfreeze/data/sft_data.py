@@ -12,7 +12,6 @@ exactly the token ids of the original answer.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
+from unfreeze.data.gsm8k import parse_json_rows
 from unfreeze.errors import UsageError
 
 IGNORE_INDEX = -100
@@ -157,13 +157,7 @@ def read_rows(path: str | Path, answer_field: str = "answer") -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
-    try:
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is neither JSON lines nor a JSON array ({err.msg}, line {err.lineno})") from None
+    rows = parse_json_rows(text, str(path), flag="data")
     if not rows:
         raise UsageError(f"{path} holds no rows")
     for i, row in enumerate(rows):

@@ -27,6 +27,7 @@ from typing import Iterable
 from torch import nn
 
 from unfreeze.errors import UsageError
+from unfreeze.trainable import trainable_summary
 
 COMPONENTS: dict[str, str] = {
     "pause_embedding": "embedding rows of the control tokens (the delta next to the frozen base matrix)",
@@ -111,13 +112,10 @@ def set_trainable(model: nn.Module, components: Iterable[str]) -> TrainableSumma
                 "the model has no LoRA adapter (set lora: true)")
             raise UsageError(f"cannot train {name}: {why}")
         chosen.update({id(p): p for p in parts[name]})
-    names, shapes, trainable, total = [], [], 0, 0
-    for name, param in model.named_parameters():  # named_parameters lists a shared tensor once
+    for param in model.parameters():
         param.requires_grad_(id(param) in chosen)
-        total += param.numel()
-        if param.requires_grad:
-            names.append(name)
-            shapes.append(tuple(param.shape))
-            trainable += param.numel()
-    return TrainableSummary(components=wanted, tensors=names, shapes=shapes, trainable_params=trainable,
-                            total_params=total, untied=untied, notes=notes)
+    counts = trainable_summary(model)  # shared tensors counted once
+    shapes = [tuple(model.get_parameter(name).shape) for name in counts["trainable_tensors"]]
+    return TrainableSummary(components=wanted, tensors=counts["trainable_tensors"], shapes=shapes,
+                            trainable_params=counts["trainable_params"], total_params=counts["total_params"],
+                            untied=untied, notes=notes)

@@ -16,9 +16,7 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from tqdm import tqdm
 from unfreeze.data import pauses
 from unfreeze.data.gsm8k import HUB_ID, load_gsm8k_split
 from unfreeze.errors import UsageError
+from unfreeze.files import atomic_write_folder as write_folder
 
 DEFAULT_PATTERNS = '{"=": 1, "\\n": 1}'  # the reference default: one pause after "=" and after each newline
 
@@ -132,35 +131,6 @@ def json_array_text(rows: list[dict]) -> str:
     if not rows:
         return "[]\n"
     return "[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n]\n"
-
-
-def write_folder(target: Path, files: dict[str, str]) -> None:
-    """Write all files into a temporary folder beside `target`, then rename each into place.
-
-    A crash before the renames leaves only the temporary folder's removal to do; every file that is
-    visible under its final name is complete.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        # mkdtemp makes the folder private (0700); once renamed it is the user's folder, so give it the
-        # permissions an ordinary mkdir would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        for name, text in files.items():
-            with open(staging / name, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-        if not target.exists():
-            os.replace(staging, target)  # one atomic rename publishes both files
-            return
-        for name in files:
-            os.replace(staging / name, target / name)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def summary(n_train: int, n_test: int, counts: list[int], target: Path, seconds: float) -> str:
