@@ -18,7 +18,8 @@ from pause_helpers import (GPT2_BPE, GSM8K, PAUSE, insert_pauses_between_tokens,
 from unfreeze.cli import main as cli_main
 from unfreeze.data import sft_data
 from unfreeze.errors import UsageError
-from unfreeze.tasks.sft import SFTConfig, load_config, run_config
+from unfreeze.tasks.sft import load_config, run_config
+from unfreeze.tasks.sft_config import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2}  # vocab_size follows the tokenizer

@@ -153,7 +153,7 @@ def test_spam_sweep_published_numbers_match_the_seed_table():
 
 def test_pause_sweep_file_rows_resolve_to_sft_options():
     try:
-        from unfreeze.tasks.sft import SFTConfig
+        from unfreeze.tasks.sft_config import SFTConfig
     except ImportError as err:
         pytest.skip(f"unfreeze.tasks.sft is not available yet ({err}); the pause sweep cannot be checked")
     sweep = load_sweep(ROOT / "experiments" / "pause_warmup.yaml")

@@ -81,7 +81,7 @@ CLASSIFY = Command(
 
 SFT = Command(
     name="sft",
-    config_class="unfreeze.tasks.sft:SFTConfig",
+    config_class="unfreeze.tasks.sft_config:SFTConfig",
     run_function="unfreeze.tasks.sft:run_config",
     main_metric="test_accuracy",
     columns=(  # the layout of seed table 003
