@@ -128,6 +128,7 @@ def test_tokenizer_folder_and_existing_target(tmp_path, data):
 
 
 def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    from unfreeze import files
     from unfreeze.tasks import inject_pauses
 
     calls = []
@@ -137,7 +138,7 @@ def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
         if len(calls) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(inject_pauses.os, "fsync", fsync_then_interrupt)
+    monkeypatch.setattr(files.os, "fsync", fsync_then_interrupt)  # the writer inject-pauses uses
     with pytest.raises(KeyboardInterrupt):
         inject_pauses.write_folder(tmp_path / "out", {"train.json": "[]\n", "test.json": "[]\n"})
     assert list(tmp_path.iterdir()) == []

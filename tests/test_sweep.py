@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from unfreeze.cli import main
-from unfreeze.config import config_from_mapping, field
+from unfreeze.cli import TASKS, Column, Task, main, register_task
+from unfreeze.config import config_from_mapping
 from unfreeze.files import atomic_write_json
-from unfreeze.sweep_commands import COMMANDS, Column, Command, register_command
-from unfreeze.sweep_file import load_sweep, select_rows
+from unfreeze.sweep.spec import load_sweep, select_rows
 from unfreeze.tasks.classify_config import ClassifyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +35,22 @@ SHARED = ROOT.parent / "shared"
 
 @dataclass
 class FakeConfig:
-    value: float = field(0.5, "the score this run reports (plus seed/100)")
-    sleep: float = field(0.0, "seconds to sleep before finishing")
-    fail: bool = field(False, "raise an error instead of finishing")
-    interrupt: bool = field(False, "raise KeyboardInterrupt (as Ctrl-C would)")
-    log: str | None = field(None, "file that gets one line per started run")
-    model: str | None = field(None, "where to start from (set by init_from)")
-    seed: int = field(0, "seed")
-    out: str | None = field(None, "run folder")
+    value: float = 0.5
+    """the score this run reports (plus seed/100)"""
+    sleep: float = 0.0
+    """seconds to sleep before finishing"""
+    fail: bool = False
+    """raise an error instead of finishing"""
+    interrupt: bool = False
+    """raise KeyboardInterrupt (as Ctrl-C would)"""
+    log: str | None = None
+    """file that gets one line per started run"""
+    model: str | None = None
+    """where to start from (set by init_from)"""
+    seed: int = 0
+    """seed"""
+    out: str | None = None
+    """run folder"""
 
 
 def fake_run(cfg: FakeConfig) -> dict:
@@ -65,10 +72,11 @@ def fake_run(cfg: FakeConfig) -> dict:
     return metrics
 
 
-FAKE = Command(
+FAKE = Task(
     name="fake",
-    config_class="test_sweep:FakeConfig",
-    run_function="test_sweep:fake_run",
+    summary="a fake command for the sweep's tests",
+    config=FakeConfig,
+    run=fake_run,
     main_metric="score",
     columns=(
         Column("Value", "value", "option", "float2"),
@@ -81,14 +89,14 @@ FAKE = Command(
 
 
 def register() -> None:
-    register_command(FAKE)
+    register_task(FAKE)
 
 
 @pytest.fixture(autouse=True)
 def fake_command():
     register()
     yield
-    COMMANDS.pop("fake", None)
+    TASKS.pop("fake", None)
 
 
 def write_sweep(path: Path, rows: list[dict], **top) -> Path:
@@ -170,7 +178,7 @@ def test_pause_sweep_file_rows_resolve_to_sft_options():
     assert sweep.row("step1_sft").init_from is None
     assert sweep.row("baseline_peft_2_epochs").config["num_epochs"] == 2
     # a quick run's model options reach the rows that build a model, not those that start from step1_sft
-    from unfreeze.sweep_file import parse_overrides
+    from unfreeze.sweep.spec import parse_overrides
 
     quick = load_sweep(ROOT / "experiments" / "pause_warmup.yaml",
                        overrides=parse_overrides(["model=gpt2", "weights=random", "tokenizer=tok",
@@ -233,14 +241,14 @@ def test_grid_is_the_cartesian_product(tmp_path):
 def test_set_overrides_every_row_and_is_typed(tmp_path):
     path = write_sweep(tmp_path / "s.yaml", [{"name": "a", "options": {"value": 1}}, {"name": "b"}],
                        settings={"sleep": 1})
-    from unfreeze.sweep_file import parse_overrides
+    from unfreeze.sweep.spec import parse_overrides
 
     sweep = load_sweep(path, overrides=parse_overrides(["sleep=0", "value=0.25", "log=x.txt"]))
     assert [r.options for r in sweep.rows] == [{"sleep": 0.0, "value": 0.25, "log": "x.txt"}] * 2
 
 
 def test_row_scoped_set_and_options_files(tmp_path):
-    from unfreeze.sweep_file import parse_overrides
+    from unfreeze.sweep.spec import parse_overrides
 
     (tmp_path / "base.yaml").write_text("sleep: 0.5\nvalue: 0.1\n", encoding="utf-8")
     (tmp_path / "b.yaml").write_text("value: 0.2\n", encoding="utf-8")
@@ -400,11 +408,11 @@ def test_sweep_killed_part_way_resumes_with_exactly_the_expected_results(tmp_pat
     out = tmp_path / "out"
 
     process = _sweep_process(sweep, out)
-    _wait_for(lambda: any((out / "runs" / "b").glob("seed-1.partial-*/started")))  # a done, b seed 1 running
+    _wait_for(lambda: any((out / "runs" / "b").glob("seed-1.partial*/started")))  # a done, b seed 1 running
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert set(finished(out)) == {("a", 1), ("a", 2)}
-    assert list((out / "runs" / "b").glob("seed-1.partial-*"))  # the killed run's leftovers
+    assert list((out / "runs" / "b").glob("seed-1.partial*"))  # the killed run's leftovers
     _check_invariants(out)
     kept = (out / "runs" / "a" / "seed-1" / "metrics.json").stat()
 
@@ -416,7 +424,7 @@ def test_sweep_killed_part_way_resumes_with_exactly_the_expected_results(tmp_pat
     assert {key: m["score"] for key, m in results.items()} == {
         ("a", 1): 0.11, ("a", 2): 0.12, ("b", 1): 0.21, ("b", 2): 0.22, ("c", 1): 0.31, ("c", 2): 0.32}
     assert (out / "runs" / "a" / "seed-1" / "metrics.json").stat().st_ino == kept.st_ino  # not rerun
-    assert not list((out / "runs").glob("*/*.partial-*"))  # leftovers cleared by the rerun
+    assert not list((out / "runs").glob("*/*.partial*"))  # leftovers cleared by the rerun
 
     process = _sweep_process(sweep, out)  # everything done: nothing runs
     assert process.wait(timeout=60) == 0
@@ -438,7 +446,7 @@ def test_sweep_killed_at_random_moments_never_loses_or_duplicates(tmp_path):
     assert process.wait(timeout=60) == 0, process.stderr.read().decode()
     _check_invariants(out)
     assert sorted(finished(out)) == [(r, s) for r in "abc" for s in (1, 2)]
-    assert not list((out / "runs").glob("*/*.partial-*"))
+    assert not list((out / "runs").glob("*/*.partial*"))
 
 
 # --- the real classify command -------------------------------------------------------------------------

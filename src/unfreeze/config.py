@@ -1,108 +1,231 @@
-"""Typed configs that double as command-line interfaces.
+"""One config system for every command: a typed dataclass, filled by jsonargparse.
 
-A config is a plain dataclass; each field carries its help text in `metadata["help"]` (and optionally
-`metadata["choices"]`). `add_dataclass_arguments` turns it into argparse flags with the *same* names,
-so `--help` shows every default, and `config_from_args` turns the parsed flags back into the
-dataclass. Unknown keys are errors (`config_from_mapping`), which is what sweep files and YAML
-configs use.
+Each command declares one dataclass. Its fields are the keys, their types are checked, and the
+docstring under each field is its `--help` text (litgpt's style). The same dataclass is filled from
+
+* flags:                 `unfreeze classify --num_epochs 3 --average_embeddings`
+* a YAML file:           `unfreeze sft experiments/pause/sft.yaml` (also `--config FILE`)
+* `key=value` overrides: `unfreeze sft sft.yaml lr=1e-3` (the same as `--lr 1e-3`)
+* a sweep's rows and `--set key=value` (`config_from_mapping`, `parse_overrides`)
+
+and always by the same jsonargparse parser, so an unknown key or a wrong type gives the same one-line
+error (exit 2) wherever it was written. Booleans take a value or none: `--flag`, `--flag false`,
+`flag=no`. Why jsonargparse: it builds the CLI from the dataclass itself (types, defaults, docstrings),
+reads YAML into the same parser, and is what litgpt and LightningCLI use; OmegaConf would type-check
+YAML but leave the command line to hand-written argparse.
+
+YAML is read with the YAML 1.2 notion of booleans (only true/false), so `mixed_precision: no` stays
+the text "no" instead of YAML 1.1's False.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import re
 import typing
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
+
+import yaml
+from jsonargparse import ArgumentParser, Namespace, set_loader, set_parsing_settings
 
 from unfreeze.errors import UsageError
 
 T = TypeVar("T")
+BOOL_WORDS = {"true", "false", "yes", "no"}
+KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
+
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
-def field(default: Any, help: str, choices: typing.Sequence[str] | None = None, **kwargs: Any) -> Any:
-    """A dataclass field with help text (and choices) for the CLI."""
-    metadata = {"help": help}
-    if choices is not None:
-        metadata["choices"] = list(choices)
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader whose booleans are only true/false (YAML 1.2), never yes/no/on/off."""
 
 
-def base_type(annotation: Any) -> Any:
-    """`int | None` -> int; `str` -> str (annotations are strings under `from __future__`)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations only
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one `--name` flag per field of `cls`, keeping the field name as the flag name."""
-    for f in dataclasses.fields(cls):
-        help_text = f.metadata.get("help", "")
-        kind = base_type(f.type)
-        flag = f"--{f.name}"
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
-            continue
-        parser.add_argument(
-            flag,
-            type=kind if kind in (int, float) else str,
-            default=f.default,
-            choices=f.metadata.get("choices"),
-            help=f"{help_text} (default: %(default)s)",
-        )
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a YAML/command-line value to the field's type, or fail naming the key."""
-    kind = base_type(annotation)
-    if value is None:
-        return None
+def _load_value(text: str) -> Any:
+    """How jsonargparse reads a flag's value: YAML where it parses (`null`, `1e-4`), else the text itself
+    (`--model_config '{not json'` reaches the recipe, which names the flag)."""
     try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if kind is float:
-            return float(value)
-        if kind is str:
-            return value if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
-    return value
+        return load_yaml(text)
+    except yaml.YAMLError:
+        return text
+
+
+set_loader("yaml", _load_value)
+
+
+# --- the parser of a config dataclass --------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _help_texts(cls: type) -> dict[str, str]:
+    import docstring_parser
+
+    return {p.arg_name: (p.description or "") for p in docstring_parser.parse_from_object(cls).params}
+
+
+_PARSERS: dict[tuple[type, str], ArgumentParser] = {}
+
+
+def parser_for(cls: type, prog: str = "unfreeze", description: str | None = None) -> ArgumentParser:
+    """The jsonargparse parser of `cls`: one `--key` per field, plus `--config FILE`."""
+    cached = _PARSERS.get((cls, prog))
+    if cached is not None:
+        return cached
+    parser = ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
+                            exit_on_error=False, default_env=False)
+    types = _field_types(cls)
+    flags = [f.name for f in dataclasses.fields(cls) if types[f.name] is bool]
+    parser.add_class_arguments(cls, nested_key=None, skip=set(flags), as_group=False, fail_untyped=True)
+    helps = _help_texts(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in flags:  # `--flag` alone means true; `--flag false` / `flag=no` switch it off
+            parser.add_argument(f"--{f.name}", type=bool, nargs="?", const=True, default=f.default,
+                                help=f"{helps.get(f.name, '')} (default: {f.default})")
+    parser.add_argument("--config", action="config",
+                        help="YAML file of these keys; flags after it override it")
+    _PARSERS[(cls, prog)] = parser
+    return parser
+
+
+def _valid_keys(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _one_line(err: BaseException, cls: type, where: str | None = None) -> str:
+    """jsonargparse's multi-line messages as one line that names the key, the value and the fix."""
+    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    place = f" in {where}" if where else ""
+    unknown = re.search(r"unrecognized arguments: (\S+)", text) or re.search(r"Option '([^']+)' is not accepted", text)
+    if unknown:
+        key = unknown.group(1).split("=", 1)[0]
+        return f"unknown key(s) {key}{place}; valid keys: {_valid_keys(cls)}"
+    missing = re.search(r'Parser key "config": File does not exist: (.*)$', text)
+    if missing:
+        return f"config file {missing.group(1)} does not exist"
+    wrong = re.search(r'Parser key "([^"]+)": Expected a (.*?)\. Got value: (.*)$', text)
+    if wrong:
+        key, expected, value = wrong.groups()
+        choices = re.fullmatch(r"typing\.Literal\[(.*)\]", expected)
+        if choices:
+            options = choices.group(1).replace("'", "")
+            return f"{key}={value!r}{place}: invalid choice, not one of: {options}"
+        kind = re.sub(r"<class '(\w+)'>", r"\1", expected)
+        return f"{key}={value!r} is not a valid {kind}{place}"
+    return text + place
+
+
+def _to_config(cls: type[T], namespace: Namespace) -> T:
+    values = namespace.as_dict()
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+# --- filling a config ------------------------------------------------------------------------------
+
+
+def normalize_argv(cls: type, argv: Sequence[str], positional: Sequence[str] = ()) -> list[str]:
+    """`key=value` -> `--key=value`; bare words fill `positional` fields in order (a field named
+    `config` is the YAML file); a repeated list flag appends (`--set a --set b`)."""
+    types = _field_types(cls)
+    lists = {n for n, t in types.items() if typing.get_origin(t) is list}
+    flags = {n for n, t in types.items() if t is bool}
+    out: list[str] = []
+    front: list[str] = []  # a YAML file named by a bare word is read first: every other key overrides it
+    pending = list(positional)
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("-"):
+            name = token.lstrip("-").split("=", 1)[0].replace("-", "_")
+            out.append(f"--{name}+{token[len(token.split('=', 1)[0]):]}" if name in lists else token)
+            following = tokens[i + 1] if i + 1 < len(tokens) else None
+            if name in flags:  # `--flag` alone, or `--flag false`
+                takes_value = "=" not in token and str(following).lower() in BOOL_WORDS
+            else:
+                takes_value = "=" not in token and name not in ("help", "h", "print_config")
+            if takes_value and following is not None:
+                out.append(tokens[i + 1])
+                i += 1
+        elif match := KEY_VALUE.match(token):  # an unknown key is named by the parser
+            out.append(f"--{match.group(1)}={match.group(2)}")
+        elif pending:
+            name = pending.pop(0)
+            (front if name == "config" else out).extend([f"--{name}", token])
+        else:
+            raise UsageError(f"unexpected argument {token!r}: it is not key=value (options: --key value, key=value)")
+        i += 1
+    return front + out
+
+
+def parse_args(cls: type[T], argv: Sequence[str], prog: str, positional: Sequence[str] = (),
+               description: str | None = None) -> T:
+    """Flags, `--config FILE` / a positional YAML file, and `key=value` -> `cls` (UsageError on bad input)."""
+    parser = parser_for(cls, prog, description)
+    argv = normalize_argv(cls, argv, positional)
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--config":
+            _check_yaml_file(value)
+    try:
+        return _to_config(cls, parser.parse_args(argv))
+    except UsageError:
+        raise
+    except Exception as err:  # jsonargparse's ArgumentError/TypeError/ValueError: the user's input
+        raise UsageError(_one_line(err, cls)) from None
+
+
+def _check_yaml_file(path: str) -> None:
+    """A config file that exists but is not a YAML mapping is named before jsonargparse reads it."""
+    try:
+        data = load_yaml(open(path, encoding="utf-8").read())
+    except OSError:
+        return  # jsonargparse says that it does not exist
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must be a mapping of keys to values")
 
 
 def config_from_mapping(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
-    """Build `cls` from a mapping; unknown keys and bad types are `UsageError`s."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise UsageError(
-            f"unknown key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(sorted(fields))}"
-        )
-    kwargs = {}
-    for key, value in values.items():
-        f = fields[key]
-        kwargs[key] = coerce(value, f.type, key)
-        choices = f.metadata.get("choices")
-        if choices is not None and kwargs[key] not in choices:
-            raise UsageError(f"{key}={value!r} in {where} is not one of: {', '.join(map(str, choices))}")
-    return cls(**kwargs)
+    """`cls` from a mapping (YAML rows, sweep settings); unknown keys and bad types are UsageErrors."""
+    parser = parser_for(cls)
+    try:
+        return _to_config(cls, parser.parse_object(dict(values)))
+    except Exception as err:  # noqa: BLE001 - see parse_args
+        raise UsageError(_one_line(err, cls, where)) from None
+
+
+def parse_overrides(cls: type, items: Sequence[str], where: str = "the overrides") -> dict[str, Any]:
+    """`key=value` texts -> typed values, each read by the same parser as a `--key=value` flag."""
+    parser = parser_for(cls)
+    values: dict[str, Any] = {}
+    for item in items:
+        match = KEY_VALUE.match(item)
+        if not match:
+            raise UsageError(f"{item!r} in {where}: expected key=value, e.g. num_epochs=1")
+        key, text = match.groups()
+        if key not in {f.name for f in dataclasses.fields(cls)}:
+            raise UsageError(f"unknown key(s) {key} in {where}; valid keys: {_valid_keys(cls)}")
+        try:
+            values[key] = parser.parse_args(normalize_argv(cls, [f"{key}={text}"]))[key]
+        except Exception as err:  # noqa: BLE001 - see parse_args
+            raise UsageError(_one_line(err, cls, where)) from None
+    return values
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -8,15 +8,15 @@ file stores a published value it stands beside ours: `95.33 ± 0.47% (pub. 95.00
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import re
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from unfreeze.errors import UsageError
 from unfreeze.files import read_json
@@ -24,15 +24,19 @@ from unfreeze.files import read_json
 SEED_DIR = re.compile(r"^seed-(-?\d+)$")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="a sweep output folder (the --out of `unfreeze sweep`)")
-    parser.add_argument("--format", choices=("md", "csv", "json"), default="md",
-                        help="md: Markdown table (default); csv: raw numbers; json: everything")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="also draw a bar chart of the main metric per row, with error bars")
+@dataclass
+class ReportConfig:
+    """Print the results table of a sweep folder, in the seed table's layout (mean ± std over seeds)."""
+
+    dir: str
+    """a sweep output folder (the --out of `unfreeze sweep`; also the first bare word)"""
+    format: Literal["md", "csv", "json"] = "md"
+    """md: Markdown table; csv: raw numbers; json: everything"""
+    plot: str | None = None
+    """also draw a bar chart of the main metric per row, with error bars, into this PNG file"""
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: ReportConfig) -> int:
     table = build_table(args.dir)
     print(render(table, args.format), end="")
     if args.plot:

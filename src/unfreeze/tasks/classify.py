@@ -7,7 +7,6 @@ where we deviate, the comment says so and why.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from unfreeze import activation_cache, trainable
-from unfreeze.config import add_dataclass_arguments, config_from_args, to_dict
+from unfreeze.config import to_dict
 from unfreeze.data import sms_spam
 from unfreeze.errors import UsageError, require
 from unfreeze.files import atomic_write_json, close_logger, run_logger
@@ -26,15 +25,6 @@ from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
 from unfreeze.tasks.classify_config import ClassifyConfig
 
 SPLITS = ("train", "validation", "test")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, ClassifyConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    run_config(config_from_args(ClassifyConfig, args))
-    return 0
 
 
 # --- setup ----------------------------------------------------------------------------------------

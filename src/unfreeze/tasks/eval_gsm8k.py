@@ -13,14 +13,13 @@ a plain string comparison would count that as wrong), else as strings.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from unfreeze.config import add_dataclass_arguments, config_from_args, field, to_dict
+from unfreeze.config import to_dict
 from unfreeze.data.gsm8k import extract_answer, load_gsm8k_split
 from unfreeze.data.pauses import count_pauses, strip_pauses
 from unfreeze.errors import UsageError, require
@@ -33,26 +32,31 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class EvalConfig:
-    """Every flag of `unfreeze eval-gsm8k`."""
+    """Score a model on GSM8K test by greedy generation (pauses included): every flag of `unfreeze eval-gsm8k`."""
 
-    model: str | None = field(None, "model folder: `unfreeze sft`'s <out>/final, or a plain Hugging Face causal LM")
-    data: str | None = field(None, "GSM8K test file, or folder with test.jsonl/test.json; unset: download openai/gsm8k")
-    limit: int | None = field(None, "score only the first N questions")
-    batch_size: int = field(8, "questions per generation batch")
-    max_new_tokens: int = field(256, "generation budget per answer (pauses count)")
-    pause_temperature: float = field(1.0, "multiply the odds of pausing: 0 never pauses, 1 unchanged, >1 more pauses")
-    train_stats: str | None = field(None, "training file (or folder with train.json[l]) whose mean pauses per "
-                                          "answer is recorded as train_mean_pauses_per_answer")
-    out: str | None = field(None, "run folder for test_results.json, metrics.json, eval_config.json, run.log")
-    device: str = field("auto", "auto, cpu, cuda or mps")
+    model: str | None = None
+    """model folder: `unfreeze sft`'s <out>/final, or a plain Hugging Face causal LM"""
+    data: str | None = None
+    """GSM8K test file, or folder with test.jsonl/test.json; unset: download openai/gsm8k"""
+    limit: int | None = None
+    """score only the first N questions"""
+    batch_size: int = 8
+    """questions per generation batch"""
+    max_new_tokens: int = 256
+    """generation budget per answer (pauses count)"""
+    pause_temperature: float = 1.0
+    """multiply the odds of pausing: 0 never pauses, 1 unchanged, >1 more pauses"""
+    train_stats: str | None = None
+    """training file (or folder with train.json[l]) whose mean pauses per answer is recorded as
+    train_mean_pauses_per_answer
+    """
+    out: str | None = None
+    """run folder for test_results.json, metrics.json, eval_config.json, run.log"""
+    device: str = "auto"
+    """auto, cpu, cuda or mps"""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, EvalConfig)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(EvalConfig, args)
+def run(cfg: EvalConfig) -> int:
     require(bool(cfg.out), "--out is required: the folder for test_results.json and metrics.json")
     evaluate_model_folder(cfg.model, cfg.data, cfg.out, cfg.limit, cfg.batch_size, cfg.max_new_tokens,
                           cfg.pause_temperature, train_stats=cfg.train_stats, device=cfg.device,

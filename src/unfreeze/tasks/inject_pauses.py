@@ -12,9 +12,8 @@ two files are written into a temporary folder beside the target and renamed into
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-import os
 import random
 import sys
 import time
@@ -26,38 +25,7 @@ from unfreeze.data import pauses
 from unfreeze.data.gsm8k import HUB_ID, load_gsm8k_split
 from unfreeze.errors import UsageError
 from unfreeze.files import atomic_write_folder as write_folder
-
-DEFAULT_PATTERNS = '{"=": 1, "\\n": 1}'  # the reference default: one pause after "=" and after each newline
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset_location", default=None,
-                        help="folder with train/test as .jsonl or .json; default: download "
-                             f"{HUB_ID} (config main), else GitHub openai/grade-school-math")
-    parser.add_argument("--pause_token", default="<|PAUSE|>", help="the pause token string to inject")
-    parser.add_argument("--n_pauses_per_patterns", default=DEFAULT_PATTERNS,
-                        help="JSON object: regex pattern -> number of pauses inserted after each match; a "
-                             "newline pattern also puts that many at the very start "
-                             f"(default {DEFAULT_PATTERNS!r}; '{{}}' for none)")
-    parser.add_argument("--n_random_pauses", type=int, default=0,
-                        help="pauses per answer at uniformly random slots (token boundaries, or spaces)")
-    parser.add_argument("--n_leading_pauses", type=int, default=0,
-                        help="pauses at the very start of every answer")
-    parser.add_argument("--variable_number_of_pauses", action="store_true",
-                        help="draw the number of random pauses uniformly from 0..--n_random_pauses per sample")
-    parser.add_argument("--tokenizer_hf_name", default="None",
-                        help="hub id or local folder; random pauses go between its tokens. "
-                             "None: between words (before spaces)")
-    parser.add_argument("--augm_dataset_save_location", default=os.path.join("data", "gsm8k_pause_injected"),
-                        help="folder that receives train.json and test.json")
-    parser.add_argument("--pause_augm_col_name", default="pause_augmented_answer",
-                        help="column receiving the augmented answer ('answer' replaces the original)")
-    parser.add_argument("--n_generated_samples_per_datapoint", type=int, default=1,
-                        help="independently augmented copies of the training set, concatenated")
-    parser.add_argument("--verbose", action="store_true", help="print the parameters, steps and a sample")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed; the same flags and seed give byte-identical files")
-
+from unfreeze.tasks.inject_pauses_config import InjectPausesConfig
 
 # ---------------------------------------------------------------- checking the flags (before any work)
 
@@ -73,7 +41,7 @@ def parse_pattern_flag(text: str) -> list[pauses.PatternRule]:
         raise UsageError(f"--n_pauses_per_patterns: {err}") from None
 
 
-def check_counts(args: argparse.Namespace) -> None:
+def check_counts(args: InjectPausesConfig) -> None:
     for flag, value, minimum in (("--n_random_pauses", args.n_random_pauses, 0),
                                  ("--n_leading_pauses", args.n_leading_pauses, 0),
                                  ("--n_generated_samples_per_datapoint", args.n_generated_samples_per_datapoint, 1)):
@@ -140,7 +108,7 @@ def summary(n_train: int, n_test: int, counts: list[int], target: Path, seconds:
             f"pauses per training answer: mean {mean:.3f}, min {low}, max {high}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: InjectPausesConfig) -> int:
     started = time.perf_counter()
     # 1. Every flag is checked before the data is read and before anything is written.
     try:
@@ -154,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--augm_dataset_save_location {target} exists and is not a folder")
     if args.verbose:
         print("Summary of parameters:")
-        for name, value in vars(args).items():
+        for name, value in dataclasses.asdict(args).items():
             print(f"  {name}: {value}")
     config = pauses.PauseConfig(pause_token=args.pause_token, rules=tuple(rules), n_random=args.n_random_pauses,
                                 variable=args.variable_number_of_pauses, n_leading=args.n_leading_pauses)

@@ -10,69 +10,25 @@ places the model, shards the batches and applies mixed precision.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import gc
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from unfreeze.config import config_from_mapping, to_dict
+from unfreeze.config import parse_args, to_dict
 from unfreeze.errors import UsageError
 from unfreeze.tasks.sft_config import COMPONENT_SWITCHES, SFTConfig
 
 # --- command line -------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # The config keys are the interface; list them (with defaults) under --help.
-    lines = ["config keys (YAML or key=value; default in brackets):"]
-    for f in dataclasses.fields(SFTConfig):
-        lines.append(f"  {f.name} [{f.default}]: {f.metadata.get('help', '')}")
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "\n".join(lines)
-    parser.add_argument("config", help="YAML file with SFTConfig keys (see docs/sft.md; experiments/pause/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override config keys, e.g. lr=1e-4 lora=true")
-    parser.add_argument("--out", default=None, help="run folder (default: the config's `out`)")
-
-
-def run(args: argparse.Namespace) -> int:
-    run_config(load_config(args.config, args.overrides, args.out))
-    return 0
-
-
-def load_config(path: str, overrides: list[str] = (), out: str | None = None) -> SFTConfig:
-    """YAML file, then `key=value` overrides (values parsed as YAML: true, 1e-4, null), then --out."""
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as err:
-        raise UsageError(f"cannot read config {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"config {path} must be a mapping of keys to values")
-    str_keys = {f.name for f in dataclasses.fields(SFTConfig) if "str" in str(f.type)}
-    for key, value in list(values.items()):
-        if key in str_keys and isinstance(value, bool):  # YAML 1.1 reads `no`/`yes` as booleans
-            values[key] = "yes" if value else "no"
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"override {item!r} is not key=value")
-        if key in str_keys and text.strip() not in ("", "null", "~", "None"):
-            values[key] = text  # text stays text (`mixed_precision=no`, JSON for model_config)
-        else:
-            values[key] = yaml.safe_load(text) if text.strip() else None
-    if out is not None:
-        values["out"] = out
-    return config_from_mapping(SFTConfig, values, where=f"{path} (or the overrides)")
+def load_config(path: str, overrides: Sequence[str] = (), out: str | None = None) -> SFTConfig:
+    """A YAML file, then `key=value` overrides, then `out`: exactly what `unfreeze sft PATH k=v --out DIR` reads."""
+    argv = [path, *overrides, *(["--out", out] if out is not None else [])]
+    return parse_args(SFTConfig, argv, prog="unfreeze sft", positional=("config",))
 
 
 # --- the recipe ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 A sweep file is YAML (format in docs/sweep.md):
 
-    command: classify            # a key of COMMANDS below
+    command: classify            # a task of the registry (`unfreeze.cli.TASKS`) that has columns
     settings: {num_epochs: 5}    # options shared by every row
     seeds: [123]                 # default seeds (--seeds overrides)
     resources: {num_gpus: 1}     # what one run asks of a Ray cluster (--backend ray only)
@@ -31,9 +31,10 @@ from typing import Any
 
 import yaml
 
-from unfreeze.config import base_type, config_from_mapping
+from unfreeze import config as config_system
+from unfreeze.cli import TASKS, Task
+from unfreeze.config import config_from_mapping, load_yaml
 from unfreeze.errors import UsageError
-from unfreeze.sweep_commands import COMMANDS, Command
 
 
 # --- resolved rows ------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ class Row:
 
 @dataclass
 class Sweep:
-    command: Command
+    command: Task
     rows: list[Row]
     seeds: list[int]
     overrides: dict[str, Any]
@@ -75,29 +76,6 @@ class Sweep:
 
 
 # --- parsing ------------------------------------------------------------------------------------
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML: `1` -> 1, `true` -> True, `{"n_layer": 2}` -> dict."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def typed_value(config_class: type, key: str, value: Any) -> Any:
-    """A `--set` value for one option: text stays text for str options (YAML would turn `no` into
-    False), `null` is None; other options read it as YAML (`1e-4`, `true`, `2`)."""
-    if not isinstance(value, str):
-        return value
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    if key not in fields:
-        return value  # config_from_mapping names the unknown key
-    if value.strip() in ("null", "~", "None"):
-        return None
-    if base_type(fields[key].type) is str:
-        return value
-    return parse_value(value)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -141,7 +119,10 @@ def parse_resources(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, str):
-        value = parse_value(value)
+        try:
+            value = load_yaml(value)
+        except yaml.YAMLError:
+            pass  # named as not a mapping just below
     if not isinstance(value, dict):
         raise UsageError(f"resources in {where} must be a mapping such as {{num_gpus: 1}}")
     unknown = sorted(set(value) - RESOURCE_KEYS)
@@ -161,7 +142,7 @@ def load_sweep(
     """Read and fully validate a sweep file; `overrides` (--set) apply to every row."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"sweep file {path} does not exist") from None
     except yaml.YAMLError as err:
@@ -172,9 +153,10 @@ def load_sweep(
     if unknown:
         raise UsageError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(TOP_KEYS))}")
     name = data.get("command")
-    if name not in COMMANDS:
-        raise UsageError(f"{path}: unknown command {name!r}; a sweep runs one of: {', '.join(COMMANDS)}")
-    command = COMMANDS[name]
+    sweepable = [task for task in TASKS if TASKS[task].columns]
+    if name not in sweepable:
+        raise UsageError(f"{path}: unknown command {name!r}; a sweep runs one of: {', '.join(sweepable)}")
+    command = TASKS[name]
     overrides = dict(overrides or {})
     for key in overrides:
         reserved = key.rpartition(":")[2]
@@ -189,7 +171,7 @@ def load_sweep(
     if not raw_rows:
         raise UsageError(f"{path} has no rows (give 'rows', 'grid', or both)")
 
-    config_class = command.load_config_class()
+    config_class = command.config
     rows: list[Row] = []
     seen: set[str] = set()
     for index, raw in enumerate(raw_rows, start=1):
@@ -212,7 +194,10 @@ def load_sweep(
             if clash:
                 raise UsageError(f"{where}: option(s) {', '.join(clash)} conflict with init_from "
                                  f"(the run starts from the output of row {raw['init_from']!r})")
-        row_overrides = {k: typed_value(config_class, k, v) for k, v in overrides_for(overrides, row_name).items()}
+        # --set values are read by the same parser as the command's own flags
+        row_overrides = config_system.parse_overrides(
+            config_class, [f"{k}={v}" for k, v in overrides_for(overrides, row_name).items()],
+            where=f"{where} (with --set)")
         merged = {**settings, **options, **row_overrides}
         if raw.get("init_from") is not None:  # the dependency's output replaces the starting model
             for key in (command.init_option, *command.init_replaces):
@@ -265,7 +250,7 @@ def _options_file(value: Any, sweep_path: Path, where: str) -> dict[str, Any]:
         return {}
     file = Path(value) if os.path.isabs(str(value)) else sweep_path.parent / str(value)
     try:
-        options = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        options = load_yaml(file.read_text(encoding="utf-8")) or {}
     except OSError:
         raise UsageError(f"{where}: cannot read {file}") from None
     except yaml.YAMLError as err:

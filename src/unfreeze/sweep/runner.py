@@ -5,13 +5,14 @@ Layout of the output folder (`--out`):
     sweep.json                      the resolved sweep: rows, options, published values, columns
     failed.json                     (row, seed) -> error, for runs that failed or were skipped
     runs/<row>/seed-<s>/            a finished run: metrics.json, config.json, run.log, ...
-    runs/<row>/seed-<s>.partial-*/  a run in progress (or one that was killed / failed)
+    runs/<row>/seed-<s>.partial/    a run in progress (or one that was killed / failed)
 
-A run works in its own `.partial-<uuid>` folder and is renamed to `seed-<s>` only once its
+A run works in its own `seed-<s>.partial` folder and is renamed to `seed-<s>` only once its
 `metrics.json` exists. A rename is atomic, so a result is finished if and only if `seed-<s>/metrics.json`
 exists: killing the sweep at any moment (SIGKILL included) loses nothing finished, and starting it
-again runs exactly the (row, seed) pairs that have no finished result. Leftover `.partial-*` folders
-never count and are removed when that (row, seed) runs again.
+again runs exactly the (row, seed) pairs that have no finished result. A partial folder never counts
+as a result; when its (row, seed) runs again with the same config it is reused, so a recipe that
+checkpoints continues where it was killed, and otherwise it is cleared.
 
 Backends: `local` runs one after another in this process; `ray` makes each (row, seed) a Ray task
 asking for the row's `resources`, so a sweep spreads over a cluster (`--address`).
@@ -19,23 +20,16 @@ asking for the row's `resources`, so a sweep spreads over a cluster (`--address`
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import shutil
-import sys
 import time
-import traceback
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from unfreeze.config import config_from_mapping
 from unfreeze.errors import UsageError
 from unfreeze.files import atomic_write_json, read_json
-from unfreeze.sweep_commands import Command
-from unfreeze.sweep_file import (
+from unfreeze.sweep.config import SweepConfig
+from unfreeze.sweep.executors import LocalExecutor, RayExecutor, Unit, final_dir, say
+from unfreeze.sweep.spec import (
     Row,
     Sweep,
     dependency_order,
@@ -49,28 +43,10 @@ from unfreeze.sweep_file import (
 SWEEP_FORMAT = 1
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="sweep file (YAML), e.g. experiments/spam_additional.yaml")
-    parser.add_argument("--rows", default=None,
-                        help="rows to run: numbers, ranges and names, e.g. 1-3 or 1,4,7 or last_layer (default: all)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 123,124,125 "
-                        "(default: the file's 'seeds', else the command's default seed)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an option in every row (repeatable), e.g. --set num_epochs=1; "
-                        "ROWS:key=value overrides it in the matching rows only, e.g. 'step1_*:data=...'")
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="local: one run after another in this process; ray: one Ray task per run (default: local)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address for --backend ray (default: start a local Ray instance)")
-    parser.add_argument("--resources", default=None,
-                        help="replace every row's Ray resources, e.g. '{num_cpus: 1}' on a machine without GPUs")
-    parser.add_argument("--out", default=None, help="output folder (default: runs/<sweep file name>)")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: SweepConfig) -> int:
     if args.address and args.backend != "ray":
         raise UsageError("--address needs --backend ray")
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_overrides(args.set)
     seeds = parse_seeds(args.seeds)
     resources = parse_resources(args.resources, "--resources") if args.resources else None
     sweep = load_sweep(args.file, overrides=overrides, seeds=seeds, resources=resources)
@@ -80,10 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --- state on disk ------------------------------------------------------------------------------
-
-
-def final_dir(out: Path, row: str, seed: int) -> Path:
-    return out / "runs" / row / f"seed-{seed}"
 
 
 def is_finished(out: Path, row: str, seed: int) -> bool:
@@ -158,77 +130,6 @@ def sweep_lock(out: Path) -> Iterator[None]:
         except OSError:
             raise UsageError(f"another sweep is running in {out}; wait for it or use another --out") from None
         yield
-
-
-# --- one (row, seed) ------------------------------------------------------------------------------
-
-
-@dataclass
-class Unit:
-    row: str
-    seed: int
-    options: dict[str, Any]
-    init_from: str | None
-    resources: dict[str, Any]
-
-
-@dataclass
-class Outcome:
-    status: str  # "finished" | "failed"
-    error: str | None = None
-    metrics: dict[str, Any] | None = None
-    seconds: float = 0.0
-    log: str | None = None
-
-
-def run_unit(command: Command, unit: Unit, out: str) -> Outcome:
-    """Run one (row, seed) in a fresh partial folder and publish it by renaming; never raises an Exception.
-
-    Also what a Ray worker executes, so it only takes picklable arguments and imports lazily.
-    """
-    out_path = Path(out)
-    final = final_dir(out_path, unit.row, unit.seed)
-    if (final / "metrics.json").is_file():
-        return Outcome("finished", metrics=read_json(final / "metrics.json"))
-    for stale in final.parent.glob(f"seed-{unit.seed}.partial-*"):  # leftovers of killed/failed attempts
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = final.parent / f"seed-{unit.seed}.partial-{uuid.uuid4().hex[:12]}"
-    partial.mkdir(parents=True)
-    options = dict(unit.options)
-    options[command.out_option] = str(partial)
-    options[command.seed_option] = unit.seed
-    if unit.init_from is not None:
-        source = final_dir(out_path, unit.init_from, unit.seed)
-        options[command.init_option] = str(source / command.init_subdir if command.init_subdir else source)
-    start = time.perf_counter()
-    try:
-        config = config_from_mapping(command.load_config_class(), options, f"row {unit.row!r}")
-        metrics = command.load_run_function()(config)
-        if not (partial / "metrics.json").is_file():
-            if not isinstance(metrics, dict):
-                raise RuntimeError(f"{command.run_function} wrote no metrics.json and returned {type(metrics).__name__}")
-            atomic_write_json(partial / "metrics.json", metrics)
-        metrics = read_json(partial / "metrics.json")
-    except Exception as err:  # noqa: BLE001 - a failing row is recorded and the sweep goes on
-        (partial / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        return Outcome("failed", error=one_line(err), seconds=time.perf_counter() - start, log=str(partial))
-    publish(partial, final)
-    return Outcome("finished", metrics=metrics, seconds=time.perf_counter() - start)
-
-
-def publish(partial: Path, final: Path) -> None:
-    """Rename the finished partial folder into place (atomic); a result already there wins."""
-    if (final / "metrics.json").is_file():
-        shutil.rmtree(partial, ignore_errors=True)
-        return
-    if final.exists():  # cannot hold a result (no metrics.json): not something we made, clear it
-        shutil.rmtree(final)
-    os.rename(partial, final)
-
-
-def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:500]
 
 
 # --- the sweep --------------------------------------------------------------------------------------
@@ -320,100 +221,3 @@ def drive(units: list[Unit], executor: Any, out: Path, total: int, done: int) ->
             atomic_write_json(out / "failed.json", failures)
             say(f"[{position}/{total}] {unit.row} seed {unit.seed}: FAILED: {outcome.error}")
     return counts
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class LocalExecutor:
-    """Runs units one after another in this process, in submission order."""
-
-    def __init__(self, command: Command, out: Path):
-        self.command, self.out, self.queue = command, out, []
-
-    def __enter__(self) -> "LocalExecutor":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.queue.clear()
-
-    def check(self, units: list[Unit]) -> None:
-        pass
-
-    def submit(self, unit: Unit) -> None:
-        self.queue.append(unit)
-
-    def busy(self) -> bool:
-        return bool(self.queue)
-
-    def wait_one(self) -> tuple[Unit, Outcome]:
-        unit = self.queue.pop(0)
-        say(f"-> {unit.row} seed {unit.seed}: running")
-        return unit, run_unit(self.command, unit, str(self.out))
-
-
-class RayExecutor:
-    """One Ray task per unit, with the row's resources; a fresh worker process per task."""
-
-    def __init__(self, command: Command, out: Path, address: str | None):
-        try:
-            import ray
-        except ImportError:
-            raise UsageError("--backend ray needs Ray: pip install 'unfreeze[ray]'") from None
-        self.ray, self.command, self.out, self.address = ray, command, out.resolve(), address
-        self.futures: dict[Any, Unit] = {}
-        self.started_ray = False
-
-    def __enter__(self) -> "RayExecutor":
-        ray = self.ray
-        if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
-            self.started_ray = True
-        self.remote = ray.remote(max_calls=1)(run_unit)
-        return self
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None:
-            for future in self.futures:
-                with contextlib.suppress(Exception):
-                    self.ray.cancel(future, force=True)
-        if self.started_ray:
-            self.ray.shutdown()
-
-    def submit(self, unit: Unit) -> None:
-        resources = dict(unit.resources)
-        options = {k: resources.pop(k) for k in ("num_cpus", "num_gpus", "memory") if k in resources}
-        if "resources" in resources:
-            options["resources"] = resources.pop("resources")
-        options.setdefault("num_cpus", 1)
-        future = self.remote.options(**options).remote(self.command, unit, str(self.out))
-        self.futures[future] = unit
-        say(f"-> {unit.row} seed {unit.seed}: submitted to Ray ({options})")
-
-    def check(self, units: list[Unit]) -> None:
-        """On a local Ray instance, a run asking for more than the machine has would wait forever."""
-        if self.address is not None:  # a real cluster may autoscale: let Ray wait for resources
-            return
-        have = self.ray.cluster_resources()
-        for unit in units:
-            wants = {"CPU": unit.resources.get("num_cpus", 1), "GPU": unit.resources.get("num_gpus", 0),
-                     **(unit.resources.get("resources") or {})}
-            for name, amount in wants.items():
-                if amount and have.get(name, 0) < amount:
-                    raise UsageError(
-                        f"row {unit.row!r} asks Ray for {name}={amount} but the local Ray instance has "
-                        f"{have.get(name, 0):g}; pass --resources '{{num_cpus: 1}}' (or --address of a cluster)"
-                    )
-
-    def busy(self) -> bool:
-        return bool(self.futures)
-
-    def wait_one(self) -> tuple[Unit, Outcome]:
-        ready, _ = self.ray.wait(list(self.futures), num_returns=1)
-        unit = self.futures.pop(ready[0])
-        try:
-            outcome = self.ray.get(ready[0])
-        except Exception as err:  # noqa: BLE001 - a worker that died (OOM, segfault) is a failed run
-            outcome = Outcome("failed", error=one_line(err))
-        return unit, outcome
