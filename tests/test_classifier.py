@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2Model
 
-from unfreeze import trainable
+from unfreeze.cache.frozen_prefix import frozen_prefix_stages
 from unfreeze.models import lora as lora_lib
+from unfreeze.models import trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
 
 N_EMBD, N_LAYER = 32, 2
@@ -37,8 +38,8 @@ LN_F = {"body.ln_f.weight", "body.ln_f.bias"}
 @pytest.mark.parametrize("preset", ["last_layer", "last_block", "last_two_blocks", "all"])
 def test_presets_train_exactly_the_named_tensors(preset):
     model = tiny_classifier()
-    trainable.classifier_preset(model, preset)
-    names = set(trainable.trainable_summary(model)["trainable_tensors"])
+    trainable.apply_preset(model, preset)
+    names = set(trainable.trainable_summary(model).tensors)
     expected = {
         "last_layer": HEAD,
         "last_block": HEAD | LN_F | block_params(model, 1),
@@ -49,7 +50,7 @@ def test_presets_train_exactly_the_named_tensors(preset):
     # Counts: one block of GPT-2 has 12 d^2 + 13 d parameters; LayerNorm 2d; the head 2d + 2.
     d = N_EMBD
     block, head = 12 * d * d + 13 * d, 2 * d + 2
-    count = trainable.trainable_summary(model)["trainable_params"]
+    count = trainable.trainable_summary(model).trainable_params
     assert count == {"last_layer": head, "last_block": head + 2 * d + block,
                      "last_two_blocks": head + 2 * d + 2 * block,
                      "all": sum(p.numel() for p in model.parameters())}[preset]
@@ -58,7 +59,7 @@ def test_presets_train_exactly_the_named_tensors(preset):
 @pytest.mark.parametrize("preset", ["last_layer", "last_block", "last_two_blocks", "all", "lora", "lora_alternative"])
 def test_optimizer_steps_change_exactly_the_trainable_tensors(preset):
     model = tiny_classifier()
-    trainable.classifier_preset(model, preset, lora_rank=4, lora_alpha=2, seed=0)
+    trainable.apply_preset(model, preset, lora_rank=4, lora_alpha=2, seed=0)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
     model.train()
@@ -67,7 +68,7 @@ def test_optimizer_steps_change_exactly_the_trainable_tensors(preset):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    trainable_names = set(trainable.trainable_summary(model)["trainable_tensors"])
+    trainable_names = set(trainable.trainable_summary(model).tensors)
     for name, param in model.named_parameters():
         changed = not torch.equal(before[name], param.detach())
         assert changed == (name in trainable_names), f"{preset}: {name} changed={changed}"
@@ -76,7 +77,7 @@ def test_optimizer_steps_change_exactly_the_trainable_tensors(preset):
 def test_lora_with_b_zero_equals_the_base_model():
     base = tiny_classifier()
     adapted = tiny_classifier()
-    trainable.classifier_preset(adapted, "lora", lora_rank=4, lora_alpha=8, seed=0)
+    trainable.apply_preset(adapted, "lora", lora_rank=4, lora_alpha=8, seed=0)
     x = ids()
     assert torch.allclose(base(x), adapted(x), atol=1e-6)
 
@@ -123,11 +124,11 @@ def test_lora_alternative_is_the_same_function_as_lora():
 def test_lora_presets_also_train_the_head_like_the_reference():
     for preset in ("lora", "lora_alternative"):
         model = tiny_classifier()
-        trainable.classifier_preset(model, preset, lora_rank=2, lora_alpha=2, seed=0)
+        trainable.apply_preset(model, preset, lora_rank=2, lora_alpha=2, seed=0)
         head_params = list(getattr(model.head, "base_layer", model.head).parameters())
         assert all(p.requires_grad for p in head_params)
         assert not model.body.wte.weight.requires_grad
-        assert len(trainable.trainable_summary(model)["trainable_tensors"]) > 2
+        assert len(trainable.trainable_summary(model).tensors) > 2
 
 
 def test_flexible_equals_last_on_unpadded_input_and_picks_last_real_token():
@@ -173,9 +174,9 @@ def test_frozen_prefix_is_decided_from_the_parameters_each_stage_uses():
     expectations = {"last_layer": 4, "last_block": 2, "last_two_blocks": 1, "all": 0, "lora": 1}
     for preset, stages in expectations.items():
         model = tiny_classifier()
-        trainable.classifier_preset(model, preset, lora_rank=2, lora_alpha=2, seed=0)
-        assert trainable.frozen_prefix_stages(model.stage_modules()) == stages, preset
+        trainable.apply_preset(model, preset, lora_rank=2, lora_alpha=2, seed=0)
+        assert frozen_prefix_stages(model.stage_modules()) == stages, preset
     model = tiny_classifier()
-    trainable.classifier_preset(model, "last_layer")
+    trainable.apply_preset(model, "last_layer")
     model.body.h[0].attn.attn_dropout.p = 0.1  # active dropout makes the prefix non-deterministic
-    assert trainable.frozen_prefix_stages(model.stage_modules()) == 1
+    assert frozen_prefix_stages(model.stage_modules()) == 1

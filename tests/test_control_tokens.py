@@ -11,7 +11,7 @@ import torch
 from pause_helpers import PAUSE, tiny_base, tiny_model, tiny_tokenizer
 from unfreeze.errors import UsageError
 from unfreeze.models.control_tokens import ControlTokenLM, IGNORE_INDEX
-from unfreeze.models.pause_trainable import COMPONENTS, set_trainable
+from unfreeze.models.trainable import COMPONENTS, apply_components
 
 V = 257  # tiny vocabulary; the pause token gets id 257
 
@@ -182,7 +182,7 @@ def test_each_seed_row_trains_exactly_its_tensors(row):
     model = tiny_model(seed=7, detach_head=True)
     if "lora" in components:
         model.add_lora(r=4, alpha=8, dropout=0.0)
-    summary = set_trainable(model, components)
+    summary = apply_components(model, components)
     expected = _expected_params(model, components)
     params = dict(model.named_parameters())
     trainable = {name for name, p in params.items() if p.requires_grad}
@@ -213,7 +213,7 @@ def test_each_seed_row_trains_exactly_its_tensors(row):
 def test_lm_head_alone_unties_and_leaves_the_input_embeddings_alone(tmp_path):
     model = tiny_model(seed=8)
     embeddings = model.hf_model.transformer.wte.weight.detach().clone()
-    summary = set_trainable(model, ["lm_head"])
+    summary = apply_components(model, ["lm_head"])
     assert summary.untied and any("untied" in note for note in summary.notes)
     assert summary.tensors == ["base.lm_head.weight"]
     assert summary.total_params == tiny_model(seed=8).hf_model.num_parameters() + 32 + 2 * 33 + V * 32
@@ -222,20 +222,20 @@ def test_lm_head_alone_unties_and_leaves_the_input_embeddings_alone(tmp_path):
     loaded = ControlTokenLM.from_pretrained(str(tmp_path / "m"))
     assert loaded.hf_model.lm_head.weight is not loaded.hf_model.transformer.wte.weight
     assert torch.equal(loaded.hf_model.transformer.wte.weight, embeddings)
-    both = set_trainable(tiny_model(seed=8), ["lm_head", "lm_embeddings"])
+    both = apply_components(tiny_model(seed=8), ["lm_head", "lm_embeddings"])
     assert not both.untied and both.tensors == ["base.transformer.wte.weight"]
 
 
 def test_set_trainable_rejects_bad_requests():
     model = tiny_model()
     with pytest.raises(UsageError, match="unknown component"):
-        set_trainable(model, ["pause_embeddings"])
+        apply_components(model, ["pause_embeddings"])
     with pytest.raises(UsageError, match="nothing left to train"):
-        set_trainable(model, [])
+        apply_components(model, [])
     with pytest.raises(UsageError, match="no LoRA adapter"):
-        set_trainable(model, ["lora"])
+        apply_components(model, ["lora"])
     with pytest.raises(UsageError, match="no control tokens"):
-        set_trainable(tiny_model(control_tokens=()), ["pause_head"])
+        apply_components(tiny_model(control_tokens=()), ["pause_head"])
     assert set(COMPONENTS) == {"pause_embedding", "pause_head", "lm_head", "lm_embeddings", "lora"}
 
 
@@ -245,7 +245,7 @@ def test_set_trainable_rejects_bad_requests():
 def _trained_like(model):
     """Make every part non-trivial: LoRA B non-zero, head and rows perturbed."""
     model.add_lora(r=4, alpha=8, dropout=0.0)
-    set_trainable(model, ["pause_embedding", "pause_head", "lm_head", "lora"])
+    apply_components(model, ["pause_embedding", "pause_head", "lm_head", "lora"])
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from unfreeze import sft_cache
-from unfreeze.models.pause_trainable import set_trainable
+from unfreeze.cache import final_hidden
+from unfreeze.cache.dropout import set_dropout
+from unfreeze.models.trainable import apply_components
 from unfreeze.tasks.sft import load_config, run_config
 
 from pause_helpers import tiny_model
@@ -35,34 +36,34 @@ def test_cached_sft_equals_uncached(tmp_path, pause_data, switches):  # noqa: F8
                                         ["lm_embeddings"]])
 def test_never_caches_when_the_hidden_state_depends_on_a_trainable_tensor(components):
     model = tiny_model()
-    sft_cache.set_dropout(model.hf_model, 0.0)
-    set_trainable(model, components)
-    assert not sft_cache.plan(model, [5], torch.float32).enabled
+    set_dropout(model.hf_model, 0.0)
+    apply_components(model, components)
+    assert not final_hidden.plan(model, [5], torch.float32).enabled
 
 
 def test_a_tied_trainable_lm_head_never_caches():
     model = tiny_model()
-    sft_cache.set_dropout(model.hf_model, 0.0)
-    set_trainable(model, ["pause_head"])
+    set_dropout(model.hf_model, 0.0)
+    apply_components(model, ["pause_head"])
     hf = model.hf_model
     assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight  # tied
     hf.get_output_embeddings().weight.requires_grad_(True)  # training the head trains the embeddings
-    assert not sft_cache.plan(model, [5], torch.float32).enabled
-    # Untied by `set_trainable` when only the LM head trains: then the body is frozen and caching is exact.
-    set_trainable(model, ["lm_head", "pause_head"])
-    assert sft_cache.plan(model, [5], torch.float32).enabled
+    assert not final_hidden.plan(model, [5], torch.float32).enabled
+    # Untied by `apply_components` when only the LM head trains: then the body is frozen and caching is exact.
+    apply_components(model, ["lm_head", "pause_head"])
+    assert final_hidden.plan(model, [5], torch.float32).enabled
 
 
 def test_dropout_and_lora_prevent_caching():
     model = tiny_model()
-    set_trainable(model, ["pause_head"])
-    sft_cache.set_dropout(model.hf_model, 0.1)
-    assert "dropout" in sft_cache.plan(model, [5], torch.float32).reason
+    apply_components(model, ["pause_head"])
+    set_dropout(model.hf_model, 0.1)
+    assert "dropout" in final_hidden.plan(model, [5], torch.float32).reason
     model = tiny_model()
-    sft_cache.set_dropout(model.hf_model, 0.0)
+    set_dropout(model.hf_model, 0.0)
     model.add_lora(r=2, alpha=4, dropout=0.0)
-    set_trainable(model, ["lora"])
-    assert not sft_cache.plan(model, [5], torch.float32).enabled
+    apply_components(model, ["lora"])
+    assert not final_hidden.plan(model, [5], torch.float32).enabled
 
 
 def test_cache_on_where_not_exact_is_an_error(tmp_path, pause_data):  # noqa: F811

@@ -86,17 +86,21 @@ def check_rows(rows: list, source: str, flag: str = "--dataset_location",
         for field in fields:
             if not isinstance(row.get(field), str):
                 problem = "has no" if field not in row else "has a non-text"
-                raise UsageError(f"{flag} {source}: row {number} {problem} {field!r} field")
+                # The fields the row does have: often the answer is just in another column.
+                raise UsageError(f"{flag} {source}: row {number} {problem} {field!r} field (it lacks string fields "
+                                 f"among {', '.join(map(repr, fields))}; it has: {', '.join(map(str, row)) or 'none'})")
     return rows
 
 
-def read_rows(path: Path, flag: str = "--dataset_location") -> list[dict]:
-    """The checked rows of one local file."""
+def read_rows(path: str | Path, flag: str = "--dataset_location",
+              fields: tuple[str, ...] = ("question", "answer")) -> list[dict]:
+    """The checked rows (JSON Lines or one JSON array) of one local file; `fields` must be strings."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"{flag} {path}: cannot read the file ({err})") from None
-    return check_rows(parse_json_rows(text, str(path), flag), str(path), flag)
+    return check_rows(parse_json_rows(text, str(path), flag), str(path), flag, fields)
 
 
 def _from_hub(split: str) -> list[dict]:

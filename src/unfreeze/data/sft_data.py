@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 import torch
 
-from unfreeze.data.gsm8k import parse_json_rows
+from unfreeze.data import gsm8k
 from unfreeze.errors import UsageError
+from unfreeze.models.control_tokens import IGNORE_INDEX  # the label the model's loss skips
 
-IGNORE_INDEX = -100
 PROMPT_TEMPLATE = "### INPUT: {question}\n\n ### Answer:"
 
 
@@ -78,7 +78,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX on the prompt; aligned with input_ids (the model shifts)
     truncated: bool = False
-    hidden: torch.Tensor | None = None  # final hidden states, when `unfreeze.sft_cache` cached them
+    hidden: torch.Tensor | None = None  # final hidden states, when `unfreeze.cache.final_hidden` cached them
 
 
 def encode_example(tokenizer: Any, question: str, answer: str, max_length: int,
@@ -152,20 +152,9 @@ def read_rows(path: str | Path, answer_field: str = "answer") -> list[dict]:
     `answer_field` picks the answer column (`unfreeze inject-pauses` writes `pause_augmented_answer`
     unless it was run with `--pause_augm_col_name answer`).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
-    rows = parse_json_rows(text, str(path), flag="data")
+    rows = gsm8k.read_rows(path, flag="data", fields=("question", answer_field))
     if not rows:
-        raise UsageError(f"{path} holds no rows")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not isinstance(
-                row.get(answer_field), str):
-            fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
-            raise UsageError(f"{path}: row {i + 1} lacks string fields 'question' and {answer_field!r} "
-                             f"(it has: {fields})")
+        raise UsageError(f"data {path} holds no rows")
     return [{"question": row["question"], "answer": row[answer_field]} for row in rows]
 
 

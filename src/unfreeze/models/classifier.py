@@ -6,7 +6,7 @@ The network is the sequence of stages
 
 followed by pooling (one position, the last non-padding token, or the mean) and the head. Running
 stages explicitly (instead of `GPT2Model.forward`) is what lets `unfreeze` start the forward pass at
-any stage from cached activations (see `activation_cache.py`): `features(ids)` equals
+any stage from cached activations (see `unfreeze.cache.frozen_prefix`): `features(ids)` equals
 `run_stages(embed(ids), 1, ...)`, bit for bit.
 
 Pooling happens *before* the head. The reference applies the head at every position and then picks

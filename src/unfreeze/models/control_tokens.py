@@ -194,7 +194,7 @@ class ControlTokenLM(nn.Module):
 
         `return_logprobs=False` skips building the (B, T, V + n) tensor: training needs only the losses.
         `cached_hidden`: the final hidden states of these inputs, computed earlier by `final_hidden`
-        (see `unfreeze.sft_cache`): only the LM head and the pause head run.
+        (see `unfreeze.cache.final_hidden`): only the LM head and the pause head run.
         `logits_to_keep=k > 0`: only the last k positions' outputs (generation needs just the last one).
         """
         n = len(self.control_tokens)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from unfreeze.cache.dropout import set_config_dropout
 from unfreeze.errors import UsageError
 
 # The reference script's size names -> Hugging Face hub ids and architectures (GPT-2 paper, Table 2).
@@ -112,10 +113,7 @@ def gpt2_config(model_id: str, overrides: dict[str, Any], flag: str = "--model_s
 
 def without_dropout(config) -> None:
     """The reference trains with dropout 0.0; that also makes frozen layers deterministic (caching)."""
-    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout",
-                "hidden_dropout", "dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
-        if hasattr(config, key) and isinstance(getattr(config, key), (int, float)):
-            setattr(config, key, 0.0)
+    set_config_dropout(config, 0.0)
 
 
 def resolve_device(name: str) -> torch.device:

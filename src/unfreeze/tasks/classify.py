@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from unfreeze import activation_cache, trainable
+from unfreeze.cache import frozen_prefix
+from unfreeze.cache.policy import CacheRequest
 from unfreeze.config import to_dict
 from unfreeze.data import sms_spam
 from unfreeze.errors import UsageError, require
 from unfreeze.files import atomic_write_json, close_logger, run_logger
-from unfreeze.models import loading
+from unfreeze.models import loading, trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
 from unfreeze.tasks.classify_config import ClassifyConfig
 
@@ -237,13 +238,12 @@ def _run(cfg: ClassifyConfig, out: Path | None, log) -> dict:
     model = build_model(cfg)
     tokenizer = loading.load_tokenizer(cfg.tokenizer or loading.resolve_model_id(cfg.model_size))
     tokens, max_length = encode_splits(cfg, splits, tokenizer, model.body.config.n_positions, log)
-    trainable.classifier_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+    summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
     model.to(device)
-    summary = trainable.trainable_summary(model)
     log.info(f"data {splits.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
              + f"; max length {max_length}")
-    log.info(f"trainable: {summary['trainable_params']:,} of {summary['total_params']:,} parameters "
-             f"in {len(summary['trainable_tensors'])} tensors ({cfg.trainable_layers})")
+    log.info(f"trainable: {summary.trainable_params:,} of {summary.total_params:,} parameters "
+             f"in {len(summary.tensors)} tensors ({cfg.trainable_layers})")
 
     cache_build_s = 0.0
     cache, cache_info = None, {"kind": "none", "bytes": 0}
@@ -269,8 +269,8 @@ def _run(cfg: ClassifyConfig, out: Path | None, log) -> dict:
         "examples_per_s": round(history["examples_seen"] / train_time_s, 2) if train_time_s > 0 else None,
         "total_time_s": round(time.perf_counter() - started, 3),
         "device": str(device), "precision": cfg.precision,
-        "trainable_params": summary["trainable_params"], "total_params": summary["total_params"],
-        "trainable_tensors": summary["trainable_tensors"],
+        "trainable_params": summary.trainable_params, "total_params": summary.total_params,
+        "trainable_tensors": summary.tensors,
         "max_length": max_length, "n_train": len(splits.train), "n_val": len(splits.validation),
         "n_test": len(splits.test), "cache": cache_info, "history": history, "config": to_dict(cfg),
     }
@@ -284,29 +284,6 @@ def _run(cfg: ClassifyConfig, out: Path | None, log) -> dict:
 
 
 def prepare_cache(cfg, model, tokens, device, autocast_dtype, log):
-    """Decide whether caching is exact and affordable; build it if so."""
-    frozen = trainable.frozen_prefix_stages(model.stage_modules())
-    lengths = [len(row) for rows in tokens.values() for row in rows]
-    dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
-    plan = activation_cache.plan_cache(model, frozen, lengths, model.body.config.n_embd, dtype)
-    if not plan.enabled:
-        require(cfg.cache_activations != "on", f"--cache_activations on cannot be exact here: {plan.reason}")
-        log.info(f"activation cache: off ({plan.reason})")
-        return None, {"kind": "none", "bytes": 0, "reason": plan.reason}, 0.0
-    budget = (cfg.cache_budget_gb * 2**30 if cfg.cache_budget_gb is not None
-              else activation_cache.available_memory_bytes(device) // 4)
-    if plan.estimated_bytes > budget and plan.dtype == torch.float32:
-        plan.dtype, plan.estimated_bytes = torch.bfloat16, plan.estimated_bytes // 2
-        log.info("activation cache: fp32 exceeds the budget; storing in bf16 (results no longer bit-exact)")
-    if plan.estimated_bytes > budget:
-        log.info(f"activation cache: off ({plan.estimated_bytes / 2**30:.2f} GiB exceeds the budget "
-                 f"of {budget / 2**30:.2f} GiB; raise --cache_budget_gb to enable)")
-        return None, {"kind": "none", "bytes": 0, "reason": "over budget"}, 0.0
-    begin = time.perf_counter()
-    cache = activation_cache.build_cache(model, plan, tokens, device, max(cfg.batch_size, 16), autocast_dtype)
-    build_s = time.perf_counter() - begin
-    info = {"kind": plan.kind, "start_stage": plan.start_stage, "dtype": str(plan.dtype).replace("torch.", ""),
-            "estimated_bytes": plan.estimated_bytes, "bytes": cache.nbytes(), "build_s": round(build_s, 3),
-            "reason": plan.reason}
-    log.info(f"activation cache: {plan.reason}; {info['bytes'] / 2**20:.1f} MiB in {build_s:.1f}s")
-    return cache, info, build_s
+    """Cache the frozen prefix where that is exact and affordable (policy: `unfreeze.cache`)."""
+    request = CacheRequest(cfg.cache_activations, cfg.cache_budget_gb, "--cache_activations on", "--cache_budget_gb")
+    return frozen_prefix.prepare(model, tokens, device, autocast_dtype, request, max(cfg.batch_size, 16), log)

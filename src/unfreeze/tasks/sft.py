@@ -75,7 +75,8 @@ def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path
 
     from unfreeze.data import sft_data
     from unfreeze.files import atomic_write_json
-    from unfreeze.models.pause_trainable import set_trainable
+    # apply_components: the switched-on components -> their parameters -> requires_grad, with the summary
+    from unfreeze.models.trainable import apply_components as set_trainable
 
     main = accelerator.is_main_process
     set_seed(config.seed)
@@ -85,7 +86,7 @@ def _train_and_evaluate(config: SFTConfig, accelerator: Any, log: Any, out: Path
     if positions is not None and config.max_length > positions:
         raise UsageError(f"max_length={config.max_length} exceeds the model's {positions} positions")
     if config.dropout is not None:
-        from unfreeze.sft_cache import set_dropout
+        from unfreeze.cache.dropout import set_dropout
 
         set_dropout(model.hf_model, config.dropout)
     components = [name for name, key in COMPONENT_SWITCHES.items() if getattr(config, key)]
@@ -272,34 +273,14 @@ def build_model(config: SFTConfig, log: Any):
 
 def _cache_hidden_states(config: SFTConfig, model: Any, examples: list, collate: Any, accelerator: Any,
                          log: Any) -> tuple[dict[str, Any], float]:
-    """Store each example's final hidden states when that is exact and fits the budget."""
-    from unfreeze import sft_cache
-    from unfreeze.activation_cache import available_memory_bytes
+    """Store each example's final hidden states when that is exact and fits the budget (`unfreeze.cache`)."""
+    from unfreeze.cache import final_hidden
+    from unfreeze.cache.policy import CacheRequest
 
+    request = CacheRequest(config.cache_activations, config.cache_budget_gb, "cache_activations=on", "cache_budget_gb")
     dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else model.hf_model.dtype
-    plan = sft_cache.plan(model, [len(e.input_ids) for e in examples], dtype)
-    if plan.enabled:
-        model.to(accelerator.device)
-        if not sft_cache.verify_heads_reproduce_logits(model, collate(examples[:2]), accelerator.device):
-            plan = sft_cache.SFTCachePlan(False, "this model's logits are not lm_head(last hidden state)")
-    if not plan.enabled:
-        if config.cache_activations == "on":
-            raise UsageError(f"cache_activations=on cannot be exact here: {plan.reason}")
-        log.info(f"activation cache: off ({plan.reason})")
-        return {"kind": "none", "bytes": 0, "reason": plan.reason}, 0.0
-    budget = (config.cache_budget_gb * 2**30 if config.cache_budget_gb is not None
-              else available_memory_bytes(accelerator.device) // 4)
-    if plan.estimated_bytes > budget:
-        log.info(f"activation cache: off ({plan.estimated_bytes / 2**30:.2f} GiB exceeds the budget of "
-                 f"{budget / 2**30:.2f} GiB; raise cache_budget_gb to enable)")
-        return {"kind": "none", "bytes": 0, "reason": "over budget"}, 0.0
-    begin = time.perf_counter()
-    stored = sft_cache.attach_hidden_states(model, examples, collate, config.eval_batch_size, accelerator.device,
-                                            accelerator.autocast, dtype, "caching final hidden states")
-    seconds = time.perf_counter() - begin
-    log.info(f"activation cache: {plan.reason}; {stored / 2**20:.1f} MiB in {seconds:.1f}s")
-    return {"kind": "final_hidden", "bytes": stored, "estimated_bytes": plan.estimated_bytes,
-            "dtype": str(dtype).replace("torch.", ""), "build_s": round(seconds, 3), "reason": plan.reason}, seconds
+    return final_hidden.prepare(model, examples, collate, request, device=accelerator.device,
+                                autocast=accelerator.autocast, dtype=dtype, batch_size=config.eval_batch_size, log=log)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Exact caching for `unfreeze sft` rows that train only what sits on top of the last hidden state.
+"""`unfreeze sft`'s exact cache, for rows that train only what sits on top of the last hidden state.
 
 When neither the body, nor the input embeddings, nor the pause embedding trains, and no dropout is
 active, the final hidden state of an example is the same in every step and every validation pass.
@@ -12,41 +12,16 @@ embedding, so training it makes the body trainable), never from the config's swi
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-                      "dropout", "activation_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob")
-
-
-def set_dropout(model: nn.Module, p: float) -> None:
-    """Every dropout of the model to `p`: nn.Dropout modules and the float rates attention layers read."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = p
-        for name in DROPOUT_ATTRIBUTES:
-            if isinstance(getattr(module, name, None), float):
-                setattr(module, name, p)
-    config = getattr(model, "config", None)
-    for name in DROPOUT_ATTRIBUTES:
-        if isinstance(getattr(config, name, None), float):
-            setattr(config, name, p)
-
-
-def active_dropout(module: nn.Module) -> list[str]:
-    """Names of the dropouts inside `module` that would change outputs in training mode."""
-    found = []
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.Dropout) and sub.p > 0:
-            found.append(name or "dropout")
-        for attribute in DROPOUT_ATTRIBUTES:
-            value = getattr(sub, attribute, None)
-            if isinstance(value, float) and value > 0 and not isinstance(sub, nn.Dropout):
-                found.append(f"{name}.{attribute}" if name else attribute)
-    return found
+from unfreeze.cache import policy
+from unfreeze.cache.dropout import active_dropout
 
 
 @dataclass
@@ -68,7 +43,7 @@ def plan(model, lengths: list[int], dtype: torch.dtype) -> SFTCachePlan:
                       if p.requires_grad and id(p) not in head_only | pause_head]
     if body_trainable:
         return SFTCachePlan(False, f"{body_trainable[0]} trains and feeds the hidden state")
-    dropout = [d for d in active_dropout(hf) if "lm_head" not in d]
+    dropout = active_dropout(hf, exclude=(hf.get_output_embeddings(),))  # the LM head acts after the cache
     if dropout:
         return SFTCachePlan(False, f"dropout is active in the body ({dropout[0]}); set dropout: 0.0 to allow caching")
     element = torch.empty(0, dtype=dtype).element_size()
@@ -103,3 +78,30 @@ def verify_heads_reproduce_logits(model, batch: dict, device: torch.device) -> b
                          return_dict=True)
         again = model.hf_model.get_output_embeddings()(out.hidden_states[-1])
     return torch.allclose(again.float(), out.logits.float(), atol=1e-5, rtol=1e-5)
+
+
+def prepare(model, examples: list, collate: Callable, request: policy.CacheRequest, *, device: torch.device,
+            autocast: Callable, dtype: torch.dtype, batch_size: int, log: logging.Logger) -> tuple[dict, float]:
+    """Store each example's final hidden states (in `dtype`) when that is exact and fits the budget.
+
+    Returns the `cache` entry of metrics.json and the seconds spent building the cache.
+    """
+    cache_plan = plan(model, [len(e.input_ids) for e in examples], dtype)
+    if cache_plan.enabled:
+        model.to(device)
+        if not verify_heads_reproduce_logits(model, collate(examples[:2]), device):
+            cache_plan = SFTCachePlan(False, "this model's logits are not lm_head(last hidden state)")
+    if not cache_plan.enabled:
+        return policy.not_exact(request, cache_plan.reason, log), 0.0
+    # No bf16 fallback: sft's cache is exact or absent (docs/sft.md), so over the budget the run goes uncached.
+    decision = policy.within_budget(request, cache_plan.estimated_bytes, dtype, device, log, bf16_fallback=False)
+    if not decision.fits:
+        return policy.no_cache("over budget"), 0.0
+    begin = time.perf_counter()
+    stored = attach_hidden_states(model, examples, collate, batch_size, device, autocast, dtype,
+                                  "caching final hidden states")
+    seconds = time.perf_counter() - begin
+    log.info(f"activation cache: {cache_plan.reason}; {stored / 2**20:.1f} MiB in {seconds:.1f}s")
+    info = {"kind": "final_hidden", "bytes": stored, "estimated_bytes": cache_plan.estimated_bytes,
+            "dtype": str(dtype).replace("torch.", ""), "build_s": round(seconds, 3), "reason": cache_plan.reason}
+    return info, seconds

@@ -1,10 +1,10 @@
-"""Exact frozen-prefix caching: compute the activations of the frozen part of a network once.
+"""`unfreeze classify`'s exact frozen-prefix cache: compute the activations of the frozen part once.
 
 With dropout 0.0 (the reference's setting), a stage none of whose parameters train is a fixed,
 deterministic function of its input. The activations at the boundary between the frozen prefix
 and the trainable suffix are therefore the same in every epoch and every evaluation pass; we compute
 them once per example and run only the suffix afterwards. Which stages are frozen is decided from
-the parameters each stage uses (`trainable.frozen_prefix_stages`), never from preset names.
+the parameters each stage uses (`frozen_prefix_stages`), never from preset names.
 
 Two shapes of cache:
   * `hidden`: the input of the first trainable stage, one (length, hidden) matrix per example;
@@ -13,28 +13,33 @@ Two shapes of cache:
 
 from __future__ import annotations
 
-import os
+import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from unfreeze.cache import policy
+from unfreeze.cache.dropout import active_dropout
 from unfreeze.models.classifier import GPT2Classifier
 
 
-def available_memory_bytes(device: torch.device) -> int:
-    """Free memory on the device that would hold the cache."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+def frozen_prefix_stages(stage_modules: list[list[nn.Module]]) -> int:
+    """How many leading stages are exact, deterministic functions of the input.
+
+    A stage qualifies when none of the parameters it uses train and no dropout in it is active;
+    its output can then be computed once and reused. Decided from the modules each stage runs, so
+    tied or shared weights are judged where they are used.
+    """
+    count = 0
+    for modules in stage_modules:
+        for module in modules:
+            if any(p.requires_grad for p in module.parameters()) or active_dropout(module):
+                return count
+        count += 1
+    return count
 
 
 @dataclass
@@ -120,3 +125,31 @@ def build_cache(model: GPT2Classifier, plan: CachePlan, token_splits: dict[str, 
             cache.splits[split] = [t.clone() for t in stored]  # own storage per row: exact byte count
     model.train(was_training)
     return cache
+
+
+def prepare(model: GPT2Classifier, tokens: dict[str, list[torch.Tensor]], device: torch.device,
+            autocast_dtype: torch.dtype | None, request: policy.CacheRequest, batch_size: int,
+            log: logging.Logger) -> tuple[ActivationCache | None, dict, float]:
+    """Decide whether caching is exact and affordable; build the cache if so.
+
+    Returns the cache (None: run uncached), the `cache` entry of metrics.json, and the build seconds.
+    """
+    frozen = frozen_prefix_stages(model.stage_modules())
+    lengths = [len(row) for rows in tokens.values() for row in rows]
+    dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
+    plan = plan_cache(model, frozen, lengths, model.body.config.n_embd, dtype)
+    if not plan.enabled:
+        return None, policy.not_exact(request, plan.reason, log), 0.0
+    # classify accepts a bf16 copy of an fp32 cache over the budget (README: --cache_budget_gb).
+    decision = policy.within_budget(request, plan.estimated_bytes, plan.dtype, device, log, bf16_fallback=True)
+    if not decision.fits:
+        return None, policy.no_cache("over budget"), 0.0
+    plan.dtype, plan.estimated_bytes = decision.dtype, decision.estimated_bytes
+    begin = time.perf_counter()
+    cache = build_cache(model, plan, tokens, device, batch_size, autocast_dtype)
+    build_s = time.perf_counter() - begin
+    info = {"kind": plan.kind, "start_stage": plan.start_stage, "dtype": str(plan.dtype).replace("torch.", ""),
+            "estimated_bytes": plan.estimated_bytes, "bytes": cache.nbytes(), "build_s": round(build_s, 3),
+            "reason": plan.reason}
+    log.info(f"activation cache: {plan.reason}; {info['bytes'] / 2**20:.1f} MiB in {build_s:.1f}s")
+    return cache, info, build_s

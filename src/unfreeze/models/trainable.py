@@ -1,0 +1,216 @@
+"""What trains: the one place that turns a choice into a set of parameters and sets `requires_grad`.
+
+A choice is either a classification preset (`unfreeze classify --trainable_layers`) or a list of
+pause-model components (the `unfreeze_*` / `lora` switches of `unfreeze sft`). Both are resolved from
+module structure, never from parameter-name substrings, into a `Selection` of parameters;
+`set_trainable` trains exactly those and freezes everything else; `trainable_summary` counts what trains
+(a shared tensor once), for the log and metrics.json of either recipe.
+
+Classification presets (on a `GPT2Classifier`):
+
+| preset            | modules                                                                   |
+|-------------------|---------------------------------------------------------------------------|
+| last_layer        | the new head                                                              |
+| last_block        | the last transformer block, the final LayerNorm, the head                 |
+| last_two_blocks   | the last two blocks, the final LayerNorm, the head                        |
+| all               | everything                                                                |
+| lora              | peft LoRA on every linear layer (head included), plus the head's own weight and bias |
+| lora_alternative  | the same with the merged-weight LoRA                                      |
+
+The LoRA presets train the head's own weight and bias because the reference creates the head after
+freezing the model and never freezes it.
+
+Pause-model components (on a `ControlTokenLM`):
+
+| component       | tensors                                                                 |
+|-----------------|-------------------------------------------------------------------------|
+| pause_embedding | `model.control_embeddings` (the delta rows of the control tokens)       |
+| pause_head      | `model.pause_head` (weight, bias)                                       |
+| lm_head         | the module returned by `get_output_embeddings()`                        |
+| lm_embeddings   | the module returned by `get_input_embeddings()` (base vocabulary rows)  |
+| lora            | the adapter sub-modules (`LoraLayer.adapter_layer_names`) of every peft LoRA layer |
+
+Two choices change the model before they can name parameters, because those parameters do not exist
+yet: the LoRA presets add the adapters, and training exactly one of a *tied* LM head / input embedding
+unties them first (the LM head gets its own copy of the matrix and `tie_word_embeddings` becomes False,
+so a saved model stays untied); the other one then stays bit-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from torch import nn
+
+from unfreeze.errors import UsageError
+from unfreeze.models import lora as lora_lib
+
+COMPONENTS: dict[str, str] = {
+    "pause_embedding": "embedding rows of the control tokens (the delta next to the frozen base matrix)",
+    "pause_head": "the pause head: linear, hidden -> control tokens + 'use the LM head'",
+    "lm_head": "the LM output layer",
+    "lm_embeddings": "the LM input token embeddings",
+    "lora": "LoRA adapters on the body (the model must have been given LoRA)",
+}
+
+
+@dataclass
+class Selection:
+    """A choice resolved to the parameters it trains."""
+
+    choice: list[str]  # the preset, or the components switched on
+    params: list[nn.Parameter]
+    untied: bool = False  # tied input/output embeddings were untied to honour the choice
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainableSummary:
+    """Exactly which tensors train; printed by the recipes and recorded in metrics.json."""
+
+    components: list[str]
+    tensors: list[str]  # names of trainable parameter tensors (shared tensors counted once)
+    shapes: list[tuple[int, ...]]
+    trainable_params: int
+    total_params: int
+    untied: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        share = 100.0 * self.trainable_params / max(self.total_params, 1)
+        head = (f"trainable: {', '.join(self.components)} -> {len(self.tensors)} tensors, "
+                f"{self.trainable_params:,} of {self.total_params:,} parameters ({share:.4f}%)")
+        rows = [f"  {name} {list(shape)}" for name, shape in zip(self.tensors, self.shapes)]
+        return [head, *self.notes, *rows]
+
+
+# --- the three steps: choice -> parameters -> requires_grad -> counts ---------------------------------
+
+
+def set_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> None:
+    """Train exactly `params` (parameters of `model`); freeze every other parameter of `model`."""
+    chosen = {id(p) for p in params}
+    owned = {id(p) for p in model.parameters()}
+    if not chosen <= owned:  # a selection made for another model (or before it was rebuilt)
+        raise ValueError(f"{len(chosen - owned)} selected parameter(s) are not parameters of the model")
+    for param in model.parameters():
+        param.requires_grad_(id(param) in chosen)
+
+
+def trainable_summary(model: nn.Module, selection: Selection | None = None) -> TrainableSummary:
+    """Names, shapes and counts of what trains in `model` now (from `requires_grad`, not from a plan)."""
+    names, shapes, trainable, total = [], [], 0, 0
+    for name, param in model.named_parameters():  # yields a shared (tied) tensor once
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+            names.append(name)
+            shapes.append(tuple(param.shape))
+    choice = selection.choice if selection is not None else []
+    untied = selection.untied if selection is not None else False
+    notes = list(selection.notes) if selection is not None else []
+    return TrainableSummary(components=choice, tensors=names, shapes=shapes, trainable_params=trainable,
+                            total_params=total, untied=untied, notes=notes)
+
+
+def apply_preset(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
+                 seed: int | None = None) -> TrainableSummary:
+    """`--trainable_layers preset` on a classifier, in place: select, apply, count."""
+    selection = preset_selection(model, preset, lora_rank, lora_alpha, seed)
+    set_trainable(model, selection.params)
+    return trainable_summary(model, selection)
+
+
+def apply_components(model: nn.Module, components: Iterable[str]) -> TrainableSummary:
+    """Train exactly `components` (names from COMPONENTS) of a pause model, in place: select, apply, count."""
+    selection = component_selection(model, components)
+    set_trainable(model, selection.params)
+    return trainable_summary(model, selection)
+
+
+def _parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of `modules`, each once, in order."""
+    return list({id(p): p for module in modules for p in module.parameters()}.values())
+
+
+# --- classification presets ---------------------------------------------------------------------------
+
+
+def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
+                     seed: int | None = None) -> Selection:
+    """The parameters of one `--trainable_layers` preset of a `GPT2Classifier` (LoRA presets add LoRA first)."""
+    if preset in ("lora", "lora_alternative"):
+        add = lora_lib.add_lora if preset == "lora" else lora_lib.add_merged_lora
+        add(model, lora_rank, lora_alpha, seed=seed)
+        head_base = getattr(model.head, "base_layer", model.head)  # peft wraps the head
+        return Selection([preset], _parameters([*lora_lib.lora_modules(model), head_base]))
+    blocks, ln_f, head = list(model.body.h), model.body.ln_f, model.head
+    modules = {
+        "last_layer": [head],
+        "last_block": [blocks[-1], ln_f, head],
+        "last_two_blocks": [*blocks[-2:], ln_f, head],
+        "all": [model],
+    }.get(preset)
+    if modules is None:
+        raise ValueError(f"unknown trainable preset {preset!r}")
+    return Selection([preset], _parameters(modules))
+
+
+# --- pause-model components ---------------------------------------------------------------------------
+
+
+def component_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Each component's parameters, located by module type/role."""
+    from peft.tuners.lora import LoraLayer
+
+    hf = model.hf_model
+    parts: dict[str, list[nn.Parameter]] = {name: [] for name in COMPONENTS}
+    if model.control_embeddings is not None:
+        parts["pause_embedding"] = [model.control_embeddings]
+        parts["pause_head"] = list(model.pause_head.parameters())
+    parts["lm_head"] = list(hf.get_output_embeddings().parameters())
+    parts["lm_embeddings"] = list(hf.get_input_embeddings().parameters())
+    for module in hf.modules():
+        if isinstance(module, LoraLayer):
+            for attr in module.adapter_layer_names:  # peft's own list of its trainable sub-modules
+                parts["lora"].extend(getattr(module, attr).parameters())
+    return parts
+
+
+def untie_embeddings(model: nn.Module) -> bool:
+    """Give the LM head its own copy of a tied embedding matrix; True if something was untied."""
+    hf = model.hf_model
+    head, embeddings = hf.get_output_embeddings(), hf.get_input_embeddings()
+    if head.weight is not embeddings.weight:
+        return False
+    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    for config in {id(hf.config): hf.config, id(hf.config.get_text_config()): hf.config.get_text_config()}.values():
+        config.tie_word_embeddings = False  # keep it untied when saved and loaded again
+    return True
+
+
+def component_selection(model: nn.Module, components: Iterable[str]) -> Selection:
+    """The parameters of the switched-on components of a `ControlTokenLM` (untying tied embeddings if needed)."""
+    wanted = list(dict.fromkeys(components))
+    unknown = [c for c in wanted if c not in COMPONENTS]
+    if unknown:
+        raise UsageError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+    if not wanted:
+        raise UsageError("nothing left to train: switch on at least one of unfreeze_pause_embedding, "
+                         "unfreeze_pause_head, unfreeze_lm_head, unfreeze_lm_embeddings, lora")
+    notes, untied = [], False
+    if ("lm_head" in wanted) != ("lm_embeddings" in wanted):
+        untied = untie_embeddings(model)
+        if untied:
+            only = "lm_head" if "lm_head" in wanted else "lm_embeddings"
+            notes.append(f"note: input and output embeddings were tied; untied them so that only {only} trains")
+    parts = component_parameters(model)
+    chosen: dict[int, nn.Parameter] = {}
+    for name in wanted:
+        if not parts[name]:
+            why = "the model has no control tokens (pause_token is null)" if name.startswith("pause") else (
+                "the model has no LoRA adapter (set lora: true)")
+            raise UsageError(f"cannot train {name}: {why}")
+        chosen.update({id(p): p for p in parts[name]})
+    return Selection(wanted, list(chosen.values()), untied, notes)
