@@ -77,6 +77,13 @@ class SFTConfig:
     test_limit: int | None = field(None, "score only the first N test questions")
     test_batch_size: int = field(16, "questions per generation batch")
     max_new_tokens: int = field(256, "generation budget per answer")
+    # --- added by faithful-reference ---
+    pause_tokenization: str = field("exact", "exact: a pause leaves the answer's own tokens unchanged; reference: "
+                                             "it swallows the whitespace around it, as the PauseToken reference's "
+                                             "lstrip/rstrip token did (saved with the model)",
+                                    choices=("exact", "reference"))
+    test_max_length: int | None = field(None, "test generation budget per question, prompt included (the "
+                                              "reference: 1024); with max_new_tokens the tighter one wins")
 
 
 COMPONENT_SWITCHES = {
