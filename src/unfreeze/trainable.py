@@ -21,7 +21,7 @@ def set_trainable(model: nn.Module, modules: list[nn.Module]) -> None:
 
 
 def classifier_preset(model: GPT2Classifier, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
-                      seed: int | None = None) -> None:
+                      seed: int | None = None, lora_layout: str = "reference") -> None:
     """Apply one of the reference's `--trainable_layers` presets to `model` in place.
 
     last_layer: the new head. last_block: the last transformer block, the final LayerNorm and the
@@ -41,7 +41,7 @@ def classifier_preset(model: GPT2Classifier, preset: str, lora_rank: int = 8, lo
         set_trainable(model, [model])
     elif preset in ("lora", "lora_alternative"):
         add = lora_lib.add_lora if preset == "lora" else lora_lib.add_merged_lora
-        add(model, lora_rank, lora_alpha, seed=seed)
+        add(model, lora_rank, lora_alpha, seed=seed, layout=lora_layout)  # reference | peft, see models/lora.py
         head_base = getattr(model.head, "base_layer", model.head)  # peft wraps the head
         set_trainable(model, [*lora_lib.lora_modules(model), head_base])
     else:

@@ -69,3 +69,8 @@ class ClassifyConfig:
     eval_iter: int = field(5, "batches per periodic evaluation (the reference uses 5)")
     lr: float = field(5e-5, "AdamW learning rate")
     weight_decay: float = field(0.1, "AdamW weight decay")
+    # --- added by faithful-reference ---
+    lora_layout: str = field(
+        "reference", "where LoRA updates sit: reference (separate query/key/value updates, as the reference's "
+        "GPT; three on GPT-2's fused c_attn) or peft (one update per layer)", choices=("reference", "peft"),
+    )
