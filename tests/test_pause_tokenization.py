@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from unfreeze.data.sft_data import encode_answer, encode_rows, reference_tokenization_changes
+from unfreeze.data.sft_data import (
+    encode_answer,
+    encode_rows,
+    reference_tokenization_changes,
+)
 from unfreeze.errors import UsageError
-from unfreeze.models.control_tokens import ControlTokenLM, register_control_tokens, registered_tokenization
+from unfreeze.models.control_tokens import (
+    ControlTokenLM,
+    register_control_tokens,
+    registered_tokenization,
+)
 from unfreeze.tasks.eval_gsm8k import clean_completion, predicted_answer
 
 PAUSE = "<|pause|>"

@@ -108,7 +108,7 @@ class EncodedSet:
 def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int,
                 control_tokens: Sequence[str] = (), tokenization: str = "exact") -> EncodedSet:
     """Every row encoded (`tokenization`: "exact" or "reference", see `encode_answer`)."""
-    from unfreeze.models.control_tokens import check_pause_tokenization
+    from unfreeze.models.control_vocab import check_pause_tokenization
 
     if check_pause_tokenization(tokenization) == "reference":
         check_reference_tokenizer(tokenizer, control_tokens)
@@ -126,7 +126,7 @@ def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int,
 
 def check_reference_tokenizer(tokenizer: Any, control_tokens: Sequence[str]) -> None:
     """The reference tokenisation is the tokenizer's own: each control token must strip both sides."""
-    from unfreeze.models.control_tokens import registered_tokenization
+    from unfreeze.models.control_vocab import registered_tokenization
 
     for token in control_tokens:
         found = registered_tokenization(tokenizer, token)
