@@ -86,7 +86,7 @@ def test_lora_scaling_is_the_references_alpha_times_x_a_b():
     """Every adapted layer computes W x + b + alpha * x @ A @ B (A: in x r, B: r x out)."""
     rank, alpha = 4, 3
     model = tiny_classifier()
-    lora_lib.add_lora(model, rank, alpha, seed=0)
+    lora_lib.add_lora(model, rank, alpha, seed=0, layout="peft")
     for name in lora_lib.linear_layers(tiny_classifier()):
         layer = model.get_submodule(name)
         a = layer.lora_A["default"].weight.detach().T  # (in, r)
@@ -104,12 +104,12 @@ def test_lora_scaling_is_the_references_alpha_times_x_a_b():
 def test_lora_alternative_is_the_same_function_as_lora():
     rank, alpha = 4, 2
     peft_model, merged_model = tiny_classifier(), tiny_classifier()
-    lora_lib.add_lora(peft_model, rank, alpha, seed=0)
-    lora_lib.add_merged_lora(merged_model, rank, alpha, seed=0)
+    lora_lib.add_lora(peft_model, rank, alpha, seed=0, layout="peft")
+    lora_lib.add_merged_lora(merged_model, rank, alpha, seed=0, layout="peft")
     generator = torch.Generator().manual_seed(3)
     for name in lora_lib.linear_layers(tiny_classifier()):
         layer = peft_model.get_submodule(name)
-        merged = merged_model.get_submodule(name).parametrizations.weight[0]
+        merged = merged_model.get_submodule(name).parametrizations.weight[0].updates[0]
         a = torch.randn(merged.A.shape, generator=generator)
         b = torch.randn(merged.B.shape, generator=generator) * 0.1
         with torch.no_grad():

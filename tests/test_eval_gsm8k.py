@@ -72,6 +72,23 @@ def test_is_correct(predicted, truth, expected):
     assert is_correct(predicted, truth) is expected
 
 
+@pytest.mark.parametrize("predicted, truth, expected", [
+    ("18", "18", True), ("18.0", "18", False), ("18.", "18", False), ("-5", "-5", True), ("3.50", "3.5", False),
+    ("017", "17", False), ("17", "18", False), (None, "18", False), ("1.2.3", "1.2.3", True),
+])
+def test_is_correct_as_strings_is_the_references_definition(predicted, truth, expected):
+    assert is_correct(predicted, truth, as_numbers=False) is expected
+
+
+def test_summarize_reports_the_string_and_the_numeric_accuracy():
+    keys = ("correct", "correct_numeric", "predicted_answer", "num_pauses", "num_generated_tokens", "stopped_at_eos")
+    records = [dict(zip(keys, (True, True, "7", 0, 5, True))), dict(zip(keys, (False, True, "7.0", 0, 5, True))),
+               dict(zip(keys, (False, False, "8", 0, 5, True))), dict(zip(keys, (False, False, None, 0, 5, True)))]
+    metrics = summarize(records, generation_s=1.0, eval_s=1.0)
+    assert metrics["test_accuracy"] == 0.25 and metrics["num_correct"] == 1
+    assert metrics["test_accuracy_numeric"] == 0.5 and metrics["num_correct_numeric"] == 2
+
+
 def test_summarize_and_train_pause_rate():
     keys = ("correct", "predicted_answer", "num_pauses", "num_generated_tokens", "stopped_at_eos")
     records = [dict(zip(keys, (True, "1", 3, 10, True))), dict(zip(keys, (False, None, 0, 30, False)))]
@@ -123,7 +140,8 @@ def test_generate_and_score_reads_pauses_commas_and_eos():
     records, seconds = generate_and_score(model, rows, batch_size=2, max_new_tokens=64, pause_temperature=1.0,
                                           device="cpu", progress=False)
     assert [r["question"] for r in records] == ["q0", "q1", "q2"]  # input order, whatever the batching
-    assert [r["correct"] for r in records] == [True, False, True]
+    assert [r["correct_numeric"] for r in records] == [True, False, True]
+    assert [r["correct"] for r in records] == [True, False, False]  # the reference's string comparison
     first = records[0]
     assert first["generated_text"] == f"Think{PAUSE} hard.\n#### 1,0{PAUSE}00"  # raw, EOS dropped
     assert first["predicted_answer"] == "1000" and first["num_pauses"] == 2 and first["stopped_at_eos"]
@@ -137,6 +155,37 @@ def test_pause_temperature_zero_removes_the_scripted_pauses():
     records, _ = generate_and_score(model, [{"question": "q", "ground_truth": "42"}], batch_size=1,
                                     max_new_tokens=64, pause_temperature=0.0, device="cpu", progress=False)
     assert records[0]["num_pauses"] == 0
+
+
+def test_max_length_counts_the_prompt_of_each_question():
+    """Questions of different lengths in one batch: each stops at max_length tokens, prompt included."""
+    from unfreeze.data.sft_data import encode_prompt
+
+    model = ScriptedModel("x" * 300)  # never reaches its EOS within the budget
+    rows = [{"question": q, "ground_truth": "1"} for q in ("short", "a much longer question " * 3, "mid length")]
+    records, _ = generate_and_score(model, rows, batch_size=3, max_new_tokens=None, max_length=120,
+                                    pause_temperature=1.0, device="cpu", progress=False)
+    lengths = [len(encode_prompt(model.tokenizer, row["question"])) for row in rows]
+    assert len(set(lengths)) == 3
+    assert [n + r["num_generated_tokens"] for n, r in zip(lengths, records)] == [120, 120, 120]
+    assert not any(r["stopped_at_eos"] for r in records)
+    # With max_new_tokens as well, the tighter limit wins for each question.
+    records, _ = generate_and_score(model, rows, batch_size=3, max_new_tokens=60, max_length=120,
+                                    pause_temperature=1.0, device="cpu", progress=False)
+    assert [r["num_generated_tokens"] for r in records] == [min(60, 120 - n) for n in lengths]
+
+
+@pytest.mark.parametrize("limits, fragment", [
+    ({"max_new_tokens": None, "max_length": None}, "--max_length"),
+    ({"max_new_tokens": 10, "max_length": 8}, "--max_length 8"),
+    ({"max_new_tokens": 2000, "max_length": None}, "1024 positions"),
+])
+def test_impossible_generation_budgets_are_usage_errors(limits, fragment):
+    from unfreeze.errors import UsageError
+
+    with pytest.raises(UsageError, match=fragment):
+        generate_and_score(ScriptedModel("#### 1"), [{"question": "a question", "ground_truth": "1"}], batch_size=1,
+                           pause_temperature=1.0, device="cpu", progress=False, **limits)
 
 
 # --- the command, end to end on a tiny saved model ----------------------------------------------------------

@@ -181,6 +181,50 @@ def test_all_rows_at_eos_stop_early():
     assert len(step.calls) == 2
 
 
+def test_max_length_counts_each_rows_own_prompt():
+    """One batch, prompts of 2, 5 and 1 tokens, max_length 8: each row stops at 8 tokens in all (6, 3 and
+    7 new ones), not at a budget set by the longest prompt or the padded width."""
+    step = CountingStep()
+    out = greedy_generate(step, [[0, 1], [0, 1, 2, 3, 4], [6]], eos_id=None, pad_id=9, max_new_tokens=None,
+                          max_length=8)
+    assert [g.tokens for g in out] == [[2, 3, 4, 5, 6, 7], [5, 6, 7], [7, 8, 9, 0, 1, 2, 3]]
+    assert [len(p) + g.num_generated for p, g in zip([[0, 1], [0] * 5, [6]], out)] == [8, 8, 8]
+    assert not any(g.stopped_at_eos for g in out)
+    assert len(step.calls) == 7  # the prompt, then until the row with the most room is done
+    # The middle row stopped after 3 tokens: what it is fed afterwards is masked out.
+    _, mask, _, _ = step.calls[-1]
+    assert mask[1].tolist() == [1] * 5 + [1, 1, 1, 0, 0, 0]
+
+
+def test_the_tighter_of_max_new_tokens_and_max_length_wins_per_row():
+    step = CountingStep()
+    out = greedy_generate(step, [[0, 1], [0, 1, 2, 3, 4], [6]], eos_id=None, pad_id=9, max_new_tokens=4,
+                          max_length=8)
+    assert [g.num_generated for g in out] == [4, 3, 4]
+    # An EOS still ends a row before its budget.
+    out = greedy_generate(CountingStep(), [[0, 1], [6]], eos_id=4, pad_id=9, max_new_tokens=None, max_length=20)
+    assert out[0] == Generation(tokens=[2, 3, 4], stopped_at_eos=True)
+    assert out[1].tokens[-1] == 4 and out[1].stopped_at_eos
+
+
+def test_max_length_batch_equals_each_prompt_alone(lm):
+    prompts = prompts_of_lengths(2, 11, 6)
+    step = step_function(lm)
+    batched = decode(step, prompts, max_new_tokens=None, max_length=16)
+    assert [len(p) + len(row) for p, row in zip(prompts, batched)] == [16, 16, 16]
+    assert batched == [decode(step, [p], max_new_tokens=None, max_length=16)[0] for p in prompts]
+
+
+@pytest.mark.parametrize("limits, message", [
+    ({"max_new_tokens": None, "max_length": None}, "max_length"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_new_tokens": 5, "max_length": 3}, "prompt 2 has 3 tokens"),
+])
+def test_impossible_length_limits_are_rejected(limits, message):
+    with pytest.raises(ValueError, match=message):
+        greedy_generate(CountingStep(), [[1], [1, 2, 3]], eos_id=None, pad_id=0, **limits)
+
+
 # --- pause temperature -----------------------------------------------------------------------------------
 
 

@@ -161,6 +161,28 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+def row_budgets(prompt_lengths: Sequence[int], max_new_tokens: int | None,
+                max_length: int | None) -> list[int]:
+    """New tokens each row may generate: the tighter of `max_new_tokens` and `max_length` - its prompt.
+
+    `max_new_tokens` counts generated tokens only (pauses and EOS included); `max_length` counts the
+    prompt too, as Hugging Face's `generate(max_length=...)` does (the PauseToken reference used 1024).
+    Either may be None (no such limit), not both. A row whose prompt leaves no room is a ValueError.
+    """
+    if max_new_tokens is None and max_length is None:
+        raise ValueError("set max_new_tokens, max_length or both: generation needs a length limit")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    budgets = []
+    for row, length in enumerate(prompt_lengths):
+        limits = [n for n in (max_new_tokens, None if max_length is None else max_length - length) if n is not None]
+        if min(limits) < 1:
+            raise ValueError(f"prompt {row + 1} has {length} tokens, which leaves no room under "
+                             f"max_length={max_length}")
+        budgets.append(min(limits))
+    return budgets
+
+
 @torch.inference_mode()
 def greedy_generate(
     step: StepFn,
@@ -168,42 +190,46 @@ def greedy_generate(
     *,
     eos_id: int | Sequence[int] | None,
     pad_id: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
+    max_length: int | None = None,
     use_cache: bool = True,
     pause_ids: Sequence[int] = (),
     pause_temperature: float = 1.0,
     device: torch.device | str | None = None,
 ) -> list[Generation]:
-    """Greedy decoding of a batch of prompts (token id lists) until EOS or `max_new_tokens`.
+    """Greedy decoding of a batch of prompts (token id lists) until EOS or the row's length budget.
 
+    Each row stops at EOS or after `row_budgets` new tokens: `max_new_tokens` generated tokens, or
+    `max_length` tokens prompt included, whichever comes first *for that row* (a short prompt in a
+    batch of long ones keeps its own, larger, budget).
     Every emitted token -- a pause included -- is fed back as the next input. With `use_cache` the
     prompt is run once and each step feeds one token per row plus the cache; without it every step
     re-runs the whole sequence (the reference the cached path must equal, token for token).
-    A row that has emitted EOS keeps being fed padding (masked out) until the whole batch is done.
+    A row that has finished keeps being fed padding (masked out) until the whole batch is done.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    budgets = row_budgets([len(p) for p in prompts], max_new_tokens, max_length)
     pause_temperature = check_pause_temperature(pause_temperature)
     eos_ids = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
     input_ids, mask = left_pad(prompts, pad_id, device)
     positions = positions_from_mask(mask)
     batch = input_ids.shape[0]
     eos_tensor = torch.as_tensor(eos_ids, dtype=torch.long, device=input_ids.device)
+    budget_tensor = torch.as_tensor(budgets, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     generated: list[torch.Tensor] = []
     past = None
 
     # First step: the whole (padded) prompt.
     logprobs, past = step(input_ids, mask, positions, None, use_cache)
-    for _ in range(max_new_tokens):
+    for _ in range(max(budgets)):
         logprobs = apply_pause_temperature(logprobs, pause_ids, pause_temperature)
         next_ids = logprobs.argmax(dim=-1)
         # Finished rows emit padding, which is masked out below and dropped from the output.
         next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
         generated.append(next_ids)
         active = ~done
-        done = done | torch.isin(next_ids, eos_tensor)
-        if bool(done.all()) or len(generated) == max_new_tokens:
+        done = done | torch.isin(next_ids, eos_tensor) | (budget_tensor <= len(generated))
+        if bool(done.all()):
             break
         # The new token is real for rows that were still running when it was chosen.
         mask = torch.cat([mask, active.long().unsqueeze(1)], dim=1)
@@ -214,7 +240,8 @@ def greedy_generate(
             input_ids = torch.cat([input_ids, next_ids.unsqueeze(1)], dim=1)
             logprobs, _ = step(input_ids, mask, positions, None, False)
 
-    return _collect(torch.stack(generated, dim=1).tolist(), eos_ids)
+    rows = torch.stack(generated, dim=1).tolist()
+    return _collect([row[:budget] for row, budget in zip(rows, budgets)], eos_ids)
 
 
 def _collect(rows: list[list[int]], eos_ids: list[int]) -> list[Generation]:

@@ -8,6 +8,10 @@ the prompt/answer boundary. Control tokens are special tokens (never split, neve
 neighbours), and `encode_answer` tokenises the answer without them and puts their ids back at their
 token boundaries. Together: tokenising a pause-augmented answer and dropping the control ids gives
 exactly the token ids of the original answer.
+
+`tokenization="reference"` instead tokenises the answer in one piece with a tokenizer whose control
+tokens strip the whitespace around them (`register_control_tokens(..., "reference")`), which is what the
+PauseToken reference trained on: `"48<|pause|> clips"` gives `48`, `<|pause|>`, `clips` (not ` clips`).
 """
 
 from __future__ import annotations
@@ -41,18 +45,21 @@ def encode_prompt(tokenizer: Any, question: str) -> list[int]:
     return ids
 
 
-def encode_answer(tokenizer: Any, answer: str, control_tokens: Sequence[str] = ()) -> list[int]:
+def encode_answer(tokenizer: Any, answer: str, control_tokens: Sequence[str] = (),
+                  tokenization: str = "exact") -> list[int]:
     """Answer ids followed by EOS (the completion the model learns).
 
-    Control tokens are cut out of the text, the rest is tokenised in one piece, and the control ids are
-    put back at the token boundary where they stood (character offsets). Dropping them therefore gives
-    exactly the ids of the original answer, with any tokenizer: also with those that would start the
+    "exact": control tokens are cut out of the text, the rest is tokenised in one piece, and the control
+    ids are put back at the token boundary where they stood (character offsets). Dropping them therefore
+    gives exactly the ids of the original answer, with any tokenizer: also with those that would start the
     text after a special token with a new word-prefix (SentencePiece-style "always" prefix schemes).
+    "reference": the whole answer goes through the tokenizer, whose control tokens must strip their
+    neighbouring whitespace (see `check_reference_tokenizer`), as the PauseToken reference's did.
     """
     if tokenizer.eos_token_id is None:
         raise UsageError("the tokenizer has no EOS token; the completion needs one to end")
     present = [t for t in control_tokens if t in answer]
-    if not present:
+    if not present or tokenization == "reference":
         return list(tokenizer(answer, add_special_tokens=False).input_ids) + [tokenizer.eos_token_id]
     pattern = re.compile("|".join(re.escape(t) for t in sorted(present, key=len, reverse=True)))
     pieces, inserts, position, clean_length = [], [], 0, 0  # inserts: (offset in the clean text, id)
@@ -82,8 +89,9 @@ class Example:
 
 
 def encode_example(tokenizer: Any, question: str, answer: str, max_length: int,
-                   control_tokens: Sequence[str] = ()) -> Example:
-    prompt, completion = encode_prompt(tokenizer, question), encode_answer(tokenizer, answer, control_tokens)
+                   control_tokens: Sequence[str] = (), tokenization: str = "exact") -> Example:
+    prompt = encode_prompt(tokenizer, question)
+    completion = encode_answer(tokenizer, answer, control_tokens, tokenization)
     ids = prompt + completion
     labels = [IGNORE_INDEX] * len(prompt) + completion
     truncated = len(ids) > max_length
@@ -98,10 +106,15 @@ class EncodedSet:
 
 
 def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int,
-                control_tokens: Sequence[str] = ()) -> EncodedSet:
+                control_tokens: Sequence[str] = (), tokenization: str = "exact") -> EncodedSet:
+    """Every row encoded (`tokenization`: "exact" or "reference", see `encode_answer`)."""
+    from unfreeze.models.control_vocab import check_pause_tokenization
+
+    if check_pause_tokenization(tokenization) == "reference":
+        check_reference_tokenizer(tokenizer, control_tokens)
     examples, truncated, dropped = [], 0, 0
     for row in rows:
-        example = encode_example(tokenizer, row["question"], row["answer"], max_length, control_tokens)
+        example = encode_example(tokenizer, row["question"], row["answer"], max_length, control_tokens, tokenization)
         truncated += example.truncated
         # A label at position 0 is never predicted (nothing precedes it), so it needs one more.
         if sum(label != IGNORE_INDEX for label in example.labels[1:]) == 0:
@@ -109,6 +122,26 @@ def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int,
             continue
         examples.append(example)
     return EncodedSet(examples, truncated, dropped)
+
+
+def check_reference_tokenizer(tokenizer: Any, control_tokens: Sequence[str]) -> None:
+    """The reference tokenisation is the tokenizer's own: each control token must strip both sides."""
+    from unfreeze.models.control_vocab import registered_tokenization
+
+    for token in control_tokens:
+        found = registered_tokenization(tokenizer, token)
+        if found != "reference":
+            raise UsageError(f"pause_tokenization=reference, but the tokenizer registers {token!r} as "
+                             f"{found or 'no added token'}; build the model with pause_tokenization='reference'")
+
+
+def reference_tokenization_changes(tokenizer: Any, answer: str, control_tokens: Sequence[str]) -> bool:
+    """Whether the reference tokenisation gives `answer` other text tokens than the exact one (control ids
+    dropped from both). `tokenizer` must strip around its control tokens (reference registration)."""
+    ids = set(tokenizer.convert_tokens_to_ids(list(control_tokens)))
+    exact = [i for i in encode_answer(tokenizer, answer, control_tokens, "exact") if i not in ids]
+    reference = [i for i in encode_answer(tokenizer, answer, control_tokens, "reference") if i not in ids]
+    return exact != reference
 
 
 class Collator:

@@ -5,6 +5,9 @@ What is added to the base model, and nothing else:
 * **Control tokens** (e.g. `<|pause|>`) become *special* tokens of the tokenizer, with ids right after the
   base vocabulary: `V, V+1, ...` where `V` is the number of rows of the LM head. Special tokens are never
   split or merged by the tokenizer, so removing them from a tokenized text leaves the text's own tokens.
+  `pause_tokenization="reference"` registers them as the PauseToken reference did, with `lstrip` and
+  `rstrip`: a control token then swallows the whitespace on both sides, so its neighbours become other
+  tokens (`" clips"` -> `"clips"`); the default `"exact"` leaves the text's tokens as they are.
 * **Control-token embeddings as a delta** (like peft's TrainableTokens): the base embedding matrix is not
   resized or touched; the new rows live in their own small parameter `control_embeddings` and are
   swapped in where the input holds a control id. An untrained model therefore embeds every normal token
@@ -23,8 +26,9 @@ Training loss = [LM NLL on positions whose label is a normal token + head NLL on
 position] / number of labelled positions, which is exactly the NLL of the combined distribution.
 
 Saved folder (`save_pretrained`): the base model in plain Hugging Face format (LoRA not merged), the
-tokenizer (with the control tokens), `adapter/` (peft LoRA, if any), `control_tokens.safetensors` and
-`control_tokens.json` (written last: it marks the folder as a complete control-token model).
+tokenizer (with the control tokens, and their strip flags), `adapter/` (peft LoRA, if any),
+`control_tokens.safetensors` and `control_tokens.json` (written last: it marks the folder as a complete
+control-token model; it also records `pause_tokenization`).
 """
 
 from __future__ import annotations
@@ -40,14 +44,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from unfreeze.errors import UsageError
+from unfreeze.models.control_vocab import (  # noqa: F401 - registration lives there; importable from here too
+    FILLER_TOKEN,
+    PAUSE_TOKENIZATIONS,
+    check_pause_tokenization,
+    register_control_tokens,
+    registered_tokenization,
+)
 
 IGNORE_INDEX = -100
 MARKER_FILE = "control_tokens.json"
 TENSORS_FILE = "control_tokens.safetensors"
 ADAPTER_DIR = "adapter"
 FORMAT = "unfreeze-control-tokens"
-# Filler names for tokenizers that are shorter than the model's vocabulary (padded embedding matrices).
-FILLER_TOKEN = "<|unfreeze_unused_{}|>"
 
 
 @dataclass
@@ -72,18 +81,21 @@ class ControlTokenLM(nn.Module):
     Hugging Face model inside it either way.
     """
 
-    def __init__(self, base: nn.Module, tokenizer: Any, control_tokens: Sequence[str] = (), detach_head: bool = True):
+    def __init__(self, base: nn.Module, tokenizer: Any, control_tokens: Sequence[str] = (), detach_head: bool = True,
+                 pause_tokenization: str = "exact"):
         super().__init__()
         self.base = base
         self.tokenizer = tokenizer
         self.detach_head = bool(detach_head)
         self.control_tokens = list(control_tokens)
+        self.pause_tokenization = check_pause_tokenization(pause_tokenization)
         lm_head = self.hf_model.get_output_embeddings()
         token_embeddings = self.hf_model.get_input_embeddings()
         if lm_head is None or token_embeddings is None:
             raise UsageError(f"{type(self.hf_model).__name__} has no LM head / token embeddings; need a causal LM")
         self.base_vocab_size = int(lm_head.weight.shape[0])
-        self.control_token_ids = register_control_tokens(tokenizer, self.control_tokens, self.base_vocab_size)
+        self.control_token_ids = register_control_tokens(tokenizer, self.control_tokens, self.base_vocab_size,
+                                                         self.pause_tokenization)
         n = len(self.control_tokens)
         if n == 0:
             self.control_embeddings = None
@@ -100,22 +112,26 @@ class ControlTokenLM(nn.Module):
 
     @classmethod
     def from_base(cls, model: nn.Module, tokenizer: Any, control_tokens: Sequence[str] = ("<|pause|>",),
-                  detach_head: bool = True) -> "ControlTokenLM":
+                  detach_head: bool = True, pause_tokenization: str = "exact") -> "ControlTokenLM":
         """Wrap a loaded Hugging Face causal LM; adds the control tokens to `tokenizer` (in place)."""
-        return cls(model, tokenizer, control_tokens, detach_head)
+        return cls(model, tokenizer, control_tokens, detach_head, pause_tokenization)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, *, tokenizer: str | None = None, dtype: Any = None,
                         device: str | torch.device | None = None, merge_adapter: bool = False,
-                        control_tokens: Sequence[str] = (), detach_head: bool = True) -> "ControlTokenLM":
+                        control_tokens: Sequence[str] = (), detach_head: bool = True,
+                        pause_tokenization: str | None = None) -> "ControlTokenLM":
         """Load a saved control-token folder, or a plain HF model (folder or hub id) with `control_tokens`.
 
         A saved folder brings its own control tokens, head and adapter (`control_tokens` is ignored);
         `merge_adapter=True` folds a saved LoRA adapter into the weights (for further training).
+        `pause_tokenization` None keeps a saved folder's own (plain models: "exact"); a value re-registers
+        the control tokens that way (for training on with another tokenisation).
         """
         folder = Path(str(path_or_id)).expanduser()
         if folder.is_dir() and (folder / MARKER_FILE).exists():
-            model = _load_saved(cls, folder, dtype=dtype, merge_adapter=merge_adapter)
+            model = _load_saved(cls, folder, dtype=dtype, merge_adapter=merge_adapter,
+                                pause_tokenization=pause_tokenization)
         else:
             if folder.is_dir() and (folder / TENSORS_FILE).exists():
                 raise UsageError(f"model folder {folder} is incomplete: {TENSORS_FILE} without {MARKER_FILE} "
@@ -124,7 +140,7 @@ class ControlTokenLM(nn.Module):
             from unfreeze.models.loading import load_tokenizer
 
             tok = load_tokenizer(tokenizer or str(path_or_id), flag="tokenizer")
-            model = cls(base, tok, control_tokens, detach_head)
+            model = cls(base, tok, control_tokens, detach_head, pause_tokenization or "exact")
         if device is not None:
             model.to(device)
         return model.eval()
@@ -284,7 +300,7 @@ class ControlTokenLM(nn.Module):
         atomic_write_json(folder / MARKER_FILE, {
             "format": FORMAT, "version": 1, "control_tokens": self.control_tokens,
             "control_token_ids": self.control_token_ids, "base_vocab_size": self.base_vocab_size,
-            "detach_head": self.detach_head, "lora": self.has_lora,
+            "detach_head": self.detach_head, "lora": self.has_lora, "pause_tokenization": self.pause_tokenization,
         })
         return folder
 
@@ -298,33 +314,6 @@ def is_peft_model(module: nn.Module) -> bool:
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(module, PeftModel)
-
-
-def register_control_tokens(tokenizer: Any, tokens: Sequence[str], base_vocab_size: int) -> list[int]:
-    """Add `tokens` as special tokens with ids base_vocab_size, base_vocab_size+1, ...; return the ids."""
-    from transformers import AddedToken
-
-    if not tokens:
-        return []
-    if len(set(tokens)) != len(tokens):
-        raise UsageError(f"control tokens must be distinct, got {list(tokens)}")
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        if len(tokenizer) > base_vocab_size:
-            raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but the model only {base_vocab_size} "
-                             f"rows; control tokens must come right after the model's vocabulary")
-        # A model whose embedding matrix is padded beyond the tokenizer: name the unused rows so that the
-        # control tokens land after the model's vocabulary.
-        fillers = [FILLER_TOKEN.format(i) for i in range(base_vocab_size - len(tokenizer))]
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in fillers + missing],
-                             special_tokens=True)
-    ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in tokens]
-    expected = list(range(base_vocab_size, base_vocab_size + len(tokens)))
-    if ids != expected:
-        raise UsageError(f"control tokens {list(tokens)} have ids {ids} in the tokenizer, expected {expected} "
-                         f"(right after the model's {base_vocab_size}-token vocabulary)")
-    return ids
 
 
 def default_lora_targets(hf_model: nn.Module) -> list[str]:
@@ -400,7 +389,8 @@ def _torch_dtype(dtype: Any) -> Any:
     return names[dtype]
 
 
-def _load_saved(cls: type[ControlTokenLM], folder: Path, *, dtype: Any, merge_adapter: bool) -> ControlTokenLM:
+def _load_saved(cls: type[ControlTokenLM], folder: Path, *, dtype: Any, merge_adapter: bool,
+                pause_tokenization: str | None = None) -> ControlTokenLM:
     """Rebuild a folder written by `save_pretrained`; any inconsistency is a one-line UsageError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -411,6 +401,8 @@ def _load_saved(cls: type[ControlTokenLM], folder: Path, *, dtype: Any, merge_ad
         meta = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
         tokens, ids = list(meta["control_tokens"]), list(meta["control_token_ids"])
         detach_head = bool(meta.get("detach_head", True))
+        # Folders saved before the key existed registered their tokens without strip flags: "exact".
+        pause_tokenization = pause_tokenization or str(meta.get("pause_tokenization", "exact"))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"model folder {folder}: {MARKER_FILE} is corrupt ({type(err).__name__}: {err})") from None
     if meta.get("format") != FORMAT:
@@ -427,7 +419,7 @@ def _load_saved(cls: type[ControlTokenLM], folder: Path, *, dtype: Any, merge_ad
                              f"{str(err).splitlines()[0][:200]})") from None
         if merge_adapter:
             base = base.merge_and_unload()
-    model = cls(base, tokenizer, tokens, detach_head)
+    model = cls(base, tokenizer, tokens, detach_head, pause_tokenization)
     if model.control_token_ids != ids:
         raise UsageError(f"model folder {folder}: tokenizer ids {model.control_token_ids} of {tokens} differ "
                          f"from the saved ids {ids}")

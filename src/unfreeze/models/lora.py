@@ -1,16 +1,22 @@
-"""LoRA with the reference's math, through `peft` (and a merged-weight variant).
+"""LoRA with the reference's math: the reference's layout (our own layers) or peft's (through `peft`).
 
 The reference (LLMs-from-scratch appendix E / ch06 `additional_experiments.py`) computes, for every
 linear layer including the new classification head,
 
     y = W x + b + alpha * (x @ A @ B),   A: (in, r) ~ kaiming_uniform(a=sqrt(5)),  B: (r, out) = 0
 
-Two differences from peft's defaults, both mapped here so the math is the same:
-  * scaling: peft multiplies by `lora_alpha / r`, the reference by `alpha`  ->  lora_alpha = alpha * r;
-  * init of A: the reference's A has shape (in, r), so kaiming-uniform's fan-in is r and A ~ U(±1/sqrt(r));
-    peft's A has shape (r, in), giving U(±1/sqrt(in)). We redraw peft's A from U(±1/sqrt(r)).
-One difference we keep, and document: GPT-2 in `transformers` fuses query/key/value into one layer
-(`c_attn`), so it gets one rank-r update where the reference has three (one per projection).
+Both layouts use that math: scaling by `alpha` (peft multiplies by `lora_alpha / r`, so we pass
+lora_alpha = alpha * r) and A drawn like the reference's (in, r) matrix, whose kaiming-uniform fan-in is
+r: A ~ U(±1/sqrt(r)) (peft's A has shape (r, in), so we redraw it). They differ in where updates sit:
+
+* `layout="reference"`: the reference's own GPT projects query, key and value with three linear layers,
+  so each gets its own rank-r update. `transformers`' GPT-2 fuses them into one Conv1D, `c_attn`, whose
+  output columns are [query | key | value]; here it gets three rank-r updates, one per column block, which
+  is the reference's function and parameter count (GPT-2 small, r=16: 2,668,066 trainable with the head).
+* `layout="peft"`: peft's plain layout, one rank-r update per layer, `c_attn` included.
+
+Which layers are fused is read from the model's structure (a GPT-2 attention module's `c_attn` and its
+`split_size`), never from parameter names.
 
 `lora_alternative` is the reference's "merged" formulation: the effective weight W + alpha * (A @ B)^T
 is formed in every forward pass (here with `torch.nn.utils.parametrize`) instead of adding a branch.
@@ -26,10 +32,29 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
+LAYOUTS = ("reference", "peft")
+
 
 def linear_layers(model: nn.Module) -> list[str]:
     """Qualified names of every linear layer (nn.Linear and GPT-2's Conv1D), found by type."""
     return [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, Conv1D))]
+
+
+def fused_blocks(model: nn.Module) -> dict[nn.Module, int]:
+    """Layers that compute several projections at once -> how many column blocks their output has.
+
+    GPT-2's attention computes its projections with one Conv1D `c_attn` whose output is split into pieces
+    of `split_size` columns: query, key, value (3), or key, value (2) in cross-attention.
+    """
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    return {m.c_attn: m.c_attn.nf // m.split_size for m in model.modules() if isinstance(m, GPT2Attention)}
+
+
+def layer_shape(layer: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear ((out, in) weight) or a Conv1D ((in, out) weight)."""
+    rows, cols = layer.weight.shape
+    return (rows, cols) if isinstance(layer, Conv1D) else (cols, rows)
 
 
 def _reference_a_init(weight: torch.Tensor, rank: int, generator: torch.Generator | None) -> None:
@@ -38,70 +63,130 @@ def _reference_a_init(weight: torch.Tensor, rank: int, generator: torch.Generato
         weight.copy_(torch.rand(weight.shape, generator=generator) * (2 * bound) - bound)
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None) -> list[str]:
-    """Inject peft LoRA into every linear layer of `model` (in place); returns the adapted names.
-
-    peft marks only the LoRA matrices trainable and freezes everything else.
-    """
-    from peft import LoraConfig, inject_adapter_in_model
-
-    targets = linear_layers(model)
-    config = LoraConfig(r=rank, lora_alpha=alpha * rank, lora_dropout=0.0, bias="none", target_modules=targets)
-    with warnings.catch_warnings():
-        # peft warns while it switches fan_in_fan_out between Conv1D and Linear layers; that switch is
-        # exactly what we want (checked by the LoRA math test).
-        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-        inject_adapter_in_model(config, model)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    for module in model.modules():
-        lora_a = getattr(module, "lora_A", None)
-        if isinstance(lora_a, nn.ModuleDict) and "default" in lora_a:
-            _reference_a_init(lora_a["default"].weight, rank, generator)
-    return targets
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown LoRA layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
 
 
-class MergedLoRAWeight(nn.Module):
-    """weight -> weight + alpha * delta, delta = (A @ B)^T for nn.Linear, A @ B for Conv1D ((in, out) weights)."""
+class LoRAUpdate(nn.Module):
+    """alpha * x @ A @ B with the reference's shapes and init: A (in, r) ~ U(±1/sqrt(r)), B (r, out) = 0."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, transpose: bool,
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
                  generator: torch.Generator | None = None):
         super().__init__()
         self.A = nn.Parameter(torch.empty(in_features, rank))
         _reference_a_init(self.A, rank, generator)
         self.B = nn.Parameter(torch.zeros(rank, out_features))
         self.alpha = alpha
-        self.transpose = transpose
+
+    def delta(self) -> torch.Tensor:
+        """alpha * A @ B, shape (in, out)."""
+        return self.alpha * (self.A @ self.B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * (x @ self.A @ self.B)
+
+
+def _updates(layer: nn.Module, blocks: int, rank: int, alpha: float,
+             generator: torch.Generator | None) -> nn.ModuleList:
+    """One update per column block of the layer's output (one block: one update for the whole layer)."""
+    in_features, out_features = layer_shape(layer)
+    if out_features % blocks:
+        raise ValueError(f"{out_features} output features do not split into {blocks} blocks")
+    return nn.ModuleList(LoRAUpdate(in_features, out_features // blocks, rank, alpha, generator)
+                         for _ in range(blocks))
+
+
+class LoRALayer(nn.Module):
+    """base_layer(x) + [update_1(x) | ... | update_k(x)]: each update covers its own block of output columns."""
+
+    def __init__(self, base_layer: nn.Module, rank: int, alpha: float, blocks: int = 1,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.updates = _updates(base_layer, blocks, rank, alpha, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deltas = [update(x) for update in self.updates]
+        return self.base_layer(x) + (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=-1))
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
+             layout: str = "reference") -> list[str]:
+    """LoRA on every linear layer of `model` (in place); returns the adapted names.
+
+    Only the LoRA matrices stay trainable. `layout` (see the module docstring): "reference" wraps each
+    layer in a `LoRALayer` (three updates on GPT-2's fused `c_attn`), "peft" injects peft's LoRA.
+    """
+    _check_layout(layout)
+    targets = linear_layers(model)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if layout == "peft":
+        _add_peft_lora(model, targets, rank, alpha, generator)
+        return targets
+    blocks = fused_blocks(model)
+    for param in model.parameters():
+        param.requires_grad = False
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        layer = model.get_submodule(name)
+        setattr(model.get_submodule(parent_name), child, LoRALayer(layer, rank, alpha, blocks.get(layer, 1), generator))
+    return targets
+
+
+def _add_peft_lora(model: nn.Module, targets: list[str], rank: int, alpha: float,
+                   generator: torch.Generator | None) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha * rank, lora_dropout=0.0, bias="none", target_modules=targets)
+    with warnings.catch_warnings():
+        # peft warns while it switches fan_in_fan_out between Conv1D and Linear layers; that switch is
+        # exactly what we want (checked by the LoRA math test).
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        inject_adapter_in_model(config, model)
+    for module in model.modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, nn.ModuleDict) and "default" in lora_a:
+            _reference_a_init(lora_a["default"].weight, rank, generator)
+
+
+class MergedLoRAWeight(nn.Module):
+    """weight -> weight + [delta_1 | ... | delta_k] (column blocks of the (in, out) update; transposed for
+    nn.Linear, whose weight is (out, in))."""
+
+    def __init__(self, layer: nn.Module, rank: int, alpha: float, blocks: int = 1,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.updates = _updates(layer, blocks, rank, alpha, generator)
+        self.transpose = not isinstance(layer, Conv1D)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        delta = self.A @ self.B
-        return weight + self.alpha * (delta.T if self.transpose else delta)
+        deltas = [update.delta() for update in self.updates]
+        delta = deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=1)
+        return weight + (delta.T if self.transpose else delta)
 
 
-def add_merged_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None) -> list[str]:
-    """The reference's `lora_alternative`: same math as `add_lora`, computed on the weight."""
+def add_merged_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
+                    layout: str = "reference") -> list[str]:
+    """The reference's `lora_alternative`: the same function as `add_lora` (same layout), computed on the weight."""
+    _check_layout(layout)
     targets = linear_layers(model)
+    blocks = fused_blocks(model) if layout == "reference" else {}
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     for param in model.parameters():
         param.requires_grad = False
     for name in targets:
         module = model.get_submodule(name)
-        if isinstance(module, Conv1D):
-            in_features, out_features = module.weight.shape
-            transpose = False
-        else:
-            out_features, in_features = module.weight.shape
-            transpose = True
-        parametrize.register_parametrization(
-            module, "weight", MergedLoRAWeight(in_features, out_features, rank, alpha, transpose, generator)
-        )
+        merged = MergedLoRAWeight(module, rank, alpha, blocks.get(module, 1), generator)
+        parametrize.register_parametrization(module, "weight", merged)
     return targets
 
 
 def lora_modules(model: nn.Module) -> list[nn.Module]:
-    """Every module holding LoRA matrices (peft's layers or our merged-weight parametrizations)."""
+    """Every module holding LoRA matrices (our updates, in either form, or peft's layers)."""
     found = []
     for module in model.modules():
-        if isinstance(module, MergedLoRAWeight):
+        if isinstance(module, LoRAUpdate):
             found.append(module)
         elif isinstance(getattr(module, "lora_A", None), nn.ModuleDict):
             found.extend([module.lora_A, module.lora_B])

@@ -115,9 +115,9 @@ def trainable_summary(model: nn.Module, selection: Selection | None = None) -> T
 
 
 def apply_preset(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
-                 seed: int | None = None) -> TrainableSummary:
+                 seed: int | None = None, lora_layout: str = "reference") -> TrainableSummary:
     """`--trainable_layers preset` on a classifier, in place: select, apply, count."""
-    selection = preset_selection(model, preset, lora_rank, lora_alpha, seed)
+    selection = preset_selection(model, preset, lora_rank, lora_alpha, seed, lora_layout)
     set_trainable(model, selection.params)
     return trainable_summary(model, selection)
 
@@ -138,11 +138,11 @@ def _parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
 
 
 def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
-                     seed: int | None = None) -> Selection:
+                     seed: int | None = None, lora_layout: str = "reference") -> Selection:
     """The parameters of one `--trainable_layers` preset of a `GPT2Classifier` (LoRA presets add LoRA first)."""
     if preset in ("lora", "lora_alternative"):
         add = lora_lib.add_lora if preset == "lora" else lora_lib.add_merged_lora
-        add(model, lora_rank, lora_alpha, seed=seed)
+        add(model, lora_rank, lora_alpha, seed=seed, layout=lora_layout)  # reference | peft: models/lora.py
         head_base = getattr(model.head, "base_layer", model.head)  # peft wraps the head
         return Selection([preset], _parameters([*lora_lib.lora_modules(model), head_base]))
     blocks, ln_f, head = list(model.body.h), model.body.ln_f, model.head

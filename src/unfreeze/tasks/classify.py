@@ -238,7 +238,8 @@ def _run(cfg: ClassifyConfig, out: Path | None, log) -> dict:
     model = build_model(cfg)
     tokenizer = loading.load_tokenizer(cfg.tokenizer or loading.resolve_model_id(cfg.model_size))
     tokens, max_length = encode_splits(cfg, splits, tokenizer, model.body.config.n_positions, log)
-    summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+    summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed,
+                                     lora_layout=cfg.lora_layout)
     model.to(device)
     log.info(f"data {splits.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
              + f"; max length {max_length}")

@@ -84,3 +84,6 @@ class ClassifyConfig:
     """AdamW learning rate"""
     weight_decay: float = 0.1
     """AdamW weight decay"""
+    lora_layout: Literal["reference", "peft"] = "reference"
+    """where LoRA updates sit: reference (separate query/key/value updates, as the reference's GPT; three on
+    GPT-2's fused c_attn) or peft (one update per layer)"""

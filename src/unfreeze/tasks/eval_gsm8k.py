@@ -6,9 +6,10 @@ a key/value cache, through the pause model's combined distribution) -> score -> 
 calls `evaluate_model_folder` on its saved model when its config says `test: true`.
 
 Scoring: pause tokens and other special tokens are removed from the completion, the answer is the first
-match of the reference's regex `#### (\\-?[0-9\\.\\,]+)` with commas removed, and it is correct when it
-equals the ground truth's -- compared as numbers when both parse ("18.0" and "18" are the same answer;
-a plain string comparison would count that as wrong), else as strings.
+match of the reference's regex `#### (\\-?[0-9\\.\\,]+)` with commas removed. Two verdicts per question:
+`correct` compares that string with the ground truth's, as the PauseToken reference does (its
+`test_accuracy`); `correct_numeric` compares them as numbers when both parse ("18.0" and "18" are the
+same answer there), else as strings (`test_accuracy_numeric`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class EvalConfig:
     """run folder for test_results.json, metrics.json, eval_config.json, run.log"""
     device: str = "auto"
     """auto, cpu, cuda or mps"""
+    max_length: int | None = None
+    """generation budget per question, prompt included (the PauseToken reference: 1024); with
+    --max_new_tokens the tighter one wins per question"""
 
 
 def run(cfg: EvalConfig) -> int:
@@ -95,10 +99,13 @@ def predicted_answer(text: str, pause_tokens: Sequence[str] = (DEFAULT_PAUSE_TOK
     return extract_answer(clean_completion(text, pause_tokens, special_tokens))
 
 
-def is_correct(predicted: str | None, truth: str | None) -> bool:
-    """Same answer: equal as numbers when both parse ("18.0" == "18"), else equal as strings."""
+def is_correct(predicted: str | None, truth: str | None, *, as_numbers: bool = True) -> bool:
+    """Same answer. `as_numbers`: equal as numbers when both parse ("18.0" == "18"), else as strings;
+    `as_numbers=False`: equal as strings, the PauseToken reference's definition ("18.0" != "18")."""
     if predicted is None or truth is None:
         return False
+    if not as_numbers:
+        return predicted == truth
     try:
         return float(predicted) == float(truth)
     except ValueError:
@@ -106,14 +113,22 @@ def is_correct(predicted: str | None, truth: str | None) -> bool:
 
 
 def summarize(records: Sequence[dict], generation_s: float, eval_s: float) -> dict[str, Any]:
-    """The metrics of a list of scored records (see `score_batch`)."""
+    """The metrics of a list of scored records (see `generate_and_score`).
+
+    `test_accuracy` counts `correct` (string comparison, the reference's definition) and
+    `test_accuracy_numeric` counts `correct_numeric`; a record without the latter (written before it
+    existed) counts its one verdict for both.
+    """
     n = len(records)
     pauses = [r["num_pauses"] for r in records]
     tokens = [r["num_generated_tokens"] for r in records]
+    numeric = sum(r.get("correct_numeric", r["correct"]) for r in records)
     return {
         "test_accuracy": sum(r["correct"] for r in records) / n if n else 0.0,
+        "test_accuracy_numeric": numeric / n if n else 0.0,
         "num_questions": n,
         "num_correct": sum(r["correct"] for r in records),
+        "num_correct_numeric": numeric,
         "num_without_answer": sum(r["predicted_answer"] is None for r in records),
         "num_stopped_by_length": sum(not r["stopped_at_eos"] for r in records),
         "mean_pauses_per_reply": sum(pauses) / n if n else 0.0,
@@ -225,13 +240,18 @@ def load_model(folder: Path, device):
     return model.to(device).eval()
 
 
-def generate_and_score(model, rows: Sequence[dict], *, batch_size: int, max_new_tokens: int,
-                       pause_temperature: float, device, progress: bool = True) -> tuple[list[dict], float]:
-    """Greedy completions of every question, scored; returns (records in input order, generation seconds)."""
+def generate_and_score(model, rows: Sequence[dict], *, batch_size: int, max_new_tokens: int | None,
+                       pause_temperature: float, device, progress: bool = True,
+                       max_length: int | None = None) -> tuple[list[dict], float]:
+    """Greedy completions of every question, scored; returns (records in input order, generation seconds).
+
+    Each answer may take `max_new_tokens` tokens and the question with its answer `max_length` tokens
+    (either may be None, not both); the tighter limit wins for each question.
+    """
     from tqdm.auto import tqdm
 
     from unfreeze.data.sft_data import encode_prompt
-    from unfreeze.generation import greedy_generate, max_positions, step_function
+    from unfreeze.generation import greedy_generate, step_function
 
     tokenizer = model.tokenizer
     eos_id = tokenizer.eos_token_id
@@ -241,11 +261,7 @@ def generate_and_score(model, rows: Sequence[dict], *, batch_size: int, max_new_
     pause_tokens = tokenizer.convert_ids_to_tokens(pause_ids) if pause_ids else []
     special = [t for t in tokenizer.all_special_tokens if t not in pause_tokens]
     prompts = [encode_prompt(tokenizer, row["question"]) for row in rows]
-    limit = max_positions(model)
-    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
-    if limit is not None and len(prompts[longest]) + max_new_tokens > limit:
-        raise UsageError(f"question {longest + 1} has a {len(prompts[longest])}-token prompt; with --max_new_tokens "
-                         f"{max_new_tokens} it exceeds the model's {limit} positions; lower --max_new_tokens")
+    check_generation_budget(model, [len(p) for p in prompts], max_new_tokens, max_length)
 
     # Longest prompts first: similar lengths share a batch (less padding), and memory peaks at once.
     order = sorted(range(len(rows)), key=lambda i: -len(prompts[i]))
@@ -257,23 +273,51 @@ def generate_and_score(model, rows: Sequence[dict], *, batch_size: int, max_new_
         batch = order[start:start + batch_size]
         began = time.perf_counter()
         outputs = greedy_generate(step, [prompts[i] for i in batch], eos_id=eos_id, pad_id=pad_id,
-                                  max_new_tokens=max_new_tokens, pause_ids=pause_ids,
+                                  max_new_tokens=max_new_tokens, max_length=max_length, pause_ids=pause_ids,
                                   pause_temperature=pause_temperature, device=device)
         generation_s += time.perf_counter() - began  # .tolist() inside waited for the device
         for index, output in zip(batch, outputs):
-            tokens = output.tokens[:-1] if output.stopped_at_eos else output.tokens
-            text = tokenizer.decode(tokens, skip_special_tokens=False)
-            predicted = predicted_answer(text, pause_tokens, special)
-            correct = is_correct(predicted, rows[index]["ground_truth"])
-            records[index] = {
-                "index": index, "question": rows[index]["question"], "generated_text": text,
-                "predicted_answer": predicted, "ground_truth": rows[index]["ground_truth"], "correct": correct,
-                "num_pauses": sum(tok in pause_ids for tok in output.tokens),
-                "num_generated_tokens": output.num_generated, "stopped_at_eos": output.stopped_at_eos,
-            }
-            n_correct += correct
+            records[index] = score_generation(tokenizer, rows[index], index, output, pause_ids, pause_tokens, special)
+            n_correct += records[index]["correct"]
         n_done += len(batch)
         bar.update(len(batch))
         bar.set_postfix(acc=f"{n_correct / n_done:.3f}")
     bar.close()
     return records, generation_s
+
+
+def check_generation_budget(model, prompt_lengths: Sequence[int], max_new_tokens: int | None,
+                            max_length: int | None) -> None:
+    """One-line UsageErrors for limits no question can meet or that run past the model's positions."""
+    from unfreeze.generation import max_positions, row_budgets
+
+    require(max_new_tokens is not None or max_length is not None,
+            "set --max_new_tokens, --max_length or both: generation needs a length limit")
+    require(max_new_tokens is None or max_new_tokens >= 1, f"--max_new_tokens must be at least 1 (got {max_new_tokens})")
+    longest = max(range(len(prompt_lengths)), key=lambda i: prompt_lengths[i])
+    require(max_length is None or prompt_lengths[longest] < max_length,
+            f"question {longest + 1} has a {prompt_lengths[longest]}-token prompt, which leaves no room under "
+            f"--max_length {max_length}; raise --max_length")
+    limit = max_positions(model)
+    budgets = row_budgets(prompt_lengths, max_new_tokens, max_length)
+    worst = max(range(len(prompt_lengths)), key=lambda i: prompt_lengths[i] + budgets[i])
+    if limit is not None and prompt_lengths[worst] + budgets[worst] > limit:
+        raise UsageError(f"question {worst + 1} has a {prompt_lengths[worst]}-token prompt; with --max_new_tokens "
+                         f"{max_new_tokens} and --max_length {max_length} it exceeds the model's {limit} positions; "
+                         f"lower --max_new_tokens or set --max_length {limit}")
+
+
+def score_generation(tokenizer, row: dict, index: int, output, pause_ids: Sequence[int],
+                     pause_tokens: Sequence[str], special: Sequence[str]) -> dict:
+    """One question's record: the raw completion (EOS dropped), its answer and both verdicts."""
+    tokens = output.tokens[:-1] if output.stopped_at_eos else output.tokens
+    text = tokenizer.decode(tokens, skip_special_tokens=False)
+    predicted = predicted_answer(text, pause_tokens, special)
+    return {
+        "index": index, "question": row["question"], "generated_text": text,
+        "predicted_answer": predicted, "ground_truth": row["ground_truth"],
+        "correct": is_correct(predicted, row["ground_truth"], as_numbers=False),
+        "correct_numeric": is_correct(predicted, row["ground_truth"]),
+        "num_pauses": sum(tok in pause_ids for tok in output.tokens),
+        "num_generated_tokens": output.num_generated, "stopped_at_eos": output.stopped_at_eos,
+    }

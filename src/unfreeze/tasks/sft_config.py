@@ -121,6 +121,13 @@ class SFTConfig:
     """questions per generation batch"""
     max_new_tokens: int = 256
     """generation budget per answer"""
+    test_max_length: int | None = None
+    """test generation budget per question, prompt included (the reference: 1024); with max_new_tokens the
+    tighter one wins"""
+    # --- pause tokens in the text ------------------------------------------------------------------------
+    pause_tokenization: Literal["exact", "reference"] = "exact"
+    """exact: a pause leaves the answer's own tokens unchanged; reference: it swallows the whitespace around it,
+    as the PauseToken reference's lstrip/rstrip token did (saved with the model)"""
 
 
 COMPONENT_SWITCHES = {
