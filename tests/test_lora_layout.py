@@ -41,8 +41,8 @@ def lora_count(d: int, r: int, blocks: int, qkv_blocks: int, classes: int = CLAS
 def test_trainable_count_is_the_closed_form(preset, layout, qkv_blocks):
     rank = 4
     model = tiny_classifier()
-    trainable.apply_preset(model, preset, lora_rank=rank, lora_alpha=2, seed=0, lora_layout=layout)
-    count = trainable.trainable_summary(model)["trainable_params"]
+    count = trainable.apply_preset(model, preset, lora_rank=rank, lora_alpha=2, seed=0,
+                                   lora_layout=layout).trainable_params
     assert count == lora_count(D, rank, LAYERS, qkv_blocks)
     if layout == "reference":  # 3 (d r + r d) on c_attn: 2 d r more per block than one update
         assert count - lora_count(D, rank, LAYERS, 1) == LAYERS * 2 * D * rank
@@ -54,8 +54,8 @@ def test_gpt2_small_rank_16_trains_what_the_reference_trains(layout, expected):
     GPTModel with replace_linear_with_lora trains 2,668,066 parameters (DESIGN.md)."""
     with torch.device("meta"):
         model = GPT2Classifier(GPT2Model(GPT2Config()))
-    trainable.apply_preset(model, "lora", lora_rank=16, lora_alpha=8, lora_layout=layout)
-    assert trainable.trainable_summary(model)["trainable_params"] == expected
+    summary = trainable.apply_preset(model, "lora", lora_rank=16, lora_alpha=8, lora_layout=layout)
+    assert summary.trainable_params == expected
 
 
 @pytest.mark.parametrize("preset", ["lora", "lora_alternative"])

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from unfreeze.config import config_from_mapping
-from unfreeze.sweep_file import load_sweep
+from unfreeze.sweep.spec import load_sweep
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
