@@ -245,16 +245,19 @@ def test_test_metrics_are_merged_and_metrics_json_comes_last(tmp_path, pause_dat
     """`test: true` calls the GSM8K evaluation on <out>/final (a stub here) before metrics.json exists."""
     import types
 
+    from unfreeze.tasks.eval_gsm8k import EvalConfig
+
     calls = []
 
-    def evaluate_model_folder(model_dir, data, out_dir, limit, batch_size, max_new_tokens, **kwargs):
-        calls.append((model_dir, data, limit, batch_size, max_new_tokens, kwargs))
-        assert (Path(model_dir) / "control_tokens.json").exists()
-        assert not (Path(out_dir) / "metrics.json").exists()
+    def evaluate_model_folder(config, **kwargs):
+        calls.append((config.model, config.data, config.limit, config.batch_size, config.max_new_tokens, kwargs))
+        assert (Path(config.model) / "control_tokens.json").exists()
+        assert not (Path(config.out) / "metrics.json").exists()
         return {"test_accuracy": 0.25, "num_correct": 1}
 
     stub = types.ModuleType("unfreeze.tasks.eval_gsm8k")
     stub.evaluate_model_folder = evaluate_model_folder
+    stub.EvalConfig = EvalConfig
     monkeypatch.setitem(sys.modules, "unfreeze.tasks.eval_gsm8k", stub)
     out = tmp_path / "run"
     path = _tiny_config(tmp_path, pause_data, test=True, test_limit=3, max_new_tokens=7, test_batch_size=2,
