@@ -23,7 +23,7 @@ import torch
 
 from unfreeze.config import config_from_mapping, to_dict
 from unfreeze.errors import UsageError
-from unfreeze.tasks import sft_setup
+from unfreeze.tasks import sft_resume, sft_setup
 from unfreeze.tasks.sft_config import SFTConfig
 from unfreeze.tasks.sft_fit import Setup, fit
 
@@ -90,15 +90,19 @@ def run_config(config: SFTConfig) -> dict[str, Any]:
     _reset_accelerate_state()  # a sweep runs many recipes in one process, each with its own settings
     accelerator = _accelerator(config, out)
     main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").unlink(missing_ok=True)  # a stale result must not outlive a failed rerun
-        atomic_write_json(out / "config.json", to_dict(config))
+    resume_from = sft_resume.resume_point(config, out, accelerator.num_processes)
+    accelerator.wait_for_everyone()  # every process has decided before old checkpoints may be removed
     log = run_logger(out if main else None, name="unfreeze.sft")
     if not main:
         log.setLevel("WARNING")
     try:
-        run = setup(config, accelerator, log)
+        if main:
+            (out / "metrics.json").unlink(missing_ok=True)  # a stale result must not outlive a failed rerun
+            if resume_from is None:
+                sft_resume.start_fresh(out, log)
+            atomic_write_json(out / "config.json", to_dict(config))
+        accelerator.wait_for_everyone()
+        run = setup(config, accelerator, log, resume_from)
         losses = fit(run, config, accelerator, log)
         metrics = _metrics(run, config, accelerator, losses)
         final, test_file = save(run, config, accelerator, log), run.data.test_file
@@ -115,8 +119,9 @@ def run_config(config: SFTConfig) -> dict[str, Any]:
         _reset_accelerate_state()
 
 
-def setup(config: SFTConfig, accelerator: Any, log: Any) -> Setup:
-    """The model with exactly its trainable parts, the data, prepared loaders, AdamW and its schedule."""
+def setup(config: SFTConfig, accelerator: Any, log: Any, resume_from: Path | None = None) -> Setup:
+    """The model with exactly its trainable parts, the data, prepared loaders, AdamW and its schedule;
+    with `resume_from`, everything that trains and the loop's position come from that checkpoint."""
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
@@ -141,11 +146,13 @@ def setup(config: SFTConfig, accelerator: Any, log: Any) -> Setup:
     total_steps = math.ceil(len(train_loader) / config.gradient_accumulation_steps) * config.num_epochs
     # Not passed to accelerate.prepare: a prepared scheduler steps once per process per optimizer step.
     scheduler = get_linear_schedule_with_warmup(optimizer.optimizer, config.warmup_steps, total_steps)
+    run = Setup(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+                val_loader=val_loader, params=params, generator=generator, total_steps=total_steps,
+                trainable=trainable, data=data, cache_info=cache_info, cache_seconds=cache_s)
+    sft_resume.make_resumable(run, accelerator, log, resume_from)
     if config.report_to != "none":
         accelerator.init_trackers("unfreeze-sft", config={k: v for k, v in to_dict(config).items() if v is not None})
-    return Setup(model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-                 val_loader=val_loader, params=params, generator=generator, total_steps=total_steps,
-                 trainable=trainable, data=data, cache_info=cache_info, cache_seconds=cache_s)
+    return run
 
 
 def save(run: Setup, config: SFTConfig, accelerator: Any, log: Any) -> Path:
@@ -214,12 +221,14 @@ def _metrics(run: Setup, config: SFTConfig, accelerator: Any, losses: dict[str, 
         "num_processes": accelerator.num_processes, "cache": run.cache_info,
         "examples_per_s": round(config.num_epochs * len(data.train.examples) / train_time, 2) if train_time else None,
         "train_history": state.train_history, "eval_history": state.eval_history,
+        "resumed_from_step": state.resumed_from,
     })
     return metrics
 
 
 def _free_memory(accelerator: Any) -> None:
     accelerator.free_memory()
+    accelerator._custom_objects.clear()  # the LR schedule, registered for checkpoints, holds the optimizer
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -267,8 +276,11 @@ def _check_config(config: SFTConfig) -> None:
                 "log_every", "lora_r"):
         if getattr(config, key) < 1:
             raise UsageError(f"{key} must be at least 1, got {getattr(config, key)}")
-    if config.eval_every < 0:
-        raise UsageError(f"eval_every must be 0 (off) or positive, got {config.eval_every}")
+    for key in ("eval_every", "save_steps"):
+        if getattr(config, key) < 0:
+            raise UsageError(f"{key} must be 0 (off) or positive, got {getattr(config, key)}")
+    if config.save_total_limit < 1:
+        raise UsageError(f"save_total_limit must be at least 1, got {config.save_total_limit}")
     if not config.pause_token:
         on = [key for key in ("unfreeze_pause_embedding", "unfreeze_pause_head") if getattr(config, key)]
         if on:

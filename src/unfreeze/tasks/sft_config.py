@@ -77,6 +77,12 @@ class SFTConfig:
     test_limit: int | None = field(None, "score only the first N test questions")
     test_batch_size: int = field(16, "questions per generation batch")
     max_new_tokens: int = field(256, "generation budget per answer")
+    # --- added by spine-sft-recipe ---
+    save_steps: int = field(0, "optimizer steps between checkpoints in <out>/checkpoints (0: off); a run killed "
+                               "after one continues from it")
+    save_total_limit: int = field(2, "checkpoints kept (the most recent ones)")
+    resume: bool | None = field(None, "null: continue an unfinished run in `out` from its latest checkpoint; "
+                                      "true: that, and an error if there is none; false: start afresh")
 
 
 COMPONENT_SWITCHES = {

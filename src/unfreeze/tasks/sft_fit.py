@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from unfreeze.tasks.sft_config import SFTConfig
+from unfreeze.tasks.sft_resume import save_checkpoint
+
 
 @dataclass
 class TrainState:
@@ -119,7 +121,8 @@ def _train_on_batch(run: Setup, config: SFTConfig, accelerator: Any, batch: dict
 
 
 def _after_optimizer_step(run: Setup, config: SFTConfig, accelerator: Any, log: Any, progress: Any) -> None:
-    """Schedule, then (as due) log the training losses and validate."""
+    """Schedule, then (as due) log the training losses, validate, and save a checkpoint -- in that order,
+    so that a checkpoint holds the random state after everything this step did."""
     state = run.state
     run.scheduler.step()
     state.step += 1
@@ -139,6 +142,8 @@ def _after_optimizer_step(run: Setup, config: SFTConfig, accelerator: Any, log: 
         state.eval_history.append({"step": state.step, **losses})
         accelerator.log(losses, step=state.step)
         log.info(format_losses(f"step {state.step}", losses))
+    if config.save_steps and (state.step % config.save_steps == 0 or state.step == run.total_steps):
+        save_checkpoint(run, config, accelerator, log)
 
 
 @torch.no_grad()
