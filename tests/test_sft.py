@@ -300,6 +300,39 @@ def test_corrupt_model_folder_exits_2(tmp_path, pause_data, capsys):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_gradient_clipping_is_applied(tmp_path, pause_data):
+    """Clipped to a norm far below AdamW's eps, every update shrinks to ~lr * 1e-4 and the model stays
+    where it started; unclipped, the same run moves."""
+    moved = {}
+    for norm in (0.0, 1e-12):
+        path = _tiny_config(tmp_path, pause_data, max_grad_norm=norm, eval_at_start=True, eval_every=0,
+                            train_limit=20)
+        metrics = run_config(load_config(str(path), out=str(tmp_path / f"clip_{norm}")))
+        moved[norm] = abs(metrics["eval_loss"] - metrics["initial_eval_loss"])
+    assert moved[0.0] > 0.05 and moved[1e-12] < 1e-4, moved
+
+
+def test_the_learning_rate_follows_the_linear_schedule(tmp_path, pause_data):
+    """The rate the optimizer uses after each step: warm-up to lr over 2 steps, then linear decay to 0."""
+    path = _tiny_config(tmp_path, pause_data, warmup_steps=2, log_every=1, eval_every=0, train_limit=20)
+    metrics = run_config(load_config(str(path), out=str(tmp_path / "run")))
+    total = metrics["optimizer_steps"]
+    assert total == 5  # 18 training examples / 4 per batch
+    expected = [1e-2 * (step / 2 if step < 2 else (total - step) / (total - 2)) for step in range(1, total + 1)]
+    assert [record["lr"] for record in metrics["train_history"]] == pytest.approx(expected, abs=1e-12)
+
+
+def test_stored_numbers_of_a_tiny_run(tmp_path, pause_data):
+    """The whole recipe (LoRA + pause embedding + pause head + LM head, accumulation, warm-up, clipping,
+    dropout) on a tiny random model with a fixed seed gives these final losses; any change to the
+    recipe's arithmetic shows up here."""
+    path = _tiny_config(tmp_path, pause_data, lora=True, lora_r=2, unfreeze_lm_head=True, warmup_steps=1,
+                        gradient_accumulation_steps=2, max_grad_norm=0.5, eval_every=0, seed=7)
+    metrics = run_config(load_config(str(path), out=str(tmp_path / "run")))
+    stored = {"eval_loss": 5.406735514546488, "eval_lm_loss": 4.702274867466518, "eval_pause_loss": 0.7044606470799708}
+    assert {key: metrics[key] for key in stored} == pytest.approx(stored, rel=1e-5)
+
+
 def test_data_without_pauses_warns(tmp_path, capsys):
     plain = tmp_path / "gsm8k"
     write_rows(plain / "train.jsonl", toy_rows(12, pauses=False))
