@@ -212,7 +212,12 @@ def test_sft_end_to_end_writes_metrics_last_and_a_loadable_model(tmp_path, pause
     assert (metrics["n_train"], metrics["n_val"]) == (36, 4)
     assert metrics["trainable_tensors"] == ["control_embeddings", "pause_head.weight", "pause_head.bias"]
     assert metrics["trainable_params"] == 32 + 2 * 32 + 2
-    assert metrics["eval_loss"] == pytest.approx(metrics["eval_lm_loss"] + metrics["eval_pause_loss"])
+    # The LM loss is recorded per normal-token label (the reference's), the others per labelled position.
+    assert 0 < metrics["eval_normal_tokens"] < metrics["eval_tokens"]
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_lm_loss"] * metrics["eval_normal_tokens"]
+                                                 / metrics["eval_tokens"] + metrics["eval_pause_loss"])
+    for record in metrics["train_history"]:  # logged the same way; the loss trained on is unchanged
+        assert record["train_lm_loss"] > record["train_loss"] - record["train_pause_loss"] + 1e-4
     assert metrics["eval_pause_loss"] < metrics["initial_eval_pause_loss"]
     assert json.loads((out / "config.json").read_text())["lr"] == 1e-2
     log = (out / "run.log").read_text()
@@ -275,6 +280,8 @@ def test_test_metrics_are_merged_and_metrics_json_comes_last(tmp_path, pause_dat
     (["lora_target_modules=q_proj"], "lora_target_modules"),
     (["model=MISSING/final", "weights=pretrained", "model_config=null"], "folder does not exist"),
     (["report_to=comet"], "not one of"),
+    (["precision=bf16-pure", "mixed_precision=bf16"], "remove mixed_precision=bf16"),
+    (["keep=first"], "not one of"),
 ])
 def test_bad_input_exits_2_without_metrics(tmp_path, pause_data, capsys, overrides, message):
     if overrides[-1] == "lora_target_modules=q_proj":
@@ -329,7 +336,7 @@ def test_stored_numbers_of_a_tiny_run(tmp_path, pause_data):
     path = _tiny_config(tmp_path, pause_data, lora=True, lora_r=2, unfreeze_lm_head=True, warmup_steps=1,
                         gradient_accumulation_steps=2, max_grad_norm=0.5, eval_every=0, seed=7)
     metrics = run_config(load_config(str(path), out=str(tmp_path / "run")))
-    stored = {"eval_loss": 5.406735514546488, "eval_lm_loss": 4.702274867466518, "eval_pause_loss": 0.7044606470799708}
+    stored = {"eval_loss": 5.406735514546488, "eval_lm_loss": 4.890365862165178, "eval_pause_loss": 0.7044606470799708}
     assert {key: metrics[key] for key in stored} == pytest.approx(stored, rel=1e-5)
 
 

@@ -26,6 +26,8 @@ from unfreeze.errors import UsageError
 from unfreeze.tasks import sft_resume, sft_setup
 from unfreeze.tasks.sft_config import SFTConfig
 from unfreeze.tasks.sft_fit import Setup, fit
+from unfreeze.training.precision import Precision
+from unfreeze.training.precision import resolve as resolve_precision
 
 # --- command line -------------------------------------------------------------------------------------
 
@@ -87,8 +89,9 @@ def run_config(config: SFTConfig) -> dict[str, Any]:
 
     _check_config(config)
     out = Path(config.out)
+    precision = resolve_precision(config.precision, config.dtype, config.mixed_precision)
     _reset_accelerate_state()  # a sweep runs many recipes in one process, each with its own settings
-    accelerator = _accelerator(config, out)
+    accelerator = _accelerator(config, precision, out)
     main = accelerator.is_main_process
     resume_from = sft_resume.resume_point(config, out, accelerator.num_processes)
     accelerator.wait_for_everyone()  # every process has decided before old checkpoints may be removed
@@ -102,9 +105,9 @@ def run_config(config: SFTConfig) -> dict[str, Any]:
                 sft_resume.start_fresh(out, log)
             atomic_write_json(out / "config.json", to_dict(config))
         accelerator.wait_for_everyone()
-        run = setup(config, accelerator, log, resume_from)
+        run = setup(config, accelerator, log, precision, resume_from)
         losses = fit(run, config, accelerator, log)
-        metrics = _metrics(run, config, accelerator, losses)
+        metrics = _metrics(run, config, accelerator, losses, precision)
         final, test_file = save(run, config, accelerator, log), run.data.test_file
         del run  # the test generation needs the memory
         _free_memory(accelerator)
@@ -119,9 +122,10 @@ def run_config(config: SFTConfig) -> dict[str, Any]:
         _reset_accelerate_state()
 
 
-def setup(config: SFTConfig, accelerator: Any, log: Any, resume_from: Path | None = None) -> Setup:
-    """The model with exactly its trainable parts, the data, prepared loaders, AdamW and its schedule;
-    with `resume_from`, everything that trains and the loop's position come from that checkpoint."""
+def setup(config: SFTConfig, accelerator: Any, log: Any, precision: Precision,
+          resume_from: Path | None = None) -> Setup:
+    """The model with exactly its trainable parts (in `precision`), the data, prepared loaders, AdamW and
+    its schedule; with `resume_from`, everything that trains and the loop's position come from there."""
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
@@ -129,7 +133,7 @@ def setup(config: SFTConfig, accelerator: Any, log: Any, resume_from: Path | Non
     from unfreeze.data import sft_data
 
     set_seed(config.seed)
-    model, trainable = sft_setup.trainable_model(config, log)
+    model, trainable = sft_setup.trainable_model(config, log, precision.weights, precision.cast_everything)
     data = sft_setup.load_data(config, model, log)
     collate = sft_data.Collator(sft_data.pad_token_id(model.tokenizer))
     cache_info, cache_s = {"kind": "none", "bytes": 0}, 0.0
@@ -190,13 +194,13 @@ def test(config: SFTConfig, final: Path, out: Path, test_file: Path | None) -> d
 # --- pieces -------------------------------------------------------------------------------------------
 
 
-def _accelerator(config: SFTConfig, out: Path) -> Any:
+def _accelerator(config: SFTConfig, precision: Precision, out: Path) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     return Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
+        mixed_precision=precision.autocast,
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(out),
         # Control-token rows take part in every forward, but frozen branches may not: be tolerant.
@@ -204,7 +208,8 @@ def _accelerator(config: SFTConfig, out: Path) -> Any:
     )
 
 
-def _metrics(run: Setup, config: SFTConfig, accelerator: Any, losses: dict[str, float]) -> dict[str, Any]:
+def _metrics(run: Setup, config: SFTConfig, accelerator: Any, losses: dict[str, float],
+             precision: Precision) -> dict[str, Any]:
     state, data, trainable = run.state, run.data, run.trainable
     # Building the cache is work the uncached path does inside training, so it counts as training time.
     train_time = state.train_seconds + run.cache_seconds
@@ -221,7 +226,8 @@ def _metrics(run: Setup, config: SFTConfig, accelerator: Any, losses: dict[str, 
         "num_processes": accelerator.num_processes, "cache": run.cache_info,
         "examples_per_s": round(config.num_epochs * len(data.train.examples) / train_time, 2) if train_time else None,
         "train_history": state.train_history, "eval_history": state.eval_history,
-        "resumed_from_step": state.resumed_from,
+        "resumed_from_step": state.resumed_from, "precision": precision.name,
+        "kept_step": state.best["step"] if config.keep == "best" else state.step,
     })
     return metrics
 
@@ -285,6 +291,7 @@ def _check_config(config: SFTConfig) -> None:
         on = [key for key in ("unfreeze_pause_embedding", "unfreeze_pause_head") if getattr(config, key)]
         if on:
             raise UsageError(f"{', '.join(on)} need a control token, but pause_token is null")
+    resolve_precision(config.precision, config.dtype, config.mixed_precision)  # contradictions are errors
     if config.merge_lora and not config.lora:
         raise UsageError("merge_lora: true needs lora: true")
     if config.report_to != "none":

@@ -83,6 +83,11 @@ class SFTConfig:
     save_total_limit: int = field(2, "checkpoints kept (the most recent ones)")
     resume: bool | None = field(None, "null: continue an unfinished run in `out` from its latest checkpoint; "
                                       "true: that, and an error if there is none; false: start afresh")
+    keep: str = field("last", "weights saved to <out>/final and tested: the last, or the best (lowest eval_loss "
+                              "of the periodic and final validations)", choices=("last", "best"))
+    precision: str | None = field(None, "bf16-pure (weights, LoRA and AdamW states in bf16, as the reference), "
+                                        "bf16-mixed (fp32 weights, bf16 autocast) or fp32; null: dtype and "
+                                        "mixed_precision decide")
 
 
 COMPONENT_SWITCHES = {

@@ -31,6 +31,7 @@ class TrainState:
     initial_losses: dict = field(default_factory=dict)
     train_history: list = field(default_factory=list)
     eval_history: list = field(default_factory=list)
+    best: dict | None = None  # keep: best -- {"step", "losses", "tensors"}: the lowest validation so far
     resumed_from: int | None = None  # not saved: the step this process started from
 
     def state_dict(self) -> dict[str, Any]:
@@ -87,12 +88,40 @@ def fit(run: Setup, config: SFTConfig, accelerator: Any, log: Any) -> dict[str, 
         state.batches_done, state.epoch_order = 0, None
     progress.close()
     state.train_seconds = seconds_before + time.perf_counter() - started
-    final_losses = evaluate(run.model, run.val_loader, accelerator)
-    accelerator.log(final_losses, step=state.step)
-    log.info(format_losses("after training", final_losses))
+    final_losses = _validate(run, config, accelerator, log, "after training")
+    if config.keep == "best" and state.best["step"] != state.step:
+        final_losses = _restore_best(run, accelerator, log)
     for tracker in accelerator.trackers:
         tracker.finish()
     return final_losses
+
+
+def _validate(run: Setup, config: SFTConfig, accelerator: Any, log: Any, when: str) -> dict[str, float]:
+    """Validation losses, logged and recorded; with keep: best, remember the weights if they are the best."""
+    state = run.state
+    losses = evaluate(run.model, run.val_loader, accelerator)
+    state.eval_history.append({"step": state.step, **losses})
+    accelerator.log(losses, step=state.step)
+    log.info(format_losses(when, losses))
+    if config.keep == "best" and (state.best is None or losses["eval_loss"] < state.best["losses"]["eval_loss"]):
+        model = accelerator.unwrap_model(run.model)
+        tensors = {name: param.detach().to("cpu", copy=True)
+                   for name, param in model.named_parameters() if param.requires_grad}
+        state.best = {"step": state.step, "losses": losses, "tensors": tensors}
+    return losses
+
+
+def _restore_best(run: Setup, accelerator: Any, log: Any) -> dict[str, float]:
+    """keep: best -- put back the trainable tensors of the best validation; returns their losses, measured
+    again (they equal the recorded ones: the check that the right weights came back)."""
+    best = run.state.best
+    model = accelerator.unwrap_model(run.model)
+    with torch.no_grad():
+        for name, tensor in best["tensors"].items():
+            model.get_parameter(name).copy_(tensor)
+    losses = evaluate(run.model, run.val_loader, accelerator)
+    log.info(format_losses(f"kept the weights of step {best['step']} (keep: best)", losses))
+    return losses
 
 
 def _remaining_batches(run: Setup, accelerator: Any):
@@ -116,8 +145,10 @@ def _train_on_batch(run: Setup, config: SFTConfig, accelerator: Any, batch: dict
             accelerator.clip_grad_norm_(run.params, config.max_grad_norm)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-    # kept on the device; read (one sync) only when logging
-    run.state.running.append(torch.stack([output.loss, output.lm_loss, output.pause_loss]).detach())
+    # The LM loss is logged as the reference logs it: per normal-token label (the loss trained on divides
+    # by every labelled position). Kept on the device; read (one sync) only when logging.
+    lm_per_normal = output.example_lm_nll.sum() / output.example_normal_tokens.sum().clamp(min=1)
+    run.state.running.append(torch.stack([output.loss, lm_per_normal, output.pause_loss]).detach())
 
 
 def _after_optimizer_step(run: Setup, config: SFTConfig, accelerator: Any, log: Any, progress: Any) -> None:
@@ -138,28 +169,30 @@ def _after_optimizer_step(run: Setup, config: SFTConfig, accelerator: Any, log: 
         log.info(f"step {state.step}/{run.total_steps}: train loss {loss:.4f} (lm {lm_loss:.4f}, "
                  f"pause {pause_loss:.4f})")
     if config.eval_every and state.step % config.eval_every == 0 and state.step < run.total_steps:
-        losses = evaluate(run.model, run.val_loader, accelerator)
-        state.eval_history.append({"step": state.step, **losses})
-        accelerator.log(losses, step=state.step)
-        log.info(format_losses(f"step {state.step}", losses))
+        _validate(run, config, accelerator, log, f"step {state.step}")
     if config.save_steps and (state.step % config.save_steps == 0 or state.step == run.total_steps):
         save_checkpoint(run, config, accelerator, log)
 
 
 @torch.no_grad()
 def evaluate(model: Any, loader: Any, accelerator: Any) -> dict[str, float]:
-    """Validation losses with every labelled token weighted equally (across batches and processes)."""
+    """Validation losses with every labelled token weighted equally (across batches and processes).
+
+    `eval_loss` and `eval_pause_loss` divide by the labelled positions (`eval_tokens`), `eval_lm_loss` by
+    the normal-token labels (`eval_normal_tokens`), as the reference logs it; so
+    eval_loss = eval_lm_loss * eval_normal_tokens / eval_tokens + eval_pause_loss.
+    """
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
     for batch in loader:
         output = model(**batch, return_logprobs=False)
         per_example = torch.stack([output.example_lm_nll.float(), output.example_pause_nll.float(),
-                                   output.example_tokens.float()], dim=1)
+                                   output.example_tokens.float(), output.example_normal_tokens.float()], dim=1)
         totals += accelerator.gather_for_metrics(per_example).sum(0).double()
     model.train()
-    lm, pause, tokens = totals.tolist()
-    tokens = max(tokens, 1.0)
-    return {"eval_loss": (lm + pause) / tokens, "eval_lm_loss": lm / tokens, "eval_pause_loss": pause / tokens}
+    lm, pause, tokens, normal = totals.tolist()
+    return {"eval_loss": (lm + pause) / max(tokens, 1.0), "eval_lm_loss": lm / max(normal, 1.0),
+            "eval_pause_loss": pause / max(tokens, 1.0), "eval_tokens": int(tokens), "eval_normal_tokens": int(normal)}
 
 
 def format_losses(when: str, losses: dict[str, float]) -> str:

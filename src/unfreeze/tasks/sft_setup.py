@@ -55,11 +55,20 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
     return model.train()
 
 
-def trainable_model(config: SFTConfig, log: Any, dtype: Any = None) -> tuple[Any, Any]:
-    """The model with exactly the configured components trainable, and the summary of what trains."""
+def trainable_model(config: SFTConfig, log: Any, dtype: str | None = None,
+                    cast_everything: bool = False) -> tuple[Any, Any]:
+    """The model with exactly the configured components trainable, and the summary of what trains.
+
+    `dtype`: the weights' dtype (default: the config's); `cast_everything`: LoRA (which peft makes fp32)
+    and the new control-token tensors take that dtype too -- pure bf16 training.
+    """
+    import torch
+
     from unfreeze.models.pause_trainable import set_trainable
 
     model = build_model(config, log, dtype)
+    if cast_everything:
+        model.to(getattr(torch, dtype))
     positions = getattr(model.config, "n_positions", None)  # GPT-2's learned positions are a hard limit
     if positions is not None and config.max_length > positions:
         raise UsageError(f"max_length={config.max_length} exceeds the model's {positions} positions")
