@@ -291,13 +291,14 @@ def test_bad_input_is_one_error_line_and_no_metrics(case, saved_model, test_file
 
 
 def test_sft_passes_write_metrics_false_and_keeps_its_own_metrics(saved_model, test_file, tmp_path):
-    from unfreeze.tasks.eval_gsm8k import evaluate_model_folder
+    from unfreeze.tasks.eval_gsm8k import EvalConfig, evaluate_model_folder
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text('{"owner": "sft"}')
-    metrics = evaluate_model_folder(str(saved_model), str(test_file), str(out), 1, 1, 4, write_metrics=False,
-                                    progress=False)
+    config = EvalConfig(model=str(saved_model), data=str(test_file), out=str(out), limit=1, batch_size=1,
+                        max_new_tokens=4)
+    metrics = evaluate_model_folder(config, write_metrics=False, progress=False)
     assert json.loads((out / "metrics.json").read_text()) == {"owner": "sft"}
     assert metrics["num_questions"] == 1 and (out / "test_results.json").exists()
 

@@ -212,7 +212,12 @@ def test_sft_end_to_end_writes_metrics_last_and_a_loadable_model(tmp_path, pause
     assert (metrics["n_train"], metrics["n_val"]) == (36, 4)
     assert metrics["trainable_tensors"] == ["control_embeddings", "pause_head.weight", "pause_head.bias"]
     assert metrics["trainable_params"] == 32 + 2 * 32 + 2
-    assert metrics["eval_loss"] == pytest.approx(metrics["eval_lm_loss"] + metrics["eval_pause_loss"])
+    # The LM loss is recorded per normal-token label (the reference's), the others per labelled position.
+    assert 0 < metrics["eval_normal_tokens"] < metrics["eval_tokens"]
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_lm_loss"] * metrics["eval_normal_tokens"]
+                                                 / metrics["eval_tokens"] + metrics["eval_pause_loss"])
+    for record in metrics["train_history"]:  # logged the same way; the loss trained on is unchanged
+        assert record["train_lm_loss"] > record["train_loss"] - record["train_pause_loss"] + 1e-4
     assert metrics["eval_pause_loss"] < metrics["initial_eval_pause_loss"]
     assert json.loads((out / "config.json").read_text())["lr"] == 1e-2
     log = (out / "run.log").read_text()
@@ -245,16 +250,19 @@ def test_test_metrics_are_merged_and_metrics_json_comes_last(tmp_path, pause_dat
     """`test: true` calls the GSM8K evaluation on <out>/final (a stub here) before metrics.json exists."""
     import types
 
+    from unfreeze.tasks.eval_gsm8k import EvalConfig
+
     calls = []
 
-    def evaluate_model_folder(model_dir, data, out_dir, limit, batch_size, max_new_tokens, **kwargs):
-        calls.append((model_dir, data, limit, batch_size, max_new_tokens, kwargs))
-        assert (Path(model_dir) / "control_tokens.json").exists()
-        assert not (Path(out_dir) / "metrics.json").exists()
+    def evaluate_model_folder(config, **kwargs):
+        calls.append((config.model, config.data, config.limit, config.batch_size, config.max_new_tokens, kwargs))
+        assert (Path(config.model) / "control_tokens.json").exists()
+        assert not (Path(config.out) / "metrics.json").exists()
         return {"test_accuracy": 0.25, "num_correct": 1}
 
     stub = types.ModuleType("unfreeze.tasks.eval_gsm8k")
     stub.evaluate_model_folder = evaluate_model_folder
+    stub.EvalConfig = EvalConfig
     monkeypatch.setitem(sys.modules, "unfreeze.tasks.eval_gsm8k", stub)
     out = tmp_path / "run"
     path = _tiny_config(tmp_path, pause_data, test=True, test_limit=3, max_new_tokens=7, test_batch_size=2,
@@ -272,6 +280,8 @@ def test_test_metrics_are_merged_and_metrics_json_comes_last(tmp_path, pause_dat
     (["lora_target_modules=q_proj"], "lora_target_modules"),
     (["model=MISSING/final", "weights=pretrained", "model_config=null"], "folder does not exist"),
     (["report_to=comet"], "not one of"),
+    (["precision=bf16-pure", "mixed_precision=bf16"], "remove mixed_precision=bf16"),
+    (["keep=first"], "not one of"),
 ])
 def test_bad_input_exits_2_without_metrics(tmp_path, pause_data, capsys, overrides, message):
     if overrides[-1] == "lora_target_modules=q_proj":
@@ -295,6 +305,39 @@ def test_corrupt_model_folder_exits_2(tmp_path, pause_data, capsys):
     assert cli_main(["sft", str(path), "--out", str(tmp_path / "run")]) == 2
     assert "corrupt" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_gradient_clipping_is_applied(tmp_path, pause_data):
+    """Clipped to a norm far below AdamW's eps, every update shrinks to ~lr * 1e-4 and the model stays
+    where it started; unclipped, the same run moves."""
+    moved = {}
+    for norm in (0.0, 1e-12):
+        path = _tiny_config(tmp_path, pause_data, max_grad_norm=norm, eval_at_start=True, eval_every=0,
+                            train_limit=20)
+        metrics = run_config(load_config(str(path), out=str(tmp_path / f"clip_{norm}")))
+        moved[norm] = abs(metrics["eval_loss"] - metrics["initial_eval_loss"])
+    assert moved[0.0] > 0.05 and moved[1e-12] < 1e-4, moved
+
+
+def test_the_learning_rate_follows_the_linear_schedule(tmp_path, pause_data):
+    """The rate the optimizer uses after each step: warm-up to lr over 2 steps, then linear decay to 0."""
+    path = _tiny_config(tmp_path, pause_data, warmup_steps=2, log_every=1, eval_every=0, train_limit=20)
+    metrics = run_config(load_config(str(path), out=str(tmp_path / "run")))
+    total = metrics["optimizer_steps"]
+    assert total == 5  # 18 training examples / 4 per batch
+    expected = [1e-2 * (step / 2 if step < 2 else (total - step) / (total - 2)) for step in range(1, total + 1)]
+    assert [record["lr"] for record in metrics["train_history"]] == pytest.approx(expected, abs=1e-12)
+
+
+def test_stored_numbers_of_a_tiny_run(tmp_path, pause_data):
+    """The whole recipe (LoRA + pause embedding + pause head + LM head, accumulation, warm-up, clipping,
+    dropout) on a tiny random model with a fixed seed gives these final losses; any change to the
+    recipe's arithmetic shows up here."""
+    path = _tiny_config(tmp_path, pause_data, lora=True, lora_r=2, unfreeze_lm_head=True, warmup_steps=1,
+                        gradient_accumulation_steps=2, max_grad_norm=0.5, eval_every=0, seed=7)
+    metrics = run_config(load_config(str(path), out=str(tmp_path / "run")))
+    stored = {"eval_loss": 5.406735514546488, "eval_lm_loss": 4.890365862165178, "eval_pause_loss": 0.7044606470799708}
+    assert {key: metrics[key] for key in stored} == pytest.approx(stored, rel=1e-5)
 
 
 def test_data_without_pauses_warns(tmp_path, capsys):

@@ -72,6 +72,8 @@ class ControlTokenOutput:
     example_lm_nll: torch.Tensor | None = None
     example_pause_nll: torch.Tensor | None = None
     example_tokens: torch.Tensor | None = None
+    # (B,) labels that are normal tokens: the reference divides the LM loss it *logs* by their number.
+    example_normal_tokens: torch.Tensor | None = None
 
 
 class ControlTokenLM(nn.Module):
@@ -274,6 +276,7 @@ class ControlTokenLM(nn.Module):
         result.pause_loss = pause_nll.sum() / denominator
         result.loss = result.lm_loss + result.pause_loss
         result.example_lm_nll, result.example_pause_nll, result.example_tokens = lm_nll, pause_nll, tokens
+        result.example_normal_tokens = normal.sum(1)
 
     # --- saving -----------------------------------------------------------------------------------------
 

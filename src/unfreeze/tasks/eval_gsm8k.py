@@ -62,9 +62,7 @@ class EvalConfig:
 
 def run(cfg: EvalConfig) -> int:
     require(bool(cfg.out), "--out is required: the folder for test_results.json and metrics.json")
-    evaluate_model_folder(cfg.model, cfg.data, cfg.out, cfg.limit, cfg.batch_size, cfg.max_new_tokens,
-                          cfg.pause_temperature, train_stats=cfg.train_stats, device=cfg.device,
-                          config=to_dict(cfg))
+    evaluate_model_folder(cfg)
     return 0
 
 
@@ -150,48 +148,47 @@ def mean_pauses_per_answer(rows: Sequence[dict], pause_tokens: Sequence[str] = (
 # --- the evaluation -----------------------------------------------------------------------------------
 
 
-def evaluate_model_folder(model_dir: str, data: str | None, out_dir: str, limit: int | None, batch_size: int,
-                          max_new_tokens: int, pause_temperature: float = 1.0, write_metrics: bool = True, *,
-                          train_stats: str | None = None, device: str = "auto", progress: bool = True,
-                          config: dict | None = None) -> dict:
-    """Score the model in `model_dir` on GSM8K test; write `test_results.json` (and `metrics.json`).
+def evaluate_model_folder(config: EvalConfig, *, write_metrics: bool = True, progress: bool = True) -> dict:
+    """Score the model in `config.model` on GSM8K test; write `test_results.json` into `config.out`.
 
-    `data` is a GSM8K test file or folder (None downloads it); `limit` keeps the first N questions.
-    Returns the metrics dict. With `write_metrics=False` (how `unfreeze sft` calls it: it merges the dict
-    into its own metrics.json) only `test_results.json` is written. `config` (the command line's flags) is
-    saved as `eval_config.json`. Bad input raises `UsageError` before anything is written.
+    `config.data` is a GSM8K test file or folder (None downloads it); `config.limit` keeps the first N
+    questions. Returns the metrics dict. A standalone run (`write_metrics=True`, `unfreeze eval-gsm8k`) also
+    writes `metrics.json` and its flags as `eval_config.json`; `unfreeze sft` passes False and merges the
+    dict into its own metrics.json. Bad input raises `UsageError` before anything is written.
     """
     from unfreeze.models.loading import resolve_device
 
     started = time.perf_counter()
-    out = Path(out_dir)
+    out = Path(config.out)
     # A stale result must not survive a failed rerun, whatever failed (ours only: sft owns its metrics.json).
     (out / RESULTS_FILE).unlink(missing_ok=True)
     if write_metrics:
         (out / METRICS_FILE).unlink(missing_ok=True)
-    validate(limit, batch_size, max_new_tokens, pause_temperature)
-    require(bool(model_dir), "--model is required: a model folder, e.g. the <out>/final of `unfreeze sft`")
-    folder = Path(model_dir).expanduser()
-    require(folder.is_dir(), f"--model {model_dir}: no such folder")
-    rows = load_questions(data, limit)  # missing fields fail here, before the (slow) model load
-    train_rows = load_gsm8k_split(train_stats, "train", flag="--train_stats") if train_stats else None
-    target = resolve_device(device)
+    validate(config.limit, config.batch_size, config.max_new_tokens, config.pause_temperature)
+    require(bool(config.model), "--model is required: a model folder, e.g. the <out>/final of `unfreeze sft`")
+    folder = Path(config.model).expanduser()
+    require(folder.is_dir(), f"--model {config.model}: no such folder")
+    rows = load_questions(config.data, config.limit)  # missing fields fail here, before the (slow) model load
+    train_rows = load_gsm8k_split(config.train_stats, "train", flag="--train_stats") if config.train_stats else None
+    target = resolve_device(config.device)
     model = load_model(folder, target)
     pause_tokens = list(model.control_tokens) if model.control_token_ids else []
-    rows = with_ground_truth(rows, data, pause_tokens or [DEFAULT_PAUSE_TOKEN])
+    rows = with_ground_truth(rows, config.data, pause_tokens or [DEFAULT_PAUSE_TOKEN])
 
     log = run_logger(out, "unfreeze.eval_gsm8k")
     try:
-        if config is not None:
-            atomic_write_json(out / "eval_config.json", config)
+        if write_metrics:
+            atomic_write_json(out / "eval_config.json", to_dict(config))
         log.info(f"model {folder} on {target}: control tokens {pause_tokens or 'none'}; "
-                 f"{len(rows)} questions from {data or 'openai/gsm8k (download)'}")
+                 f"{len(rows)} questions from {config.data or 'openai/gsm8k (download)'}")
         records, generation_s = generate_and_score(
-            model, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            pause_temperature=pause_temperature, device=target, progress=progress)
+            model, rows, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+            max_length=config.max_length, pause_temperature=config.pause_temperature, device=target,
+            progress=progress)
         metrics = summarize(records, generation_s, time.perf_counter() - started)
-        metrics.update({"pause_temperature": pause_temperature, "max_new_tokens": max_new_tokens,
-                        "batch_size": batch_size, "model": str(folder), "device": str(target)})
+        metrics.update({"pause_temperature": config.pause_temperature, "max_new_tokens": config.max_new_tokens,
+                        "max_length": config.max_length,
+                        "batch_size": config.batch_size, "model": str(folder), "device": str(target)})
         if train_rows is not None:
             metrics["train_mean_pauses_per_answer"] = mean_pauses_per_answer(
                 train_rows, pause_tokens or [DEFAULT_PAUSE_TOKEN])

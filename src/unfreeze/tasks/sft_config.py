@@ -129,6 +129,21 @@ class SFTConfig:
     """exact: a pause leaves the answer's own tokens unchanged; reference: it swallows the whitespace around it,
     as the PauseToken reference's lstrip/rstrip token did (saved with the model)"""
 
+    # --- checkpoints, and which weights are kept ---------------------------------------------------------
+    save_steps: int = 0
+    """optimizer steps between checkpoints in <out>/checkpoints (0: off); a run killed after one continues
+    from it"""
+    save_total_limit: int = 2
+    """checkpoints kept (the most recent ones)"""
+    resume: bool | None = None
+    """null: continue an unfinished run in `out` from its latest checkpoint; true: that, and an error if there
+    is none; false: start afresh"""
+    keep: Literal["last", "best"] = "last"
+    """weights saved to <out>/final and tested: the last, or the best (lowest eval_loss of the periodic and
+    final validations)"""
+    precision: Literal["bf16-pure", "bf16-mixed", "fp32"] | None = None
+    """bf16-pure (weights, LoRA and AdamW states in bf16, as the reference), bf16-mixed (fp32 weights, bf16
+    autocast) or fp32; null: dtype and mixed_precision decide"""
 
 COMPONENT_SWITCHES = {
     "pause_embedding": "unfreeze_pause_embedding", "pause_head": "unfreeze_pause_head",
