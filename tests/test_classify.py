@@ -71,7 +71,9 @@ def test_metrics_json_has_the_promised_fields(spam_csv_dir, byte_tokenizer_dir, 
 
 def test_context_length_options_set_the_padded_length(spam_csv_dir, byte_tokenizer_dir, tmp_path):
     longest = run_config(tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / "a", num_epochs=1))["max_length"]
-    texts = __import__("pandas").read_csv(spam_csv_dir / "train.csv")["Text"]
+    import pandas as pd
+
+    texts = pd.read_csv(spam_csv_dir / "train.csv")["Text"]
     assert longest == max(len(t.encode()) for t in texts)  # byte tokenizer: one token per byte
     assert run_config(tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / "b", num_epochs=1,
                                   context_length="model_context_length"))["max_length"] == 128
