@@ -84,3 +84,6 @@ class ClassifyConfig:
     """AdamW learning rate"""
     weight_decay: float = 0.1
     """AdamW weight decay"""
+    # --- added by robust-inputs ---
+    overwrite: bool = False
+    """replace the finished run in --out (its metrics.json stays until the new run has succeeded)"""
