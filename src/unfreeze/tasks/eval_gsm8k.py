@@ -13,6 +13,7 @@ a plain string comparison would count that as wrong), else as strings.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from unfreeze.config import to_dict
 from unfreeze.data.gsm8k import extract_answer, load_gsm8k_split
 from unfreeze.data.pauses import count_pauses, strip_pauses
 from unfreeze.errors import UsageError, require
-from unfreeze.files import atomic_write_json, close_logger, run_logger
+from unfreeze.files import append_failure, atomic_write_json, close_logger, is_finished, prepare_run_folder
+from unfreeze.files import run_logger, staged_run
+from unfreeze.offline import gsm8k_download, require_downloads
 
 DEFAULT_PAUSE_TOKEN = "<|pause|>"
 RESULTS_FILE = "test_results.json"
@@ -54,13 +57,33 @@ class EvalConfig:
     """run folder for test_results.json, metrics.json, eval_config.json, run.log"""
     device: str = "auto"
     """auto, cpu, cuda or mps"""
+    # --- added by robust-inputs ---
+    overwrite: bool = False
+    """replace the finished evaluation in --out (its metrics.json stays until the new one has succeeded)"""
 
 
 def run(cfg: EvalConfig) -> int:
-    require(bool(cfg.out), "--out is required: the folder for test_results.json and metrics.json")
-    evaluate_model_folder(cfg.model, cfg.data, cfg.out, cfg.limit, cfg.batch_size, cfg.max_new_tokens,
-                          cfg.pause_temperature, train_stats=cfg.train_stats, device=cfg.device,
-                          config=to_dict(cfg))
+    """Check the flags and --out, then evaluate. A finished evaluation in --out (its metrics.json) is
+    refused without --overwrite; with it, the new run works in a folder beside --out and replaces the
+    old files only once it has succeeded. A failure after the run started ends run.log with the error."""
+    require(bool(cfg.out and cfg.out.strip()), "--out is required: the folder for test_results.json and metrics.json")
+    validate(cfg.limit, cfg.batch_size, cfg.max_new_tokens, cfg.pause_temperature)
+    out = prepare_run_folder(cfg.out, cfg.overwrite)
+    require_downloads(gsm8k_download(cfg.data, "--data FILE (GSM8K test.jsonl)"))
+    evaluate = functools.partial(
+        evaluate_model_folder, cfg.model, cfg.data, limit=cfg.limit, batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens, pause_temperature=cfg.pause_temperature, train_stats=cfg.train_stats,
+        device=cfg.device, config=to_dict(cfg))
+    if is_finished(out):
+        with staged_run(out) as staging:
+            evaluate(out_dir=str(staging))
+        return 0
+    started = time.time()
+    try:
+        evaluate(out_dir=str(out))
+    except BaseException as err:
+        append_failure(out / "run.log", err, since=started)
+        raise
     return 0
 
 
