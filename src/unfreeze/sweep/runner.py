@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from unfreeze.errors import UsageError
-from unfreeze.files import atomic_write_json, read_json
+from unfreeze.files import atomic_write_json, check_output_path, read_json
 from unfreeze.sweep.config import SweepConfig
 from unfreeze.sweep.executors import LocalExecutor, RayExecutor, Unit, final_dir, say
 from unfreeze.sweep.spec import (
@@ -51,7 +51,7 @@ def run(args: SweepConfig) -> int:
     resources = parse_resources(args.resources, "--resources") if args.resources else None
     sweep = load_sweep(args.file, overrides=overrides, seeds=seeds, resources=resources)
     rows = select_rows(sweep.rows, args.rows)
-    out = Path(args.out or Path("runs") / Path(args.file).stem)
+    out = check_output_path(args.out if args.out is not None else Path("runs") / Path(args.file).stem, "--out")
     return run_sweep(sweep, rows, out, backend=args.backend, address=args.address)
 
 
