@@ -65,11 +65,13 @@ def inputs(tmp_path_factory) -> SimpleNamespace:
     (root / "empty").mkdir()
     (root / "a_file").write_text("not a folder")
     GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128).save_pretrained(root / "model_without_tokenizer")
+    empty_texts = _spam_csvs(root / "empty_texts", [(label, "") for label, _ in rows])
     bad_labels = Path(_spam_csvs(root / "bad_labels", rows))
     (bad_labels / "train.csv").write_text("Label,Text\nham,hello\nspam,WIN\n", encoding="utf-8")
     return SimpleNamespace(
         root=root, spam=_spam_csvs(root / "spam", rows), tok=str(save_tiny_tokenizer(root / "tok")),
         no_test=_spam_csvs(root / "no_test", rows, ("train", "validation")), bad_labels=str(bad_labels),
+        empty_texts=empty_texts,
         no_spam=_collection(root / "no_spam.txt", [("ham", t) for _, t in rows]),
         few=_collection(root / "few.txt", make_spam_rows(8)),
         no_tabs=_text(root / "no_tabs.txt", ("a message without any tab character " * 20 + "\n") * 3),
@@ -156,6 +158,9 @@ CASES = {
     "integer flag with a fraction": (lambda i, w: classify(i, w, "--num_epochs", "1.5"), "num_epochs"),
     "misspelt flag": (lambda i, w: classify(i, w, "--num_epocs", "2"), "num_epocs"),
     "device that does not exist": (lambda i, w: classify(i, w, "--device", "tpu"), "--device"),
+    "seed beyond 64 bits": (lambda i, w: classify(i, w, "--seed", str(10**20)), "--seed"),
+    "longest example beyond the model": (lambda i, w: classify(i, w, "--model_config", '{"n_positions":16}'),
+                                         "--context_length 16"),
     # classify: the model
     "width not divisible by heads": (lambda i, w: classify(i, w, "--model_config", '{"n_embd":30,"n_head":4}'),
                                      "--model_config"),
@@ -167,6 +172,8 @@ CASES = {
     "model folder without tokenizer": (lambda i, w: classify(i, w, "--weights", "pretrained", "--model_config", "null",
                                                              "--tokenizer", "null", "--model_size",
                                                              i.model_without_tokenizer), "--tokenizer"),
+    "model beyond memory": (lambda i, w: classify(i, w, "--model_config", '{"n_embd":100000,"n_head":1,"n_layer":1}'),
+                            "--model_config"),
     "model folder missing": (lambda i, w: classify(i, w, "--model_size", str(i.root / "gone")), "--model_size"),
     "model folder without config": (lambda i, w: classify(i, w, "--model_size", i.empty), "--model_size"),
     "tokenizer is a file": (lambda i, w: classify(i, w, "--tokenizer", i.a_file), "--tokenizer"),
@@ -178,6 +185,7 @@ CASES = {
     "data empty string": (lambda i, w: classify(i, w, "--data", ""), "--data"),
     "data missing": (lambda i, w: classify(i, w, "--data", str(i.root / "gone.txt")), "--data"),
     "csv folder without test.csv": (lambda i, w: classify(i, w, "--data", i.no_test), "--data"),
+    "csv texts all empty": (lambda i, w: classify(i, w, "--data", i.empty_texts), "--data"),
     "csv labels as words": (lambda i, w: classify(i, w, "--data", i.bad_labels), "--data"),
     "offline first run": (lambda i, w: ["classify", "--out", str(w / "run")], "--data PATH/SMSSpamCollection"),
     # classify: --out

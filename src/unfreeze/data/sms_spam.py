@@ -143,7 +143,9 @@ def _read_split_csv(path: Path) -> pd.DataFrame:
         raise UsageError(f"--data {path}: missing column(s) {', '.join(sorted(missing))}; expected Label,Text")
     if not set(frame["Label"].unique()) <= {0, 1}:
         raise UsageError(f"--data {path}: Label must be 0 (ham) or 1 (spam)")
-    frame["Text"] = frame["Text"].fillna("").astype(str)
+    frame["Text"] = ["" if pd.isna(text) else str(text) for text in frame["Text"]]  # an all-empty column reads as float
+    if len(frame) and not frame["Text"].str.strip().any():
+        raise UsageError(f"--data {path}: every Text is empty; the model would see nothing but padding")
     return frame
 
 

@@ -7,6 +7,7 @@ says which flag takes a local path instead.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,32 @@ def check_architecture(config, flag: str = "--model_config") -> None:
     if width and heads and width % heads and getattr(config, "head_dim", None) is None:
         raise UsageError(f"{flag}: the width n_embd={width} is not divisible by n_head={heads}; "
                          f"use e.g. n_embd={heads * max(1, round(width / heads))}")
+
+
+def gpt2_parameter_count(config) -> int:
+    """Parameters of a GPT-2 body: embeddings, and per block attention (4 d^2 + 4 d), MLP (8 d^2 + 5 d)
+    and two LayerNorms (4 d), plus the final LayerNorm; the MLP width is 4 d unless n_inner says otherwise."""
+    d, inner = config.n_embd, getattr(config, "n_inner", None) or 4 * config.n_embd
+    block = (4 * d * d + 4 * d) + (2 * d * inner + inner + d) + 4 * d
+    return (config.vocab_size + config.n_positions) * d + config.n_layer * block + 2 * d
+
+
+def free_memory_bytes() -> int | None:
+    """Memory available to this process now (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(config, flag: str = "--model_config") -> None:
+    """A GPT-2 whose fp32 weights alone exceed the free memory is refused before it is allocated."""
+    if getattr(config, "model_type", None) != "gpt2":
+        return
+    needed, free = 4 * gpt2_parameter_count(config), free_memory_bytes()
+    if free is not None and needed > free:
+        raise UsageError(f"{flag}: this model has {needed // 4:,} parameters, {needed / 2**30:.1f} GiB in fp32, more "
+                         f"than the {free / 2**30:.1f} GiB of free memory; choose a smaller n_embd/n_layer")
 
 
 def without_dropout(config) -> None:

@@ -55,6 +55,7 @@ def validate(cfg: ClassifyConfig) -> None:
     require(cfg.cache_budget_gb is None or (math.isfinite(cfg.cache_budget_gb) and cfg.cache_budget_gb >= 0),
             f"--cache_budget_gb must be a number of GiB >= 0 (got {cfg.cache_budget_gb}); leave it out for a "
             "quarter of the free memory")
+    require(-2**63 <= cfg.seed < 2**64, f"--seed {cfg.seed} does not fit in 64 bits; use e.g. 123")
     require(not (cfg.trainable_layers.startswith("lora") and cfg.lora_alpha == 0),
             "--lora_alpha 0 scales every LoRA update to zero, so nothing but the head would learn; use e.g. 8")
     for flag, value in (("--out", cfg.out), ("--tokenizer", cfg.tokenizer), ("--data", cfg.data)):
@@ -117,10 +118,11 @@ def encode_splits(cfg: ClassifyConfig, splits: sms_spam.Splits, tokenizer, n_pos
         max_length = n_positions
     else:
         max_length = int(cfg.context_length)
-    if max_length is not None:
-        require(max_length <= n_positions,
-                f"--context_length {max_length} exceeds the model's context length {n_positions}; "
-                f"use --context_length {n_positions} or less")
+    if max_length is not None and max_length > n_positions:
+        said = (f"--context_length {max_length}" if cfg.context_length not in ("longest_training_example",)
+                else f"the longest training example ({max_length} tokens, --context_length longest_training_example)")
+        raise UsageError(f"{said} exceeds the model's context length {n_positions}; "
+                         f"use --context_length {n_positions} or less (longer texts are truncated)")
     tensors = {}
     for name, rows in encoded.items():
         limit = max_length if max_length is not None else n_positions
@@ -166,6 +168,7 @@ def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
             f"--batch_size {cfg.batch_size} is larger than the {len(splits.train)} training examples: the training "
             f"loader drops incomplete batches, so nothing would train; use --batch_size {len(splits.train)} or less")
     config = body_config(cfg)
+    loading.check_fits_in_memory(config, "--model_config" if cfg.model_config else "--model_size")
     fix = "" if cfg.tokenizer else "; pass --tokenizer FOLDER"
     tokenizer = loading.load_tokenizer(cfg.tokenizer or loading.resolve_model_id(cfg.model_size),
                                        flag="--tokenizer" if cfg.tokenizer else "--model_size", fix=fix)
