@@ -234,6 +234,8 @@ CASES = {
     "sweep out is a file": (lambda i, w: sweep(i, w, "--out", i.a_file), "--out"),
     "sweep out under a file": (lambda i, w: sweep(i, w, "--out", i.a_file + "/sw"), "--out"),
     "sweep out empty": (lambda i, w: sweep(i, w, "--out", ""), "--out"),
+    "sweep out holds a cut sweep.json": (lambda i, w: sweep(i, w, "--out", str(w / "sw_cut_sweep")), "sweep.json"),
+    "sweep out holds a cut failed.json": (lambda i, w: sweep(i, w, "--out", str(w / "sw_cut_failed")), "failed.json"),
     "sweep row that does not exist": (lambda i, w: sweep(i, w, "--out", str(w / "sw_new"), "--rows", "99"), "--rows"),
     # report
     "report cut sweep.json": (lambda i, w: ["report", str(w / "sw_cut_sweep")], "sweep.json"),

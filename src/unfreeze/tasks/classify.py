@@ -119,7 +119,7 @@ def encode_splits(cfg: ClassifyConfig, splits: sms_spam.Splits, tokenizer, n_pos
     else:
         max_length = int(cfg.context_length)
     if max_length is not None and max_length > n_positions:
-        said = (f"--context_length {max_length}" if cfg.context_length not in ("longest_training_example",)
+        said = (f"--context_length {max_length}" if cfg.context_length != "longest_training_example"
                 else f"the longest training example ({max_length} tokens, --context_length longest_training_example)")
         raise UsageError(f"{said} exceeds the model's context length {n_positions}; "
                          f"use --context_length {n_positions} or less (longer texts are truncated)")
