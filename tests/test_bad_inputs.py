@@ -13,11 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from unfreeze.cli import main
-
 from conftest import make_spam_rows
 from pause_helpers import save_tiny_tokenizer
+
+from unfreeze.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = '{"n_layer":2,"n_embd":32,"n_head":2,"n_positions":128}'
@@ -292,7 +291,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_changes(case, inputs, work, no
 
 
 class _Text(str):
-    def __truediv__(self, other: str) -> "_Text":
+    def __truediv__(self, other: str) -> _Text:
         return _Text(f"{self}/{other}")
 
 

@@ -151,19 +151,17 @@ def test_staged_run_failure_keeps_the_old_results_and_logs_the_error_if_it_start
         with files.staged_run(out):
             raise UsageError("--limit must be at least 1")  # rejected before writing anything
     assert (out / "run.log").read_text() == "old log\n"
-    with pytest.raises(RuntimeError):
-        with files.staged_run(out) as staging:
-            staging.mkdir()
-            (staging / "run.log").write_text("generating\n")
-            (staging / "test_results.json").write_text("[]")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), files.staged_run(out) as staging:
+        staging.mkdir()
+        (staging / "run.log").write_text("generating\n")
+        (staging / "test_results.json").write_text("[]")
+        raise RuntimeError("disk full")
     assert (out / "metrics.json").read_text() == '{"old": 1}' and not (out / "test_results.json").exists()
     log = (out / "run.log").read_text()
     assert log.startswith("old log\ngenerating\n") and "FAILED: RuntimeError: disk full" in log
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    with pytest.raises(UsageError):
-        with files.staged_run(tmp_path / "absent"):
-            raise UsageError("bad")
+    with pytest.raises(UsageError), files.staged_run(tmp_path / "absent"):
+        raise UsageError("bad")
     assert not (tmp_path / "absent").exists()
 
 

@@ -21,8 +21,8 @@ import sys
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from unfreeze.errors import UsageError
 

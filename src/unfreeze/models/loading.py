@@ -7,13 +7,13 @@ says which flag takes a local path instead.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unfreeze.errors import UsageError
+from unfreeze.resources import free_memory_bytes
 
 # The reference script's size names -> Hugging Face hub ids and architectures (GPT-2 paper, Table 2).
 GPT2_SIZES: dict[str, tuple[str, dict[str, int]]] = {
@@ -197,14 +197,6 @@ def gpt2_parameter_count(config) -> int:
     d, inner = config.n_embd, getattr(config, "n_inner", None) or 4 * config.n_embd
     block = (4 * d * d + 4 * d) + (2 * d * inner + inner + d) + 4 * d
     return (config.vocab_size + config.n_positions) * d + config.n_layer * block + 2 * d
-
-
-def free_memory_bytes() -> int | None:
-    """Memory available to this process now (None where the OS does not say)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def check_fits_in_memory(config, flag: str = "--model_config") -> None:

@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from unfreeze.errors import UsageError
-from unfreeze.files import atomic_write_json, check_output_path, read_json, read_json_or_explain
+from unfreeze.files import (
+    atomic_write_json,
+    check_output_path,
+    read_json,
+    read_json_or_explain,
+)
 from unfreeze.sweep.config import SweepConfig
 from unfreeze.sweep.executors import LocalExecutor, RayExecutor, Unit, final_dir, say
 from unfreeze.sweep.spec import (

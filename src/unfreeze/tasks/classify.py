@@ -21,11 +21,18 @@ from unfreeze import activation_cache, trainable
 from unfreeze.config import to_dict
 from unfreeze.data import sms_spam
 from unfreeze.errors import UsageError, require
-from unfreeze.files import atomic_write_json, close_logger, is_finished, log_failure, prepare_run_folder, run_logger
-from unfreeze.files import start_run_log
-from unfreeze.offline import require_downloads
+from unfreeze.files import (
+    atomic_write_json,
+    close_logger,
+    is_finished,
+    log_failure,
+    prepare_run_folder,
+    run_logger,
+    start_run_log,
+)
 from unfreeze.models import loading
 from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
+from unfreeze.offline import require_downloads
 from unfreeze.tasks.classify_config import ClassifyConfig
 
 SPLITS = ("train", "validation", "test")

@@ -16,16 +16,24 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from unfreeze.config import to_dict
 from unfreeze.data.gsm8k import extract_answer, load_gsm8k_split
 from unfreeze.data.pauses import count_pauses, strip_pauses
 from unfreeze.errors import UsageError, require
-from unfreeze.files import append_failure, atomic_write_json, close_logger, is_finished, prepare_run_folder
-from unfreeze.files import run_logger, staged_run
+from unfreeze.files import (
+    append_failure,
+    atomic_write_json,
+    close_logger,
+    is_finished,
+    prepare_run_folder,
+    run_logger,
+    staged_run,
+)
 from unfreeze.offline import gsm8k_download, require_downloads
 
 DEFAULT_PAUSE_TOKEN = "<|pause|>"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import sys
 import time
@@ -28,12 +27,14 @@ from unfreeze.errors import UsageError
 from unfreeze.files import atomic_write_folder as write_folder
 from unfreeze.files import prepare_run_folder
 from unfreeze.offline import gsm8k_download, require_downloads
+from unfreeze.resources import free_memory_bytes
 from unfreeze.tasks.inject_pauses_config import InjectPausesConfig
 
 # ---------------------------------------------------------------- checking the flags (before any work)
 
 EMPTY_PROBE = "a 1=\n"  # a pattern with a zero-width match at each of its 6 positions matches "everywhere"
 OUTPUTS = ("train.json", "test.json")
+
 
 def parse_pattern_flag(text: str) -> list[pauses.PatternRule]:
     try:
@@ -76,10 +77,9 @@ def check_names(args: InjectPausesConfig) -> None:
 
 def check_memory(rows: list[dict], copies: int) -> None:
     """Refuse a number of copies whose rows cannot fit in memory (they are built before the write)."""
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return  # not POSIX: no estimate
+    free = free_memory_bytes()
+    if free is None:
+        return  # the OS does not say: no estimate
     per_copy = sum(len(row.get("question", "")) + 2 * len(row["answer"]) for row in rows)
     # Python strings, the rows' dicts and the final JSON text: peak memory measured at 5.4-5.5 bytes per
     # character (GSM8K train, 5 and 20 copies); 6 leaves a margin.
