@@ -48,7 +48,7 @@ def test_auto_never_caches_when_early_layers_train(spam_csv_dir, byte_tokenizer_
     assert run_config(cfg)["cache"]["kind"] == "none"
     with pytest.raises(UsageError, match="cannot be exact"):
         run_config(tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path, trainable_layers=preset,
-                               cache_activations="on", num_epochs=1))
+                               cache_activations="on", num_epochs=1, overwrite=True))
 
 
 def test_over_budget_cache_falls_back_to_no_cache(spam_csv_dir, byte_tokenizer_dir, tmp_path):

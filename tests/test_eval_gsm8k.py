@@ -283,11 +283,57 @@ def test_bad_input_is_one_error_line_and_no_metrics(case, saved_model, test_file
     args, fragment = bad_inputs(tmp_path, saved_model, test_file)[case]
     out = tmp_path / "o"
     out.mkdir()
-    (out / "metrics.json").write_text("{}")  # a stale result from an earlier run must not survive
-    assert main(args) == 2
+    # Issue #12 reverses the earlier rule ("a stale result must not survive a failed rerun"): a finished
+    # run is never destroyed by a rerun, even one with --overwrite, unless the rerun succeeds.
+    (out / "metrics.json").write_text("{}")
+    assert main([*args, "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("unfreeze eval-gsm8k: error:") and fragment in err
-    assert not (out / "metrics.json").exists() and not (out / "test_results.json").exists()
+    assert (out / "metrics.json").read_text() == "{}" and not (out / "test_results.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_rerun_into_a_finished_evaluation_needs_overwrite_and_replaces_only_on_success(
+        saved_model, test_file, tmp_path, monkeypatch, capsys):
+    from unfreeze.tasks import eval_gsm8k
+
+    out = tmp_path / "run"
+    assert main(eval_args(saved_model, test_file, out, "--limit", "1")) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(eval_args(saved_model, test_file, out, "--limit", "2")) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("generation crashed")
+
+    monkeypatch.setattr(eval_gsm8k, "generate_and_score", broken)
+    with pytest.raises(RuntimeError):
+        main(eval_args(saved_model, test_file, out, "--limit", "2", "--overwrite"))
+    for name in ("metrics.json", "test_results.json", "eval_config.json"):
+        assert (out / name).read_bytes() == first[name], name  # the old evaluation is whole
+    log = (out / "run.log").read_text()
+    assert log.startswith(first["run.log"].decode()) and "FAILED: RuntimeError: generation crashed" in log
+    monkeypatch.undo()
+
+    assert main(eval_args(saved_model, test_file, out, "--limit", "2", "--overwrite")) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_questions"] == 2
+    assert len(json.loads((out / "test_results.json").read_text())) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_failure_after_the_evaluation_started_ends_its_log(saved_model, test_file, tmp_path, monkeypatch):
+    from unfreeze.tasks import eval_gsm8k
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("generation crashed")
+
+    monkeypatch.setattr(eval_gsm8k, "generate_and_score", broken)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        main(eval_args(saved_model, test_file, out))
+    assert "FAILED: RuntimeError: generation crashed" in (out / "run.log").read_text()
+    assert not (out / "metrics.json").exists()
 
 
 def test_sft_passes_write_metrics_false_and_keeps_its_own_metrics(saved_model, test_file, tmp_path):

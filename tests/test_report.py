@@ -126,6 +126,13 @@ def test_plot_writes_a_png_bar_chart(sweep_dir, tmp_path, capsys):
     assert target.stat().st_size > 5000
 
 
+@pytest.mark.parametrize("name, magic", [("chart.svg", b"<?xml"), ("chart.jpg", b"\xff\xd8"), ("chart.PDF", b"%PDF")])
+def test_plot_writes_any_format_matplotlib_supports_under_its_own_name(sweep_dir, tmp_path, capsys, name, magic):
+    assert main(["report", str(sweep_dir), "--plot", str(tmp_path / name)]) == 0
+    assert (tmp_path / name).read_bytes().startswith(magic)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("chart")] == [name]  # not renamed
+
+
 def test_a_folder_that_is_not_a_sweep_is_a_usage_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no sweep.json" in capsys.readouterr().err

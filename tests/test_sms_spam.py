@@ -64,3 +64,24 @@ def test_download_failure_names_the_offline_flag(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="--data"):
         sms_spam.download(tmp_path / "SMSSpamCollection")
     assert not (tmp_path / "SMSSpamCollection").exists()
+
+
+def test_tiny_splits_are_warned_about_and_empty_ones_refused(tmp_path):
+    rows = make_spam_rows(12)  # 6 spam: 12 balanced messages cut 70/10/20 -> 8 / 1 / 3
+    _write_collection(tmp_path / "small", rows)
+    splits = sms_spam.load_splits(str(tmp_path / "small"))
+    assert splits.sizes() == {"train": 8, "validation": 1, "test": 3}
+    warnings = sms_spam.small_split_warnings(splits)
+    assert len(warnings) == 1 and "validation split has only 1 example" in warnings[0]
+    _write_collection(tmp_path / "tiny", make_spam_rows(8))  # 4 spam: the validation split would be empty
+    with pytest.raises(UsageError, match="4 spam messages are too few"):
+        sms_spam.load_splits(str(tmp_path / "tiny"))
+    assert sms_spam.small_split_warnings(sms_spam.load_splits(str(tmp_path / "small")))
+    _write_collection(tmp_path / "enough", make_spam_rows(20))
+    assert sms_spam.small_split_warnings(sms_spam.load_splits(str(tmp_path / "enough"))) == []
+
+
+def test_spam_free_file_says_so(tmp_path):
+    _write_collection(tmp_path / "ham_only", [("ham", "hello")] * 10)
+    with pytest.raises(UsageError, match="no spam messages"):
+        sms_spam.load_splits(str(tmp_path / "ham_only"))

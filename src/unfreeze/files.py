@@ -1,19 +1,45 @@
-"""Writing results so that an interrupted run never leaves a half-written file.
+"""Writing results so that nothing finished is lost and nothing half-written is ever read.
 
-Every result file is written to a temporary sibling and renamed into place: `os.replace` is atomic
-on POSIX, so a reader sees either the old file, the complete new one, or nothing.
+* Every result file is written to a temporary sibling and renamed into place: `os.replace` is atomic on
+  POSIX, so a reader sees either the old file, the complete new one, or nothing. Files get the user's
+  umask (a colleague in the group can read them), not mkstemp's private 0600.
+* `prepare_run_folder` checks an output folder before any work: a folder we can write in, and not a
+  finished run unless `--overwrite` is given; it also clears the temporary files that a killed earlier
+  process left there.
+* A run's log is held in memory while its inputs are checked (a rejected command writes nothing), goes to
+  `run.log` once the run starts, and ends with the error when the run fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import sys
 import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from unfreeze.errors import UsageError
+
+# Temporary files older than this process belong to a process that died: debris. Newer ones may be a
+# concurrent run's work in progress and are left alone.
+PROCESS_START = time.time()
+# `.<name>.<random>.tmp` (atomic_write_text) and `.<name>.tmp-<random>` (atomic_write_folder, staged_run).
+TEMPORARY_NAME = re.compile(r"^\..+\.tmp(-.+)?$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -21,6 +47,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -47,9 +74,7 @@ def atomic_write_folder(target: Path, files: dict[str, str]) -> None:
     try:
         # mkdtemp makes the folder private (0700); once renamed it is the user's folder, so give it the
         # permissions an ordinary mkdir would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
+        os.chmod(staging, 0o777 & ~_umask())
         for name, text in files.items():
             with open(staging / name, "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -70,23 +95,229 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(handle)
 
 
-def run_logger(out_dir: str | os.PathLike | None, name: str = "unfreeze") -> logging.Logger:
-    """A logger that prints to stderr and, when a run folder is given, also appends to `run.log`."""
+def read_json_or_explain(path: str | os.PathLike, fix: str) -> Any:
+    """`read_json`, but a cut or corrupt file is a UsageError that names it and says `fix`."""
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}: cut or corrupt); {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {path} ({getattr(err, 'strerror', None) or err}); {fix}") from None
+
+
+# --- output folders, checked before any work ----------------------------------------------------
+
+
+def check_output_path(path: str | os.PathLike | None, flag: str, kind: str = "folder") -> Path:
+    """`path` can be created (or written) as a `kind` ("folder" or "file"); else a one-line UsageError.
+
+    Nothing is created: the nearest existing ancestor must be a folder in which this user can create
+    files (tried with an unnamed temporary file, so read-only file systems and ACLs count too).
+    """
+    if path is None or str(path).strip() == "":
+        raise UsageError(f"{flag} is empty: pass a {kind} name")
+    target = Path(path).expanduser()
+    if target.exists():
+        if kind == "folder" and not target.is_dir():
+            raise UsageError(f"{flag} {path} exists and is a file, not a folder; pass a folder")
+        if kind == "file" and target.is_dir():
+            raise UsageError(f"{flag} {path} is a folder; pass a file name")
+    ancestor = target if target.is_dir() else target.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{flag} {path}: {ancestor} is a file, so nothing can be created under it")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot write in {ancestor} ({err.strerror or err}); "
+                         f"choose a {kind} you can write to") from None
+    return target
+
+
+def is_finished(folder: Path, markers: Sequence[str] = ("metrics.json",)) -> bool:
+    return folder.is_dir() and all((folder / name).is_file() for name in markers)
+
+
+def prepare_run_folder(out: str | os.PathLike | None, overwrite: bool, flag: str = "--out",
+                       markers: Sequence[str] = ("metrics.json",), overwrite_flag: str = "--overwrite") -> Path:
+    """Check a run's output folder before any work; returns it (not created yet).
+
+    A folder holding `markers` is a finished run: refused unless `overwrite`, and even then nothing in
+    it is deleted here -- the new run replaces its files only once it has succeeded. Temporary files
+    that an earlier, killed process left in the folder (or beside it) are removed.
+    """
+    folder = check_output_path(out, flag, "folder")
+    if is_finished(folder, markers) and not overwrite:
+        names = "+".join(markers)
+        raise UsageError(f"{flag} {out} holds a finished run ({names}); pass {overwrite_flag} to replace it "
+                         f"(the old results stay until the new run succeeds), or choose another {flag}")
+    remove_stale_temporaries(folder)
+    return folder
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete `.*.tmp` / `.*.tmp-*` files and folders older than this process, in `folder` and beside it."""
+    candidates: list[Path] = []
+    if folder.is_dir():
+        candidates += [p for p in folder.iterdir() if TEMPORARY_NAME.match(p.name)]
+    if folder.parent.is_dir():
+        candidates += list(folder.parent.glob(f".{glob_escape(folder.name)}.tmp-*"))
+    removed = []
+    for path in candidates:
+        try:
+            if path.lstat().st_mtime >= PROCESS_START:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue  # gone already, or not ours to remove: not worth failing a run over
+        removed.append(path)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+@contextlib.contextmanager
+def staged_run(out: Path, last: str = "metrics.json", log_name: str = "run.log") -> Iterator[Path]:
+    """A not-yet-existing folder beside `out` for a run whose writes we do not control; published into
+    `out` only on success (`last` renamed last, `log_name` appended), so a failed or killed rerun
+    leaves `out` as it was. A run that failed after it started still adds its log and error to `out`'s
+    log; one rejected before it wrote anything leaves no trace.
+    """
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        yield staging
+        if staging.is_dir():
+            publish_into(staging, out, last, append=(log_name,))
+    except BaseException as err:
+        if staging.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+            _append_file(staging / log_name, out / log_name)
+            _append_text(out / log_name, failure_text(err))
+        raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_into(staging: Path, out: Path, last: str = "metrics.json", append: Sequence[str] = ()) -> None:
+    """Move everything in `staging` into `out`: one rename when `out` does not exist, else file by file."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out)
+        return
+    entries = sorted(staging.iterdir(), key=lambda p: (p.name == last, p.name))
+    for entry in entries:
+        target = out / entry.name
+        if entry.name in append and target.is_file():
+            _append_file(entry, target)
+        elif entry.is_dir() and target.is_dir():
+            old = out / f".{entry.name}.tmp-old-{secrets.token_hex(4)}"
+            os.replace(target, old)  # a folder cannot replace a non-empty folder in one rename
+            os.replace(entry, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, target)
+
+
+def _append_file(source: Path, target: Path) -> None:
+    if source.is_file():
+        _append_text(target, source.read_text(encoding="utf-8", errors="replace"))
+
+
+def _append_text(target: Path, text: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+# --- run logs -------------------------------------------------------------------------------------
+
+
+class _Held(logging.Handler):
+    """Keeps records until the run folder may be written (see `start_run_log`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _file_handler(out_dir: str | os.PathLike) -> logging.FileHandler:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(out_dir) / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    return handler
+
+
+def run_logger(out_dir: str | os.PathLike | None, name: str = "unfreeze", hold: bool = False) -> logging.Logger:
+    """A logger that prints to stderr and, when a run folder is given, also appends to `run.log`.
+
+    With `hold`, `run.log` is neither created nor written until `start_run_log`: what is said while the
+    inputs are checked reaches the file only if the run then starts.
+    """
     logger = logging.getLogger(f"{name}.{id(out_dir)}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    close_logger(logger)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
     if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(Path(out_dir) / "run.log", encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logger.addHandler(file_handler)
+        logger.addHandler(_Held() if hold else _file_handler(out_dir))
     return logger
+
+
+def start_run_log(logger: logging.Logger, out_dir: str | os.PathLike | None) -> None:
+    """Create `out_dir` and its `run.log`, beginning with the messages held so far."""
+    for held in [h for h in logger.handlers if isinstance(h, _Held)]:
+        logger.removeHandler(held)
+        if out_dir is None:
+            continue
+        handler = _file_handler(out_dir)
+        for record in held.records:
+            handler.handle(record)
+        logger.addHandler(handler)
+
+
+def failure_text(err: BaseException) -> str:
+    """How a failure reads in run.log: one line for bad input or an interruption, else the traceback."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(err, UsageError):
+        return f"{stamp} FAILED (bad input): {err}\n"
+    if isinstance(err, KeyboardInterrupt):
+        return f"{stamp} INTERRUPTED: no results written\n"
+    lines = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return f"{stamp} FAILED: {type(err).__name__}: {err}\n{lines}"
+
+
+def append_failure(log_path: Path, err: BaseException, since: float) -> bool:
+    """For a run whose logger we do not hold: end its log with the failure if the run wrote to that log
+    since `since` (a time.time()), i.e. it had started; a run rejected before it logged writes nothing."""
+    try:
+        started = log_path.stat().st_mtime >= since
+    except OSError:
+        return False
+    if started:
+        _append_text(log_path, failure_text(err))
+    return started
+
+
+def log_failure(logger: logging.Logger, err: BaseException) -> None:
+    """Append the failure to run.log only (the console gets it from the command line), if the run has
+    started; a run rejected while its log was still held writes nothing."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.stream.write(failure_text(err))
+            handler.flush()
 
 
 def close_logger(logger: logging.Logger) -> None:

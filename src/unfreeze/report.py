@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unfreeze.errors import UsageError
-from unfreeze.files import read_json
+from unfreeze.files import check_output_path, read_json_or_explain
 
 SEED_DIR = re.compile(r"^seed-(-?\d+)$")
 
@@ -33,15 +33,38 @@ class ReportConfig:
     format: Literal["md", "csv", "json"] = "md"
     """md: Markdown table; csv: raw numbers; json: everything"""
     plot: str | None = None
-    """also draw a bar chart of the main metric per row, with error bars, into this PNG file"""
+    """also draw a bar chart of the main metric per row, with error bars, into this file (.png, .pdf, .svg, .jpg, ...)"""
 
 
 def run(args: ReportConfig) -> int:
+    if args.plot is not None:
+        check_plot_path(args.plot)
     table = build_table(args.dir)
+    if args.plot is not None:
+        main_column(table)  # a sweep without a plottable metric fails before the table is printed
     print(render(table, args.format), end="")
     if args.plot:
         plot(table, args.plot)
     return 0
+
+
+def plot_formats() -> dict[str, str]:
+    """File suffixes matplotlib can write here (suffix -> description), e.g. png, pdf, svg, jpg."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return FigureCanvasBase.get_supported_filetypes()
+
+
+def check_plot_path(path: str) -> Path:
+    """The chart's file name says its format: one matplotlib writes, so nothing is renamed or refused late."""
+    target = check_output_path(path, "--plot", "file")
+    suffix = target.suffix.lower().lstrip(".")
+    formats = plot_formats()
+    if suffix not in formats:
+        choices = ", ".join(f".{name}" for name in sorted(formats))
+        said = "has no suffix" if not suffix else f"ends in .{suffix}, which matplotlib cannot write"
+        raise UsageError(f"--plot {path} {said}; name the file with one of: {choices}")
+    return target
 
 
 # --- collecting -----------------------------------------------------------------------------------
@@ -52,9 +75,13 @@ def build_table(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     if not (directory / "sweep.json").is_file():
         raise UsageError(f"{directory} is not a sweep folder (no sweep.json); pass the --out of `unfreeze sweep`")
-    sweep = read_json(directory / "sweep.json")
+    sweep = read_sweep_json(directory / "sweep.json")
     failures_path = directory / "failed.json"
-    failures = read_json(failures_path) if failures_path.is_file() else {}
+    failures = {}
+    if failures_path.is_file():
+        failures = read_json_or_explain(failures_path, "delete it (the failed runs are retried by the next sweep)")
+        if not isinstance(failures, dict) or not all(isinstance(f, dict) for f in failures.values()):
+            raise UsageError(f"{failures_path} is not a mapping of runs to errors; delete it")
     columns = sweep["columns"]
     selected = set(sweep.get("selected", []))
     rows = []
@@ -102,6 +129,28 @@ def build_table(directory: str | Path) -> dict[str, Any]:
     }
 
 
+SWEEP_KEYS = {"command": str, "main_metric": (str, type(None)), "columns": list, "rows": list}
+
+
+def read_sweep_json(path: Path) -> dict[str, Any]:
+    """sweep.json, with the keys the report reads checked (a cut or foreign file is one error line)."""
+    fix = "rerun the same `unfreeze sweep` command to rewrite it (finished runs are kept)"
+    sweep = read_json_or_explain(path, fix)
+    if not isinstance(sweep, dict):
+        raise UsageError(f"{path} is not a sweep description (a JSON object); {fix}")
+    for key, kind in SWEEP_KEYS.items():
+        if not isinstance(sweep.get(key), kind):
+            raise UsageError(f"{path} lacks a valid {key!r}; {fix}")
+    for column in sweep["columns"]:
+        if not isinstance(column, dict) or not {"key", "label", "source", "format"} <= set(column):
+            raise UsageError(f"{path} has a malformed column {column!r}; {fix}")
+    for row in sweep["rows"]:
+        if (not isinstance(row, dict) or not isinstance(row.get("name"), str) or "index" not in row
+                or not isinstance(row.get("config"), dict) or not isinstance(row.get("published", {}), dict)):
+            raise UsageError(f"{path} has a malformed row {str(row)[:80]}; {fix}")
+    return sweep
+
+
 def finished_runs(directory: Path, row: str) -> dict[int, dict[str, Any]]:
     """seed -> metrics of every finished run of a row (partial folders never count)."""
     runs = {}
@@ -110,7 +159,10 @@ def finished_runs(directory: Path, row: str) -> dict[int, dict[str, Any]]:
         for child in folder.iterdir():
             match = SEED_DIR.match(child.name)
             if match and (child / "metrics.json").is_file():
-                runs[int(match.group(1))] = read_json(child / "metrics.json")
+                metrics = read_json_or_explain(child / "metrics.json", f"delete {child} to run it again")
+                if not isinstance(metrics, dict):
+                    raise UsageError(f"{child / 'metrics.json'} is not a JSON object; delete {child} to run it again")
+                runs[int(match.group(1))] = metrics
     return dict(sorted(runs.items()))
 
 
@@ -245,6 +297,16 @@ def _blank(value: Any) -> Any:
 # --- the bar chart ------------------------------------------------------------------------------------
 
 
+def main_column(table: dict[str, Any]) -> dict[str, Any]:
+    """The column of the sweep's main metric (what --plot draws)."""
+    key = table["main_metric"]
+    for column in table["columns"]:
+        if column["key"] == key and column["source"] == "metric":
+            return column
+    raise UsageError(f"--plot: the {table['command']!r} sweep in {table['dir']} names no metric column to plot "
+                     f"(main metric {key!r}); leave --plot out")
+
+
 def plot(table: dict[str, Any], path: str | Path) -> Path:
     """Bar per row of the main metric (mean, error bar = std), published values as markers."""
     import matplotlib
@@ -253,7 +315,7 @@ def plot(table: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     key = table["main_metric"]
-    column = next(c for c in table["columns"] if c["key"] == key)
+    column = main_column(table)
     scale, unit = {"percent": (100.0, " (%)"), "minutes": (1 / 60, " (min)")}.get(column["format"], (1.0, ""))
     rows = table["rows"]
     names = [row["name"] for row in rows]

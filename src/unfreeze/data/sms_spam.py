@@ -29,6 +29,10 @@ URLS = (
 )
 SPLIT_SEED = 123  # fixed by the reference; the split does not follow --seed so results stay comparable
 SPLIT_NAMES = ("train", "validation", "test")
+QUOTE_CHARS = 80  # how much of a bad file an error message quotes
+# The 70/10/20 cut of 2n balanced messages leaves int(0.2 n) for validation: empty below 5 spam, one
+# message below 10. Below this many per split, accuracies mean little; we warn.
+MIN_SPLIT_ROWS = 2
 
 
 @dataclass
@@ -46,9 +50,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("UNFREEZE_CACHE", Path.home() / ".cache" / "unfreeze"))
 
 
+def cached_path() -> Path:
+    return cache_dir() / "sms_spam" / "SMSSpamCollection"
+
+
+def needed_download(data: str | None) -> list:
+    """The download `load_splits(data)` would make (none for a local path or a cached copy)."""
+    from unfreeze.offline import Download
+
+    if data is not None:
+        return []
+    return [Download("the SMS Spam Collection", URLS, cached_path().is_file(), "--data PATH/SMSSpamCollection")]
+
+
 def download(target: Path | None = None, timeout: float = 30.0) -> Path:
     """Download the collection (UCI, then the reference's mirror) and keep `SMSSpamCollection`."""
-    target = target or cache_dir() / "sms_spam" / "SMSSpamCollection"
+    target = target or cached_path()
     if target.exists():
         return target
     errors = []
@@ -72,26 +89,41 @@ def download(target: Path | None = None, timeout: float = 30.0) -> Path:
     )
 
 
+def _quote(text: object, limit: int = QUOTE_CHARS) -> str:
+    """At most `limit` characters of a bad input, so one error line stays one readable line."""
+    text = " ".join(str(text).split())
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def read_collection(path: Path) -> pd.DataFrame:
     """The raw tab-separated file as (Label, Text), validated."""
     try:
         frame = pd.read_csv(path, sep="\t", header=None, names=["Label", "Text"])
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise UsageError(f"--data {path}: not a tab-separated SMSSpamCollection file ({err})") from None
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"--data {path}: the file is empty; expected lines 'ham<TAB>text' or 'spam<TAB>text'") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
+        raise UsageError(f"--data {path}: not a tab-separated SMSSpamCollection file ({_quote(err)})") from None
     labels = set(frame["Label"].dropna().unique())
     if frame.empty or not labels or not labels <= {"ham", "spam"} or frame["Text"].isna().all():
-        raise UsageError(
-            f"--data {path}: expected lines 'ham<TAB>text' or 'spam<TAB>text', found labels {sorted(map(str, labels))[:5]}"
-        )
+        others = sorted(map(str, labels - {"ham", "spam"}))
+        found = f"a line starting {_quote(others[0])}" if others else "no text after the tab"
+        raise UsageError(f"--data {path}: expected lines 'ham<TAB>text' or 'spam<TAB>text', found {found}")
     return frame
 
 
-def balanced_split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float = 0.1) -> tuple:
+def balanced_split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac: float = 0.1,
+                   source: str = "--data") -> tuple:
     """Balance ham to the spam count, shuffle, and cut in order, exactly like the reference."""
     spam = frame[frame["Label"] == "spam"]
     ham = frame[frame["Label"] == "ham"]
-    if len(spam) == 0 or len(ham) < len(spam):
-        raise UsageError(f"--data: need at least as many ham as spam messages (ham {len(ham)}, spam {len(spam)})")
+    if len(spam) == 0:
+        raise UsageError(f"{source}: no spam messages (all {len(ham)} rows are ham); the split pairs every spam "
+                         "message with a ham one, so the file needs both")
+    if len(ham) < len(spam):
+        raise UsageError(f"{source}: need at least as many ham as spam messages (ham {len(ham)}, spam {len(spam)})")
+    if int(2 * len(spam) * validation_frac) == 0:
+        raise UsageError(f"{source}: {len(spam)} spam messages are too few: the 70/10/20 split of {2 * len(spam)} "
+                         f"balanced messages leaves the validation split empty; provide at least 5 spam (and as many ham)")
     balanced = pd.concat([ham.sample(len(spam), random_state=SPLIT_SEED), spam])
     balanced = balanced.sample(frac=1, random_state=SPLIT_SEED).reset_index(drop=True)
     balanced["Label"] = balanced["Label"].map({"ham": 0, "spam": 1})
@@ -104,14 +136,16 @@ def balanced_split(frame: pd.DataFrame, train_frac: float = 0.7, validation_frac
 def _read_split_csv(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UsageError(f"--data {path}: unreadable CSV ({err})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise UsageError(f"--data {path}: unreadable CSV ({_quote(err)})") from None
     missing = {"Label", "Text"} - set(frame.columns)
     if missing:
         raise UsageError(f"--data {path}: missing column(s) {', '.join(sorted(missing))}; expected Label,Text")
     if not set(frame["Label"].unique()) <= {0, 1}:
         raise UsageError(f"--data {path}: Label must be 0 (ham) or 1 (spam)")
-    frame["Text"] = frame["Text"].fillna("").astype(str)
+    frame["Text"] = ["" if pd.isna(text) else str(text) for text in frame["Text"]]  # an all-empty column reads as float
+    if len(frame) and not frame["Text"].str.strip().any():
+        raise UsageError(f"--data {path}: every Text is empty; the model would see nothing but padding")
     return frame
 
 
@@ -119,6 +153,8 @@ def load_splits(data: str | None) -> Splits:
     """`data`: None (download and cache), the raw collection file, or a folder of split CSVs."""
     if data is None:
         path = download()
+    elif not str(data).strip():
+        raise UsageError("--data is empty: pass the SMSSpamCollection file or a folder with train/validation/test.csv")
     else:
         path = Path(data).expanduser()
         if not path.exists():
@@ -130,9 +166,15 @@ def load_splits(data: str | None) -> Splits:
             raise UsageError(f"--data {path}: folder lacks {', '.join(absent)} (expected train/validation/test.csv)")
         train, validation, test = (_read_split_csv(f) for f in files)
     else:
-        train, validation, test = balanced_split(read_collection(path))
+        train, validation, test = balanced_split(read_collection(path), source=f"--data {path}")
     for name, frame in zip(SPLIT_NAMES, (train, validation, test)):
         if len(frame) == 0:
             raise UsageError(f"--data {path}: the {name} split is empty; provide more examples")
     reset = [f.reset_index(drop=True) for f in (train, validation, test)]
     return Splits(*reset, source=str(path))
+
+
+def small_split_warnings(splits: Splits) -> list[str]:
+    """Warnings for splits too small for their accuracy to mean anything (an empty one is an error)."""
+    return [f"the {name} split has only {size} example(s) ({splits.source}); its accuracy says little"
+            for name, size in splits.sizes().items() if size < MIN_SPLIT_ROWS]

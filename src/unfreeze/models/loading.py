@@ -14,6 +14,7 @@ import torch
 
 from unfreeze.cache.dropout import set_config_dropout
 from unfreeze.errors import UsageError
+from unfreeze.resources import free_memory_bytes
 
 # The reference script's size names -> Hugging Face hub ids and architectures (GPT-2 paper, Table 2).
 GPT2_SIZES: dict[str, tuple[str, dict[str, int]]] = {
@@ -30,6 +31,49 @@ def resolve_model_id(model_size: str) -> str:
     if model_size in GPT2_SIZES:
         return GPT2_SIZES[model_size][0]
     return model_size
+
+
+def looks_local(source: str) -> bool:
+    """A path rather than a hub id: it exists, starts like a path, or has more parts than 'owner/name'."""
+    text = str(source)
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def check_model_folder(source: str, flag: str = "--model_size") -> None:
+    """A local model source must be a folder with a config.json (checked before anything loads)."""
+    if source in GPT2_SIZES or not looks_local(source):
+        return
+    folder = Path(source).expanduser()
+    if not folder.exists():
+        raise UsageError(f"{flag} {source}: no such folder (a model folder, a hub id, or one of {', '.join(GPT2_SIZES)})")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {source} is a file; pass the folder that holds config.json and the weights")
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{flag} {source} is not a model folder (no config.json); pass a folder saved by "
+                         "save_pretrained")
+
+
+def hub_downloads(model_size: str, weights: str, tokenizer: str | None) -> list:
+    """What loading this model and tokenizer would fetch from the hub (see `unfreeze.offline`)."""
+    from unfreeze.offline import Download, hub_endpoint, hub_file_cached
+
+    downloads = []
+    model_id = resolve_model_id(model_size)
+    if not looks_local(model_id):
+        if weights == "pretrained":
+            weights_cached = hub_file_cached(model_id, ("model.safetensors", "pytorch_model.bin"))
+            config_cached = model_id in GPT2_HUB_ARCH or hub_file_cached(model_id, ("config.json",))
+            downloads.append(Download(f"the weights of {model_id}", (hub_endpoint(),), weights_cached and config_cached,
+                                      "--model_size FOLDER (or --weights random)", hub=True))
+        elif model_id not in GPT2_HUB_ARCH:
+            downloads.append(Download(f"the config of {model_id}", (hub_endpoint(),),
+                                      hub_file_cached(model_id, ("config.json",)), "--model_size FOLDER", hub=True))
+    source = tokenizer or model_id
+    if not looks_local(source):
+        downloads.append(Download(f"the tokenizer of {source}", (hub_endpoint(),),
+                                  hub_file_cached(source, ("tokenizer.json", "vocab.json")), "--tokenizer FOLDER",
+                                  hub=True))
+    return downloads
 
 
 def parse_model_config(text: str | dict | None, flag: str = "--model_config") -> dict[str, Any]:
@@ -68,24 +112,34 @@ def _gpt2_bpe_tokenizer(folder: Path):
     return tokenizer
 
 
-def load_tokenizer(source: str, flag: str = "--tokenizer"):
-    """A tokenizer from a folder (HF files, or encoder.json+vocab.bpe) or a hub id."""
+def load_tokenizer(source: str, flag: str = "--tokenizer", fix: str = ""):
+    """A tokenizer from a folder (HF files, or encoder.json+vocab.bpe) or a hub id.
+
+    `fix` is appended to the error when the folder holds no tokenizer (e.g. "; pass --tokenizer FOLDER"
+    when `source` is the model folder the user named for another reason).
+    """
     from transformers import AutoTokenizer
 
     folder = Path(source).expanduser()
+    no_files = (f"{flag} {source}: no tokenizer files found (expected tokenizer.json, vocab.json+merges.txt "
+                f"or encoder.json+vocab.bpe){fix}")
     if folder.is_dir():
         if (folder / "encoder.json").exists() and (folder / "vocab.bpe").exists() and not (
             folder / "tokenizer.json"
         ).exists() and not (folder / "vocab.json").exists():
             return _gpt2_bpe_tokenizer(folder)
         try:
-            return AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as err:
-            raise UsageError(
-                f"{flag} {source}: no tokenizer files found (expected tokenizer.json, vocab.json+merges.txt "
-                f"or encoder.json+vocab.bpe)"
-            ) from err
-    if source.startswith((".", "/", "~")) or Path(source).suffix:
+            raise UsageError(no_files) from err
+        # transformers 5 builds an EMPTY tokenizer from a model folder without tokenizer files: every
+        # text would become zero tokens and the run would train on nothing.
+        if len(tokenizer) < 2 or not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+            raise UsageError(no_files)
+        return tokenizer
+    if folder.exists():
+        raise UsageError(f"{flag} {source} is a file; pass the folder that holds the tokenizer files")
+    if source.startswith((".", "/", "~")) or Path(source).suffix or source.count("/") > 1:
         raise UsageError(f"{flag} {source}: folder does not exist")
     try:
         return AutoTokenizer.from_pretrained(source)
@@ -93,22 +147,67 @@ def load_tokenizer(source: str, flag: str = "--tokenizer"):
         raise offline_error("tokenizer", source, flag, err) from None
 
 
-def gpt2_config(model_id: str, overrides: dict[str, Any], flag: str = "--model_size"):
+def gpt2_config(model_id: str, overrides: dict[str, Any], flag: str = "--model_size",
+                overrides_flag: str = "--model_config"):
     """The GPT-2 config for a known size without touching the network; else from the hub/folder."""
     from transformers import AutoConfig, GPT2Config
 
     if model_id in GPT2_HUB_ARCH:
         config = GPT2Config(**GPT2_HUB_ARCH[model_id])
     else:
+        check_model_folder(model_id, flag)
         try:
             config = AutoConfig.from_pretrained(model_id)
         except Exception as err:
+            if looks_local(model_id):  # a folder whose config.json transformers cannot read
+                raise UsageError(f"{flag} {model_id}: unreadable config.json ({str(err).splitlines()[0][:160]})") from None
             raise offline_error("model config", model_id, flag, err) from None
     for key, value in overrides.items():
         if not hasattr(config, key):
-            raise UsageError(f"--model_config key {key!r} is not a field of {type(config).__name__}")
-        setattr(config, key, value)
+            raise UsageError(f"{overrides_flag} key {key!r} is not a field of {type(config).__name__}")
+        try:
+            setattr(config, key, value)
+        except Exception as err:  # noqa: BLE001 - transformers 5 validates field types on assignment
+            raise UsageError(f"{overrides_flag} {key}={value!r}: {str(err).splitlines()[-1].strip()[:160]}") from None
+    check_architecture(config, overrides_flag if overrides else flag)
     return config
+
+
+ARCHITECTURE_SIZES = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "num_hidden_layers",
+                      "num_attention_heads", "hidden_size", "max_position_embeddings")
+
+
+def check_architecture(config, flag: str = "--model_config") -> None:
+    """Sizes are positive integers and the width splits evenly into heads (else the model cannot be built)."""
+    for key in ARCHITECTURE_SIZES:
+        value = getattr(config, key, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{flag}: {key} must be a positive integer (got {value!r})")
+    width = getattr(config, "n_embd", None) or getattr(config, "hidden_size", None)
+    heads = getattr(config, "n_head", None) or getattr(config, "num_attention_heads", None)
+    if width and heads and width % heads and getattr(config, "head_dim", None) is None:
+        raise UsageError(f"{flag}: the width n_embd={width} is not divisible by n_head={heads}; "
+                         f"use e.g. n_embd={heads * max(1, round(width / heads))}")
+
+
+def gpt2_parameter_count(config) -> int:
+    """Parameters of a GPT-2 body: embeddings, and per block attention (4 d^2 + 4 d), MLP (8 d^2 + 5 d)
+    and two LayerNorms (4 d), plus the final LayerNorm; the MLP width is 4 d unless n_inner says otherwise."""
+    d, inner = config.n_embd, getattr(config, "n_inner", None) or 4 * config.n_embd
+    block = (4 * d * d + 4 * d) + (2 * d * inner + inner + d) + 4 * d
+    return (config.vocab_size + config.n_positions) * d + config.n_layer * block + 2 * d
+
+
+def check_fits_in_memory(config, flag: str = "--model_config") -> None:
+    """A GPT-2 whose fp32 weights alone exceed the free memory is refused before it is allocated."""
+    if getattr(config, "model_type", None) != "gpt2":
+        return
+    needed, free = 4 * gpt2_parameter_count(config), free_memory_bytes()
+    if free is not None and needed > free:
+        raise UsageError(f"{flag}: this model has {needed // 4:,} parameters, {needed / 2**30:.1f} GiB in fp32, more "
+                         f"than the {free / 2**30:.1f} GiB of free memory; choose a smaller n_embd/n_layer")
 
 
 def without_dropout(config) -> None:

@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from unfreeze.errors import UsageError
-from unfreeze.files import atomic_write_json, read_json
+from unfreeze.files import (
+    atomic_write_json,
+    check_output_path,
+    read_json,
+    read_json_or_explain,
+)
 from unfreeze.sweep.config import SweepConfig
 from unfreeze.sweep.executors import LocalExecutor, RayExecutor, Unit, final_dir, say
 from unfreeze.sweep.spec import (
@@ -51,7 +57,10 @@ def run(args: SweepConfig) -> int:
     resources = parse_resources(args.resources, "--resources") if args.resources else None
     sweep = load_sweep(args.file, overrides=overrides, seeds=seeds, resources=resources)
     rows = select_rows(sweep.rows, args.rows)
-    out = Path(args.out or Path("runs") / Path(args.file).stem)
+    out = check_output_path(args.out if args.out is not None else Path("runs") / Path(args.file).stem, "--out")
+    for name in ("sweep.json", "failed.json"):  # a cut record of an earlier sweep in --out: one line, not a traceback
+        if (out / name).is_file():
+            read_json_or_explain(out / name, f"delete it (finished runs under {out / 'runs'} are kept), or use another --out")
     return run_sweep(sweep, rows, out, backend=args.backend, address=args.address)
 
 

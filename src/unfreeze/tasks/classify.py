@@ -7,7 +7,9 @@ where we deviate, the comment says so and why.
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,9 +22,18 @@ from unfreeze.cache.policy import CacheRequest
 from unfreeze.config import to_dict
 from unfreeze.data import sms_spam
 from unfreeze.errors import UsageError, require
-from unfreeze.files import atomic_write_json, close_logger, run_logger
+from unfreeze.files import (
+    atomic_write_json,
+    close_logger,
+    is_finished,
+    log_failure,
+    prepare_run_folder,
+    run_logger,
+    start_run_log,
+)
 from unfreeze.models import loading, trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
+from unfreeze.offline import require_downloads
 from unfreeze.tasks.classify_config import ClassifyConfig
 
 SPLITS = ("train", "validation", "test")
@@ -46,12 +57,28 @@ def validate(cfg: ClassifyConfig) -> None:
                 f"--context_length {cfg.context_length!r}: use longest_training_example, model_context_length or an integer"
             ) from None
         require(length >= 1, f"--context_length must be positive (got {length})")
+    require(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number (got {cfg.lr})")
+    require(math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
+            f"--weight_decay must be a number >= 0 (got {cfg.weight_decay})")
+    require(cfg.cache_budget_gb is None or (math.isfinite(cfg.cache_budget_gb) and cfg.cache_budget_gb >= 0),
+            f"--cache_budget_gb must be a number of GiB >= 0 (got {cfg.cache_budget_gb}); leave it out for a "
+            "quarter of the free memory")
+    require(-2**63 <= cfg.seed < 2**64, f"--seed {cfg.seed} does not fit in 64 bits; use e.g. 123")
+    require(not (cfg.trainable_layers.startswith("lora") and cfg.lora_alpha == 0),
+            "--lora_alpha 0 scales every LoRA update to zero, so nothing but the head would learn; use e.g. 8")
+    for flag, value in (("--out", cfg.out), ("--tokenizer", cfg.tokenizer), ("--data", cfg.data)):
+        require(value is None or bool(value.strip()), f"{flag} is empty; give a path, or leave {flag} out")
+    loading.check_model_folder(cfg.model_size)
 
 
-def build_model(cfg: ClassifyConfig) -> GPT2Classifier:
-    """GPT-2 body (pretrained or random) + a fresh Linear(hidden, 2) head, seeded like the reference."""
-    from transformers import GPT2Model
+def check_downloads(cfg: ClassifyConfig) -> None:
+    """Every download this run needs can happen (or is cached); else one line naming every flag."""
+    require_downloads(sms_spam.needed_download(cfg.data)
+                      + loading.hub_downloads(cfg.model_size, cfg.weights, cfg.tokenizer))
 
+
+def body_config(cfg: ClassifyConfig):
+    """The GPT-2 config after --model_config, checked (sizes, heads, model type) without building anything."""
     model_id = loading.resolve_model_id(cfg.model_size)
     overrides = loading.parse_model_config(cfg.model_config)
     config = loading.gpt2_config(model_id, overrides)
@@ -59,6 +86,15 @@ def build_model(cfg: ClassifyConfig) -> GPT2Classifier:
             f"--model_size {cfg.model_size!r} is a {config.model_type} model; classify supports GPT-2 models")
     loading.without_dropout(config)
     config._attn_implementation = "sdpa"
+    return config
+
+
+def build_model(cfg: ClassifyConfig, config=None) -> GPT2Classifier:
+    """GPT-2 body (pretrained or random) + a fresh Linear(hidden, 2) head, seeded like the reference."""
+    from transformers import GPT2Model
+
+    model_id = loading.resolve_model_id(cfg.model_size)
+    config = config if config is not None else body_config(cfg)
     if cfg.weights == "random":
         # Random rows use transformers' GPT-2 initialisation (normal, std 0.02) — the reference's own
         # model uses PyTorch defaults (embeddings N(0, 1)); see README.
@@ -90,10 +126,11 @@ def encode_splits(cfg: ClassifyConfig, splits: sms_spam.Splits, tokenizer, n_pos
         max_length = n_positions
     else:
         max_length = int(cfg.context_length)
-    if max_length is not None:
-        require(max_length <= n_positions,
-                f"--context_length {max_length} exceeds the model's context length {n_positions}; "
-                f"use --context_length {n_positions} or less")
+    if max_length is not None and max_length > n_positions:
+        said = (f"--context_length {max_length}" if cfg.context_length != "longest_training_example"
+                else f"the longest training example ({max_length} tokens, --context_length longest_training_example)")
+        raise UsageError(f"{said} exceeds the model's context length {n_positions}; "
+                         f"use --context_length {n_positions} or less (longer texts are truncated)")
     tensors = {}
     for name, rows in encoded.items():
         limit = max_length if max_length is not None else n_positions
@@ -105,6 +142,47 @@ def encode_splits(cfg: ClassifyConfig, splits: sms_spam.Splits, tokenizer, n_pos
             rows = [ids + [PAD_TOKEN_ID] * (max_length - len(ids)) for ids in rows]
         tensors[name] = [torch.tensor(ids, dtype=torch.long) for ids in rows]
     return tensors, (max_length if max_length is not None else longest_train)
+
+
+def check_vocabulary(tokens: dict, vocab_size: int, cfg: ClassifyConfig) -> None:
+    """Every input id (padding included) has a row in the model's embedding."""
+    largest = max(int(row.max()) for rows in tokens.values() for row in rows)
+    if largest < vocab_size:
+        return
+    if largest == PAD_TOKEN_ID:
+        raise UsageError(f"the model's vocab_size {vocab_size} has no row for GPT-2's padding token {PAD_TOKEN_ID}; "
+                         f"use vocab_size {PAD_TOKEN_ID + 1} or more in --model_config")
+    raise UsageError(f"--tokenizer {cfg.tokenizer or cfg.model_size} produces token id {largest}, but the model's "
+                     f"vocabulary has {vocab_size} entries; use the model's tokenizer or raise vocab_size in --model_config")
+
+
+@dataclass
+class Inputs:
+    """Everything checked before a run writes anything: data, tokens, model config, device."""
+
+    splits: sms_spam.Splits
+    tokens: dict
+    max_length: int
+    config: object
+    device: torch.device
+
+
+def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
+    """Read and check every input; a UsageError here leaves the output folder untouched."""
+    splits = sms_spam.load_splits(cfg.data)
+    for warning in sms_spam.small_split_warnings(splits):
+        log.warning(f"warning: {warning}")
+    require(cfg.batch_size <= len(splits.train),
+            f"--batch_size {cfg.batch_size} is larger than the {len(splits.train)} training examples: the training "
+            f"loader drops incomplete batches, so nothing would train; use --batch_size {len(splits.train)} or less")
+    config = body_config(cfg)
+    loading.check_fits_in_memory(config, "--model_config" if cfg.model_config else "--model_size")
+    fix = "" if cfg.tokenizer else "; pass --tokenizer FOLDER"
+    tokenizer = loading.load_tokenizer(cfg.tokenizer or loading.resolve_model_id(cfg.model_size),
+                                       flag="--tokenizer" if cfg.tokenizer else "--model_size", fix=fix)
+    tokens, max_length = encode_splits(cfg, splits, tokenizer, config.n_positions, log)
+    check_vocabulary(tokens, config.vocab_size, cfg)
+    return Inputs(splits, tokens, max_length, config, loading.resolve_device(cfg.device))
 
 
 class IndexDataset(torch.utils.data.Dataset):
@@ -215,29 +293,37 @@ def train(cfg: ClassifyConfig, model, forward, loaders, device, log) -> dict:
 
 
 def run_config(cfg: ClassifyConfig) -> dict:
-    """Train and evaluate one configuration; writes metrics.json last (and only on success)."""
+    """Train and evaluate one configuration; writes metrics.json last (and only on success).
+
+    Every input is checked before anything is written. A finished run in --out is refused without
+    --overwrite, and with it nothing is deleted: the new config.json and metrics.json replace the old
+    ones (each atomically) once training and evaluation have succeeded. A run that fails after it
+    started records the error at the end of run.log.
+    """
     validate(cfg)
-    out = Path(cfg.out) if cfg.out else None
-    if out is not None:
-        (out / "metrics.json").unlink(missing_ok=True)  # a stale result must not survive a failed rerun
-    log = run_logger(out, "unfreeze.classify")
+    out = prepare_run_folder(cfg.out, cfg.overwrite) if cfg.out is not None else None
+    check_downloads(cfg)
+    log = run_logger(out, "unfreeze.classify", hold=True)
     try:
-        return _run(cfg, out, log)
+        inputs = load_inputs(cfg, log)
+        start_run_log(log, out)
+        return _run(cfg, out, inputs, log)
+    except BaseException as err:
+        log_failure(log, err)
+        raise
     finally:
         close_logger(log)
 
 
-def _run(cfg: ClassifyConfig, out: Path | None, log) -> dict:
+def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
     started = time.perf_counter()
-    device = loading.resolve_device(cfg.device)
+    device, splits, tokens, max_length = inputs.device, inputs.splits, inputs.tokens, inputs.max_length
     autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
-    if out is not None:
+    replacing = out is not None and is_finished(out)  # --overwrite: the old config stays with its metrics
+    if out is not None and not replacing:
         atomic_write_json(out / "config.json", to_dict(cfg))
 
-    splits = sms_spam.load_splits(cfg.data)
-    model = build_model(cfg)
-    tokenizer = loading.load_tokenizer(cfg.tokenizer or loading.resolve_model_id(cfg.model_size))
-    tokens, max_length = encode_splits(cfg, splits, tokenizer, model.body.config.n_positions, log)
+    model = build_model(cfg, inputs.config)
     summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed,
                                      lora_layout=cfg.lora_layout)
     model.to(device)
@@ -279,6 +365,7 @@ def _run(cfg: ClassifyConfig, out: Path | None, log) -> dict:
     log.info(f"Training accuracy: {final['train'] * 100:.2f}% | Validation accuracy: {final['validation'] * 100:.2f}% "
              f"| Test accuracy: {final['test'] * 100:.2f}%")
     if out is not None:
+        atomic_write_json(out / "config.json", to_dict(cfg))
         atomic_write_json(out / "metrics.json", metrics)
         log.info(f"results written to {out / 'metrics.json'}")
     return metrics

@@ -87,3 +87,6 @@ class ClassifyConfig:
     lora_layout: Literal["reference", "peft"] = "reference"
     """where LoRA updates sit: reference (separate query/key/value updates, as the reference's GPT; three on
     GPT-2's fused c_attn) or peft (one update per layer)"""
+    # --- added by robust-inputs ---
+    overwrite: bool = False
+    """replace the finished run in --out (its metrics.json stays until the new run has succeeded)"""

@@ -14,17 +14,28 @@ same answer there), else as strings (`test_accuracy_numeric`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from unfreeze.config import to_dict
 from unfreeze.data.gsm8k import extract_answer, load_gsm8k_split
 from unfreeze.data.pauses import count_pauses, strip_pauses
 from unfreeze.errors import UsageError, require
-from unfreeze.files import atomic_write_json, close_logger, run_logger
+from unfreeze.files import (
+    append_failure,
+    atomic_write_json,
+    close_logger,
+    is_finished,
+    prepare_run_folder,
+    run_logger,
+    staged_run,
+)
+from unfreeze.offline import gsm8k_download, require_downloads
 
 DEFAULT_PAUSE_TOKEN = "<|pause|>"
 RESULTS_FILE = "test_results.json"
@@ -59,10 +70,34 @@ class EvalConfig:
     """generation budget per question, prompt included (the PauseToken reference: 1024); with
     --max_new_tokens the tighter one wins per question"""
 
+    # --- added by robust-inputs ---
+    overwrite: bool = False
+    """replace the finished evaluation in --out (its metrics.json stays until the new one has succeeded)"""
+
+
 
 def run(cfg: EvalConfig) -> int:
-    require(bool(cfg.out), "--out is required: the folder for test_results.json and metrics.json")
-    evaluate_model_folder(cfg)
+    """Check the flags and --out, then evaluate. A finished evaluation in --out (its metrics.json) is
+    refused without --overwrite; with it, the new run works in a folder beside --out and replaces the
+    old files only once it has succeeded. A failure after the run started ends run.log with the error."""
+    require(bool(cfg.out and cfg.out.strip()), "--out is required: the folder for test_results.json and metrics.json")
+    validate(cfg.limit, cfg.batch_size, cfg.max_new_tokens, cfg.pause_temperature)
+    out = prepare_run_folder(cfg.out, cfg.overwrite)
+    require_downloads(gsm8k_download(cfg.data, "--data FILE (GSM8K test.jsonl)"))
+
+    def evaluate(out_dir: str) -> dict:
+        return evaluate_model_folder(dataclasses.replace(cfg, out=out_dir))
+
+    if is_finished(out):
+        with staged_run(out) as staging:
+            evaluate(out_dir=str(staging))
+        return 0
+    started = time.time()
+    try:
+        evaluate(out_dir=str(out))
+    except BaseException as err:
+        append_failure(out / "run.log", err, since=started)
+        raise
     return 0
 
 

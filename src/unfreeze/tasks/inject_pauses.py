@@ -25,9 +25,16 @@ from unfreeze.data import pauses
 from unfreeze.data.gsm8k import HUB_ID, load_gsm8k_split
 from unfreeze.errors import UsageError
 from unfreeze.files import atomic_write_folder as write_folder
+from unfreeze.files import prepare_run_folder
+from unfreeze.offline import gsm8k_download, require_downloads
+from unfreeze.resources import free_memory_bytes
 from unfreeze.tasks.inject_pauses_config import InjectPausesConfig
 
 # ---------------------------------------------------------------- checking the flags (before any work)
+
+EMPTY_PROBE = "a 1=\n"  # a pattern with a zero-width match at each of its 6 positions matches "everywhere"
+OUTPUTS = ("train.json", "test.json")
+
 
 def parse_pattern_flag(text: str) -> list[pauses.PatternRule]:
     try:
@@ -36,9 +43,16 @@ def parse_pattern_flag(text: str) -> list[pauses.PatternRule]:
         raise UsageError(f"--n_pauses_per_patterns is not valid JSON ({err.msg}); "
                          "example: '{\"=\": 1, \"\\\\n\": 1}'") from None
     try:
-        return pauses.compile_patterns(counts)
+        rules = pauses.compile_patterns(counts)
     except ValueError as err:
         raise UsageError(f"--n_pauses_per_patterns: {err}") from None
+    for rule in rules:
+        # A pattern matching the empty string at every position ('', 'x*') puts pauses between every two
+        # characters of every answer: surely not meant, and the reference would do the same silently.
+        if rule.n_pauses and len([m for m in rule.regex.finditer(EMPTY_PROBE) if m.start() == m.end()]) > len(EMPTY_PROBE):
+            raise UsageError(f"--n_pauses_per_patterns: pattern {rule.pattern!r} matches the empty string everywhere, "
+                             "so it would put pauses between every two characters; give text to match")
+    return rules
 
 
 def check_counts(args: InjectPausesConfig) -> None:
@@ -47,6 +61,32 @@ def check_counts(args: InjectPausesConfig) -> None:
                                  ("--n_generated_samples_per_datapoint", args.n_generated_samples_per_datapoint, 1)):
         if value < minimum:
             raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def check_names(args: InjectPausesConfig) -> None:
+    """Text flags that would silently do something else when empty or misspelt."""
+    if args.dataset_location is not None and not args.dataset_location.strip():
+        raise UsageError("--dataset_location is empty: pass a folder with train/test files, or leave it out to download")
+    column = args.pause_augm_col_name
+    if not column or not column.strip():
+        raise UsageError("--pause_augm_col_name is empty: name the column that receives the augmented answer")
+    if column == "question":
+        raise UsageError("--pause_augm_col_name question would overwrite the questions with augmented answers; "
+                         "use 'answer' (replace the answer) or a new column name")
+
+
+def check_memory(rows: list[dict], copies: int) -> None:
+    """Refuse a number of copies whose rows cannot fit in memory (they are built before the write)."""
+    free = free_memory_bytes()
+    if free is None:
+        return  # the OS does not say: no estimate
+    per_copy = sum(len(row.get("question", "")) + 2 * len(row["answer"]) for row in rows)
+    # Python strings, the rows' dicts and the final JSON text: peak memory measured at 5.4-5.5 bytes per
+    # character (GSM8K train, 5 and 20 copies); 6 leaves a margin.
+    needed = 6 * per_copy * copies
+    if needed > free:
+        raise UsageError(f"--n_generated_samples_per_datapoint {copies} would need about {needed / 2**30:.1f} GiB of "
+                         f"memory, more than the {free / 2**30:.1f} GiB free; use fewer copies")
 
 
 def check_answers(rows: list[dict], split: str, pause_token: str) -> None:
@@ -74,6 +114,20 @@ def load_pause_tokenizer(name: str, pause_token: str):
                          "character offsets")
     tokenizer.add_tokens([pause_token], special_tokens=True)
     return tokenizer
+
+
+def needed_downloads(args: InjectPausesConfig) -> list:
+    """GSM8K unless --dataset_location is local; the tokenizer when random pauses use a hub one."""
+    from unfreeze.models.loading import looks_local
+    from unfreeze.offline import Download, hub_endpoint, hub_file_cached
+
+    downloads = gsm8k_download(args.dataset_location, "--dataset_location FOLDER")
+    name = args.tokenizer_hf_name
+    if args.n_random_pauses > 0 and name not in (None, "", "None", "none") and not looks_local(name):
+        downloads.append(Download(f"the tokenizer {name}", (hub_endpoint(),),
+                                  hub_file_cached(name, ("tokenizer.json", "vocab.json")),
+                                  "--tokenizer_hf_name FOLDER (or None: pauses between words)", hub=True))
+    return downloads
 
 
 # ---------------------------------------------------------------- the work
@@ -117,9 +171,12 @@ def run(args: InjectPausesConfig) -> int:
         raise UsageError(f"--pause_token: {err}") from None
     rules = parse_pattern_flag(args.n_pauses_per_patterns)
     check_counts(args)
-    target = Path(args.augm_dataset_save_location).expanduser()
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"--augm_dataset_save_location {target} exists and is not a folder")
+    check_names(args)
+    # A folder holding train.json and test.json is a finished run: replaced only with --overwrite, and then
+    # only when the new files are ready (write_folder renames each into place).
+    target = prepare_run_folder(args.augm_dataset_save_location, args.overwrite,
+                                flag="--augm_dataset_save_location", markers=OUTPUTS)
+    require_downloads(needed_downloads(args))
     if args.verbose:
         print("Summary of parameters:")
         for name, value in dataclasses.asdict(args).items():
@@ -138,6 +195,7 @@ def run(args: InjectPausesConfig) -> int:
     train = load_gsm8k_split(location, "train", flag="--dataset_location")
     test = load_gsm8k_split(location, "test", flag="--dataset_location")
     check_answers(train, "train", args.pause_token)
+    check_memory(train, args.n_generated_samples_per_datapoint)
     if args.verbose:
         print(f"loaded {len(train)} training and {len(test)} test rows")
     tokenizer = load_pause_tokenizer(args.tokenizer_hf_name, args.pause_token) if config.n_random > 0 else None

@@ -38,3 +38,7 @@ class InjectPausesConfig:
     """print the parameters, steps and a sample"""
     seed: int | None = None
     """random seed; the same flags and seed give byte-identical files"""
+    # --- added by robust-inputs ---
+    overwrite: bool = False
+    """replace train.json and test.json of an earlier run in --augm_dataset_save_location (atomically, once the
+    new ones are ready)"""

@@ -1,0 +1,184 @@
+"""`unfreeze.files`: output folders checked before work, finished runs kept, debris cleared, logs that
+record failures, and result files readable by the user's group."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from unfreeze import files
+from unfreeze.errors import UsageError
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for one test and restore the previous one."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_result_files_follow_the_umask(tmp_path, umask):
+    umask(0o022)
+    files.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    umask(0o027)
+    files.atomic_write_text(tmp_path / "b.txt", "x")
+    files.atomic_write_folder(tmp_path / "folder", {"train.json": "[]"})
+    assert mode(tmp_path / "a.json") == 0o644  # mkstemp alone gives 0600: a colleague could not read it
+    assert mode(tmp_path / "b.txt") == 0o640
+    assert mode(tmp_path / "folder") == 0o750 and mode(tmp_path / "folder" / "train.json") == 0o640
+
+
+def test_a_finished_run_is_refused_without_overwrite_and_kept_with_it(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"test_acc": 0.9}')
+    with pytest.raises(UsageError, match="--overwrite"):
+        files.prepare_run_folder(out, overwrite=False)
+    with pytest.raises(UsageError, match="--overwrite"):
+        files.prepare_run_folder(out / ".." / "run", overwrite=False)
+    assert files.prepare_run_folder(out, overwrite=True) == out
+    assert (out / "metrics.json").read_text() == '{"test_acc": 0.9}'  # nothing deleted before the new run
+    # A folder with only some of the markers is not finished.
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "train.json").write_text("[]")
+    assert files.prepare_run_folder(tmp_path / "half", False, markers=("train.json", "test.json"))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "is empty"),
+    ("a_file", "is a file, not a folder"),
+    ("a_file/below", "a_file is a file"),
+    ("/proc/unfreeze-cannot-write-here", "cannot write in /proc"),
+])
+def test_unusable_output_folders_are_named_and_nothing_is_created(tmp_path, name, message):
+    (tmp_path / "a_file").write_text("x")
+    before = sorted(tmp_path.iterdir())
+    target = name if name.startswith("/") or not name else str(tmp_path / name)
+    with pytest.raises(UsageError, match=message) as caught:
+        files.prepare_run_folder(target, overwrite=False, flag="--out")
+    assert str(caught.value).startswith("--out") and "\n" not in str(caught.value)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_output_file_checks(tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(UsageError, match="is a folder"):
+        files.check_output_path(tmp_path / "dir.png", "--plot", "file")
+    assert files.check_output_path(tmp_path / "new" / "deeper" / "x.png", "--plot", "file").name == "x.png"
+    assert not (tmp_path / "new").exists()
+
+
+def _age(path: Path, seconds_before_start: float) -> None:
+    stamp = files.PROCESS_START - seconds_before_start
+    os.utime(path, (stamp, stamp))
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_fresh_ones_kept(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".metrics.json.k2j3h4.tmp", out / ".run.tmp-ab12", tmp_path / ".run.tmp-zz99"]
+    stale[0].write_text("half")
+    stale[1].mkdir()
+    (stale[1] / "metrics.json").write_text("{}")
+    stale[2].mkdir()
+    fresh = out / ".config.json.newer.tmp"  # a concurrent, younger process may be writing it right now
+    fresh.write_text("in progress")
+    keep = [out / "metrics.json.tmp", out / "run.log", tmp_path / ".other.tmp-1234", out / ".lock"]
+    for path in keep:
+        path.write_text("mine")
+    for path in stale + keep:
+        _age(path, 60)
+    files.prepare_run_folder(out, overwrite=False)
+    assert not any(path.exists() for path in stale)
+    assert fresh.exists() and all(path.exists() for path in keep)
+
+
+def test_held_log_writes_nothing_until_the_run_starts_then_records_its_failure(tmp_path, capsys):
+    out = tmp_path / "run"
+    log = files.run_logger(out, "test.held", hold=True)
+    log.info("checking inputs")
+    files.log_failure(log, UsageError("--lr must be positive"))  # rejected before the run started
+    assert not out.exists()
+    log.info("still checking")
+    files.start_run_log(log, out)
+    log.info("training")
+    try:
+        raise RuntimeError("CUDA out of memory")
+    except RuntimeError as err:
+        files.log_failure(log, err)
+    files.close_logger(log)
+    text = (out / "run.log").read_text()
+    assert [line.split(" ", 2)[2] for line in text.splitlines()[:3]] == ["checking inputs", "still checking", "training"]
+    assert "FAILED: RuntimeError: CUDA out of memory" in text and "Traceback" in text
+    assert "--lr" not in text
+    assert capsys.readouterr().err.count("CUDA") == 0  # the console gets the error from the CLI, once
+
+
+def _finished(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text('{"old": 1}')
+    (out / "run.log").write_text("old log\n")
+
+
+def test_staged_run_replaces_files_only_on_success(tmp_path):
+    out = tmp_path / "run"
+    _finished(out)
+    with files.staged_run(out) as staging:
+        assert not staging.exists() and staging.parent == out.parent
+        staging.mkdir()
+        (staging / "run.log").write_text("new log\n")
+        (staging / "metrics.json").write_text('{"new": 1}')
+        (staging / "final").mkdir()
+        (staging / "final" / "w.bin").write_text("w")
+    assert (out / "metrics.json").read_text() == '{"new": 1}'
+    assert (out / "run.log").read_text() == "old log\nnew log\n" and (out / "final" / "w.bin").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_staged_run_failure_keeps_the_old_results_and_logs_the_error_if_it_started(tmp_path):
+    out = tmp_path / "run"
+    _finished(out)
+    with pytest.raises(UsageError):
+        with files.staged_run(out):
+            raise UsageError("--limit must be at least 1")  # rejected before writing anything
+    assert (out / "run.log").read_text() == "old log\n"
+    with pytest.raises(RuntimeError), files.staged_run(out) as staging:
+        staging.mkdir()
+        (staging / "run.log").write_text("generating\n")
+        (staging / "test_results.json").write_text("[]")
+        raise RuntimeError("disk full")
+    assert (out / "metrics.json").read_text() == '{"old": 1}' and not (out / "test_results.json").exists()
+    log = (out / "run.log").read_text()
+    assert log.startswith("old log\ngenerating\n") and "FAILED: RuntimeError: disk full" in log
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    with pytest.raises(UsageError), files.staged_run(tmp_path / "absent"):
+        raise UsageError("bad")
+    assert not (tmp_path / "absent").exists()
+
+
+def test_append_failure_only_when_the_run_wrote_its_log(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("earlier attempt\n")
+    _age(log, 60)
+    assert not files.append_failure(log, UsageError("bad"), since=time.time())
+    assert log.read_text() == "earlier attempt\n"
+    since = time.time() - 1
+    log.write_text("earlier attempt\nthis attempt\n")
+    assert files.append_failure(log, KeyboardInterrupt(), since=since)
+    assert log.read_text().splitlines()[-1].endswith("INTERRUPTED: no results written")
+
+
+def test_cut_json_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"test_acc": 0.')
+    with pytest.raises(UsageError, match=r"metrics\.json is not valid JSON .*; rerun it"):
+        files.read_json_or_explain(path, "rerun it")
