@@ -115,3 +115,8 @@ def _help(name: str, capsys) -> str:
     with pytest.raises(SystemExit):
         main([name, "--help"])
     return capsys.readouterr().out
+
+
+def test_an_abbreviated_key_is_not_guessed(capsys):
+    assert main(["classify", "--num_epoch", "2"]) == 2  # not silently read as --num_epochs
+    assert "unknown key(s) --num_epoch" in capsys.readouterr().err

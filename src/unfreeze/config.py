@@ -87,7 +87,7 @@ def parser_for(cls: type, prog: str = "unfreeze", description: str | None = None
     if cached is not None:
         return cached
     parser = ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
-                            exit_on_error=False, default_env=False)
+                            exit_on_error=False, default_env=False, allow_abbrev=False)
     types = _field_types(cls)
     flags = [f.name for f in dataclasses.fields(cls) if types[f.name] is bool]
     parser.add_class_arguments(cls, nested_key=None, skip=set(flags), as_group=False, fail_untyped=True)

@@ -90,6 +90,19 @@ def atomic_write_folder(target: Path, files: dict[str, str]) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the complete folder `staging` at `target`, replacing what was there.
+
+    Readers see the old folder, no folder (for the instant between two renames), or the new one --
+    never a mix or a half-written one. `staging` must sit beside `target` (one file system).
+    """
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -34,6 +34,7 @@ control-token model; it also records `pause_tokenization`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,15 +282,28 @@ class ControlTokenLM(nn.Module):
     # --- saving -----------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the folder described in the module docstring; the marker file goes last."""
+        """Write the folder described in the module docstring into a hidden staging folder beside it, then
+        swap it in whole: a save that is killed leaves the previous folder (or none), never a half-written
+        one that a loader would read as a model without its control tokens."""
+        from unfreeze.files import replace_folder
+
+        folder = Path(directory)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            self._write_folder(staging)
+            replace_folder(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    def _write_folder(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
         from unfreeze.files import atomic_write_json
 
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / MARKER_FILE).unlink(missing_ok=True)  # a half-rewritten folder must not look complete
-        shutil.rmtree(folder / ADAPTER_DIR, ignore_errors=True)  # an older save's adapter must not come back
+        folder.mkdir(parents=True)
         self.hf_model.save_pretrained(folder, state_dict=base_state_dict(self.hf_model))
         if self.has_lora:
             # save_embedding_layers=False: "auto" would look the base model up on the hub.
@@ -305,7 +319,6 @@ class ControlTokenLM(nn.Module):
             "control_token_ids": self.control_token_ids, "base_vocab_size": self.base_vocab_size,
             "detach_head": self.detach_head, "lora": self.has_lora, "pause_tokenization": self.pause_tokenization,
         })
-        return folder
 
 
 # --- helpers (module level so the sft recipe and tests can use them) ------------------------------------

@@ -39,11 +39,14 @@ def load_config(path: str, overrides: Sequence[str] = (), out: str | None = None
 
 
 def run_config(config: SFTConfig) -> dict[str, Any]:
-    """setup -> fit -> save -> test; returns the metrics (also <out>/metrics.json, written last, on success)."""
-    from unfreeze.files import atomic_write_json, close_logger, run_logger
+    """setup -> fit -> save -> test; returns the metrics (also <out>/metrics.json, written last, on success).
+
+    A finished run in `out` (its metrics.json) is refused unless `overwrite`; then its metrics.json stays
+    until the new one replaces it, and `final/` is swapped in whole (never half-written)."""
+    from unfreeze.files import atomic_write_json, close_logger, log_failure, prepare_run_folder, run_logger
 
     _check_config(config)
-    out = Path(config.out)
+    out = prepare_run_folder(config.out, config.overwrite)
     precision = resolve_precision(config.precision, config.dtype, config.mixed_precision)
     _reset_accelerate_state()  # a sweep runs many recipes in one process, each with its own settings
     accelerator = _accelerator(config, precision, out)
@@ -55,7 +58,6 @@ def run_config(config: SFTConfig) -> dict[str, Any]:
         log.setLevel("WARNING")
     try:
         if main:
-            (out / "metrics.json").unlink(missing_ok=True)  # a stale result must not outlive a failed rerun
             if resume_from is None:
                 sft_resume.start_fresh(out, log)
             atomic_write_json(out / "config.json", to_dict(config))
@@ -72,6 +74,9 @@ def run_config(config: SFTConfig) -> dict[str, Any]:
         atomic_write_json(out / "metrics.json", metrics)
         log.info(f"wrote {out / 'metrics.json'}")
         return metrics
+    except BaseException as err:
+        log_failure(log, err)  # run.log ends with what went wrong
+        raise
     finally:
         close_logger(log)
         _reset_accelerate_state()
@@ -222,6 +227,9 @@ def _check_config(config: SFTConfig) -> None:
             raise UsageError(f"{key} must be 0 (off) or positive, got {getattr(config, key)}")
     if config.save_total_limit < 1:
         raise UsageError(f"save_total_limit must be at least 1, got {config.save_total_limit}")
+    if not config.lr > 0 or config.weight_decay < 0:
+        raise UsageError(f"lr must be positive and weight_decay at least 0 (got lr={config.lr}, "
+                         f"weight_decay={config.weight_decay})")
     if not config.pause_token:
         on = [key for key in ("unfreeze_pause_embedding", "unfreeze_pause_head") if getattr(config, key)]
         if on:

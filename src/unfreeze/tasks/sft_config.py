@@ -144,6 +144,8 @@ class SFTConfig:
     precision: Literal["bf16-pure", "bf16-mixed", "fp32"] | None = None
     """bf16-pure (weights, LoRA and AdamW states in bf16, as the reference), bf16-mixed (fp32 weights, bf16
     autocast) or fp32; null: dtype and mixed_precision decide"""
+    overwrite: bool = False
+    """replace a finished run in `out` (its metrics.json stays until the new run has succeeded)"""
 
 COMPONENT_SWITCHES = {
     "pause_embedding": "unfreeze_pause_embedding", "pause_head": "unfreeze_pause_head",

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # Keys that may differ between a checkpoint and the run resuming from it: none changes what is trained.
 RESUME_NEUTRAL = ("out", "resume", "save_steps", "save_total_limit", "report_to", "test", "test_data",
-                  "test_limit", "test_batch_size", "max_new_tokens", "merge_lora")
+                  "test_limit", "test_batch_size", "max_new_tokens", "test_max_length", "merge_lora", "overwrite")
 
 
 def resume_point(config: SFTConfig, out: Path, num_processes: int) -> Path | None:
