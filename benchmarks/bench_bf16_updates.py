@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from unfreeze.data import sft_data
-from unfreeze.models.control_tokens import ControlTokenLM, load_causal_lm, register_control_tokens
+from unfreeze.models.control_tokens import ControlTokenLM, register_control_tokens
+from unfreeze.models.loading import load_causal_lm
 from unfreeze.models.loading import load_tokenizer
 from unfreeze.models.pause_trainable import component_modules, set_trainable
 

@@ -28,12 +28,12 @@ position] / number of labelled positions, which is exactly the NLL of the combin
 Saved folder (`save_pretrained`): the base model in plain Hugging Face format (LoRA not merged), the
 tokenizer (with the control tokens, and their strip flags), `adapter/` (peft LoRA, if any),
 `control_tokens.safetensors` and `control_tokens.json` (written last: it marks the folder as a complete
-control-token model; it also records `pause_tokenization`).
+control-token model; it also records `pause_tokenization`). The folder is written beside its place and
+renamed into it whole (`models/control_folder.py` writes and reads it).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -133,14 +133,17 @@ class ControlTokenLM(nn.Module):
         """
         folder = Path(str(path_or_id)).expanduser()
         if folder.is_dir() and (folder / MARKER_FILE).exists():
-            model = _load_saved(cls, folder, dtype=dtype, merge_adapter=merge_adapter,
+            from unfreeze.models.control_folder import load_folder
+
+            model = load_folder(cls, folder, dtype=dtype, merge_adapter=merge_adapter,
                                 pause_tokenization=pause_tokenization)
         else:
             if folder.is_dir() and (folder / TENSORS_FILE).exists():
                 raise UsageError(f"model folder {folder} is incomplete: {TENSORS_FILE} without {MARKER_FILE} "
                                  f"(an interrupted save?); save it again")
+            from unfreeze.models.loading import load_causal_lm, load_tokenizer
+
             base = load_causal_lm(str(path_or_id), dtype=dtype)
-            from unfreeze.models.loading import load_tokenizer
 
             tok = load_tokenizer(tokenizer or str(path_or_id), flag="tokenizer")
             model = cls(base, tok, control_tokens, detach_head, pause_tokenization or "exact")
@@ -286,40 +289,18 @@ class ControlTokenLM(nn.Module):
         swap it in whole: a save that is killed leaves the previous folder (or none), never a half-written
         one that a loader would read as a model without its control tokens."""
         from unfreeze.files import replace_folder
+        from unfreeze.models.control_folder import write_folder
 
         folder = Path(directory)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            self._write_folder(staging)
+            write_folder(self, staging)
             replace_folder(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
-
-    def _write_folder(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        from unfreeze.files import atomic_write_json
-
-        folder.mkdir(parents=True)
-        self.hf_model.save_pretrained(folder, state_dict=base_state_dict(self.hf_model))
-        if self.has_lora:
-            # save_embedding_layers=False: "auto" would look the base model up on the hub.
-            self.base.save_pretrained(folder / ADAPTER_DIR, save_embedding_layers=False)
-        self.tokenizer.save_pretrained(folder)
-        tensors = {}
-        if self.control_embeddings is not None:
-            tensors = {"control_embeddings": self.control_embeddings,
-                       "pause_head.weight": self.pause_head.weight, "pause_head.bias": self.pause_head.bias}
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / TENSORS_FILE))
-        atomic_write_json(folder / MARKER_FILE, {
-            "format": FORMAT, "version": 1, "control_tokens": self.control_tokens,
-            "control_token_ids": self.control_token_ids, "base_vocab_size": self.base_vocab_size,
-            "detach_head": self.detach_head, "lora": self.has_lora, "pause_tokenization": self.pause_tokenization,
-        })
-
 
 # --- helpers (module level so the sft recipe and tests can use them) ------------------------------------
 
@@ -340,119 +321,3 @@ def default_lora_targets(hf_model: nn.Module) -> list[str]:
     if "c_attn" in leaves:
         return ["c_attn"]
     raise UsageError(f"no default LoRA targets for {type(hf_model).__name__}; set lora_target_modules")
-
-
-def base_state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict in plain Hugging Face form: LoRA layers contribute their base layer only.
-
-    Walks the module tree (no key-name surgery): a peft LoRA layer is replaced by its `base_layer`, under
-    the LoRA layer's own name, so the keys are those of the original model.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    state: dict[str, torch.Tensor] = {}
-
-    def walk(module: nn.Module, prefix: str) -> None:
-        if isinstance(module, LoraLayer):
-            module = module.base_layer
-        for name, param in module._parameters.items():
-            if param is not None:
-                state[prefix + name] = param.detach()
-        for name, buffer in module._buffers.items():
-            if buffer is not None and name not in module._non_persistent_buffers_set:
-                state[prefix + name] = buffer.detach()
-        for name, child in module._modules.items():
-            if child is not None:
-                walk(child, f"{prefix}{name}.")
-
-    walk(hf_model, "")
-    return state
-
-
-def load_causal_lm(source: str, *, dtype: Any = None, random_init: bool = False,
-                   overrides: dict[str, Any] | None = None, flag: str = "model") -> nn.Module:
-    """A Hugging Face causal LM from a hub id or folder; random weights (with config overrides) on request."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = _torch_dtype(dtype)
-    if random_init:
-        from unfreeze.models.loading import gpt2_config
-
-        config = gpt2_config(source, overrides or {}, flag=flag)
-        model = AutoModelForCausalLM.from_config(config)
-        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
-    if overrides:
-        raise UsageError("model_config overrides need weights=random (pretrained weights fix the architecture)")
-    folder = Path(source).expanduser()
-    if not folder.is_dir() and source.startswith((".", "/", "~")):
-        raise UsageError(f"{flag} {source}: folder does not exist")
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(folder) if folder.is_dir() else source,
-                                                    dtype="auto" if dtype is None else dtype)
-    except Exception as err:  # network, auth, missing or corrupt files: one clear line
-        first = str(err).splitlines()[0][:200] if str(err) else ""
-        hint = "" if folder.is_dir() else "; if this machine is offline, set model to a local folder"
-        raise UsageError(f"could not load model {source!r} ({type(err).__name__}: {first}){hint}") from None
-
-
-def _torch_dtype(dtype: Any) -> Any:
-    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise UsageError(f"dtype {dtype!r} is not one of auto, {', '.join(names)}")
-    return names[dtype]
-
-
-def _load_saved(cls: type[ControlTokenLM], folder: Path, *, dtype: Any, merge_adapter: bool,
-                pause_tokenization: str | None = None) -> ControlTokenLM:
-    """Rebuild a folder written by `save_pretrained`; any inconsistency is a one-line UsageError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from unfreeze.models.loading import load_tokenizer
-
-    try:
-        meta = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
-        tokens, ids = list(meta["control_tokens"]), list(meta["control_token_ids"])
-        detach_head = bool(meta.get("detach_head", True))
-        # Folders saved before the key existed registered their tokens without strip flags: "exact".
-        pause_tokenization = pause_tokenization or str(meta.get("pause_tokenization", "exact"))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"model folder {folder}: {MARKER_FILE} is corrupt ({type(err).__name__}: {err})") from None
-    if meta.get("format") != FORMAT:
-        raise UsageError(f"model folder {folder}: {MARKER_FILE} is not an unfreeze control-token file")
-    base = load_causal_lm(str(folder), dtype=dtype)
-    tokenizer = load_tokenizer(str(folder), flag="model")
-    if (folder / ADAPTER_DIR).is_dir():
-        from peft import PeftModel
-
-        try:
-            base = PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR), is_trainable=False)
-        except Exception as err:
-            raise UsageError(f"model folder {folder}: cannot load {ADAPTER_DIR}/ ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200]})") from None
-        if merge_adapter:
-            base = base.merge_and_unload()
-    model = cls(base, tokenizer, tokens, detach_head, pause_tokenization)
-    if model.control_token_ids != ids:
-        raise UsageError(f"model folder {folder}: tokenizer ids {model.control_token_ids} of {tokens} differ "
-                         f"from the saved ids {ids}")
-    try:
-        saved = load_file(str(folder / TENSORS_FILE))
-    except (OSError, SafetensorError) as err:
-        raise UsageError(f"model folder {folder}: cannot read {TENSORS_FILE} ({err})") from None
-    own = {}
-    if model.control_embeddings is not None:
-        own = {"control_embeddings": model.control_embeddings,
-               "pause_head.weight": model.pause_head.weight, "pause_head.bias": model.pause_head.bias}
-    if set(saved) != set(own):
-        raise UsageError(f"model folder {folder}: {TENSORS_FILE} holds {sorted(saved)}, expected {sorted(own)}")
-    with torch.no_grad():
-        for name, param in own.items():
-            if saved[name].shape != param.shape:
-                raise UsageError(f"model folder {folder}: {name} has shape {tuple(saved[name].shape)}, "
-                                 f"expected {tuple(param.shape)}")
-            param.copy_(saved[name])
-    return model

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from unfreeze.cache.dropout import set_config_dropout
 from unfreeze.errors import UsageError
@@ -231,3 +232,37 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or mps") from None
+
+
+def load_causal_lm(source: str, *, dtype: Any = None, random_init: bool = False,
+                   overrides: dict[str, Any] | None = None, flag: str = "model") -> nn.Module:
+    """A Hugging Face causal LM from a hub id or folder; random weights (with config overrides) on request."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = _torch_dtype(dtype)
+    if random_init:
+        config = gpt2_config(source, overrides or {}, flag=flag)
+        model = AutoModelForCausalLM.from_config(config)
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+    if overrides:
+        raise UsageError("model_config overrides need weights=random (pretrained weights fix the architecture)")
+    folder = Path(source).expanduser()
+    if not folder.is_dir() and source.startswith((".", "/", "~")):
+        raise UsageError(f"{flag} {source}: folder does not exist")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(folder) if folder.is_dir() else source,
+                                                    dtype="auto" if dtype is None else dtype)
+    except Exception as err:  # network, auth, missing or corrupt files: one clear line
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        hint = "" if folder.is_dir() else "; if this machine is offline, set model to a local folder"
+        raise UsageError(f"could not load model {source!r} ({type(err).__name__}: {first}){hint}") from None
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise UsageError(f"dtype {dtype!r} is not one of auto, {', '.join(names)}")
+    return names[dtype]

@@ -18,7 +18,8 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
 
     `dtype` (default: the config's) is the dtype the weights are loaded in.
     """
-    from unfreeze.models.control_tokens import MARKER_FILE, ControlTokenLM, load_causal_lm
+    from unfreeze.models.control_tokens import MARKER_FILE, ControlTokenLM
+    from unfreeze.models.loading import load_causal_lm
     from unfreeze.models.loading import load_tokenizer, parse_model_config
 
     dtype = config.dtype if dtype is None else dtype
