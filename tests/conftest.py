@@ -56,3 +56,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def pause_data(tmp_path) -> Path:
+    """A folder with train.json (40 toy rows with pauses) and test.json (5 without), as inject-pauses writes."""
+    from pause_helpers import toy_rows, write_rows
+
+    folder = tmp_path / "pauses"
+    write_rows(folder / "train.json", toy_rows(40, seed=1))
+    write_rows(folder / "test.json", toy_rows(5, seed=2, pauses=False))
+    return folder

@@ -192,14 +192,6 @@ def _tiny_config(tmp_path: Path, data: Path, **overrides) -> Path:
     return path
 
 
-@pytest.fixture
-def pause_data(tmp_path):
-    folder = tmp_path / "pauses"
-    write_rows(folder / "train.json", toy_rows(40, seed=1))
-    write_rows(folder / "test.json", toy_rows(5, seed=2, pauses=False))
-    return folder
-
-
 def test_sft_end_to_end_writes_metrics_last_and_a_loadable_model(tmp_path, pause_data, capsys):
     from unfreeze.models.control_tokens import ControlTokenLM
 

@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from pause_helpers import PAUSE, tiny_model, toy_rows, write_rows
+from pause_helpers import PAUSE, tiny_model
 from test_sft import _tiny_config
 
 from unfreeze.cli import main
 from unfreeze.errors import UsageError
 from unfreeze.models.control_tokens import MARKER_FILE, TENSORS_FILE, ControlTokenLM
-
-
-@pytest.fixture
-def pause_data(tmp_path):
-    folder = tmp_path / "pauses"
-    write_rows(folder / "train.json", toy_rows(24, seed=1))
-    write_rows(folder / "test.json", toy_rows(4, seed=2, pauses=False))
-    return folder
 
 
 def _interrupt_tokenizer_save(model: ControlTokenLM, monkeypatch) -> None:
