@@ -9,7 +9,7 @@ from unfreeze.models.trainable import apply_components
 from unfreeze.tasks.sft import load_config, run_config
 
 from pause_helpers import tiny_model
-from test_sft import _tiny_config, pause_data  # noqa: F401  (fixture)
+from test_sft import _tiny_config  # (pause_data is a conftest fixture)
 
 HEADS_ONLY = [
     {"unfreeze_pause_embedding": False, "unfreeze_pause_head": True},  # sft_fr_pembed

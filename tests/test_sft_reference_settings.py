@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from test_sft import _tiny_config, pause_data  # noqa: F401  (fixture)
+from test_sft import _tiny_config  # (pause_data is a conftest fixture)
 from unfreeze.errors import UsageError
 from unfreeze.tasks.sft import load_config, run_config
 from unfreeze.training.checkpoints import latest_checkpoint

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pause_helpers import toy_rows, write_rows
-from test_sft import _tiny_config, pause_data  # noqa: F401  (fixture)
+from test_sft import _tiny_config  # (pause_data is a conftest fixture)
 from unfreeze.cli import main as cli_main
 from unfreeze.tasks.sft import load_config, run_config
 from unfreeze.training.checkpoints import complete_checkpoints
