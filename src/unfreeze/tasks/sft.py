@@ -93,8 +93,9 @@ def setup(config: SFTConfig, accelerator: Any, log: Any, precision: Precision,
     from unfreeze.data import sft_data
 
     set_seed(config.seed)
+    read = sft_setup.read_data(config, log)  # a wrong column fails here, before the (slow) model load
     model, trainable = sft_setup.trainable_model(config, log, precision.weights, precision.cast_everything)
-    data = sft_setup.load_data(config, model, log)
+    data = sft_setup.load_data(config, model, log, read)
     collate = sft_data.Collator(sft_data.pad_token_id(model.tokenizer))
     cache_info, cache_s = {"kind": "none", "bytes": 0}, 0.0
     if config.cache_activations != "off":

@@ -97,16 +97,27 @@ class SFTData:
     test_file: Path | None
 
 
-def load_data(config: SFTConfig, model: Any, log: Any) -> SFTData:
-    """Read, cut to `train_limit`, split (seeded) and encode; warn about cut examples and missing pauses."""
+def read_data(config: SFTConfig, log: Any) -> tuple[list[dict], Path, Path | None]:
+    """The checked rows (cut to `train_limit`), the training file and the test file beside it, if any.
+
+    Called before the model is loaded, so a wrong column or template costs no model load."""
     from unfreeze.data import sft_data
 
     train_file, test_file = sft_data.data_files(config.data)
-    template = sft_data.check_template(config.prompt_template)
+    sft_data.check_template(config.prompt_template)
     rows = sft_data.read_rows(train_file, completion_column(config), config.prompt_column)
     if config.train_limit is not None:
         rows = rows[: config.train_limit]
     _check_pauses(config, rows, train_file, log)
+    return rows, train_file, test_file
+
+
+def load_data(config: SFTConfig, model: Any, log: Any, read: tuple | None = None) -> SFTData:
+    """Read (unless `read` is `read_data`'s result), split (seeded) and encode; warn about cut examples."""
+    from unfreeze.data import sft_data
+
+    rows, train_file, test_file = read or read_data(config, log)
+    template = config.prompt_template
     train_rows, val_rows = sft_data.split_train_val(rows, config.val_fraction, config.seed)
     train_set = sft_data.encode_rows(model.tokenizer, train_rows, config.max_length, model.control_tokens,
                                      model.pause_tokenization, template)
