@@ -40,18 +40,28 @@ def colour_rows() -> list[dict]:
 
 @pytest.mark.real_weights
 def test_smollm2_gguf_continues_the_capital_of_france_with_paris(smollm2_gguf):
-    """Loaded through unfreeze's own loaders (dequantised, quantizer removed) and decoded by its greedy decoder."""
+    """Loaded as `unfreeze eval-gsm8k --model x.gguf` loads it (dequantised, quantizer gone: savable) and decoded
+    by its greedy decoder through the wrapper's distribution."""
     from unfreeze.generation import greedy_generate, step_function
-    from unfreeze.models.loading import load_causal_lm, load_causal_lm_tokenizer
+    from unfreeze.tasks.eval_gsm8k import load_model
 
-    tokenizer = load_causal_lm_tokenizer(str(smollm2_gguf))
-    model = load_causal_lm(str(smollm2_gguf), dtype="float32").eval()
-    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
-    assert getattr(model, "hf_quantizer", None) is None  # else save_pretrained refuses
+    model = load_model(Path(smollm2_gguf), "cpu")
+    hf_model, tokenizer = model.hf_model, model.tokenizer
+    assert type(hf_model).__name__ == "LlamaForCausalLM" and hf_model.config.num_hidden_layers == 30
+    assert getattr(hf_model, "hf_quantizer", None) is None and not getattr(hf_model, "is_quantized", False)
+    assert not [m for m in hf_model.modules() if "gguf" in type(m).__name__.lower()]  # no packed GGUF blocks
     prompt = tokenizer("The capital of France is").input_ids
     (output,) = greedy_generate(step_function(model), [prompt], eos_id=tokenizer.eos_token_id,
                                 pad_id=tokenizer.eos_token_id, max_new_tokens=6, device="cpu")
     assert "Paris" in tokenizer.decode(output.tokens)
+
+
+def test_eval_gsm8k_names_a_missing_gguf_file(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert cli_main(["eval-gsm8k", "--model", str(tmp_path / "absent.gguf"), "--data", str(tmp_path / "t.jsonl"),
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--model " in err and "absent.gguf: no such GGUF file" in err and "Traceback" not in err
 
 
 @pytest.mark.real_weights

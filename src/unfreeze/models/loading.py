@@ -269,9 +269,10 @@ def load_causal_lm(source: str, *, dtype: Any = None, random_init: bool = False,
 def _load_gguf_causal_lm(source: str, dtype: Any, flag: str) -> nn.Module:
     """A .gguf file as a plain dense model: dequantised at load time, so it trains and saves like any other.
 
-    transformers would keep the weights packed in GGUF blocks when its matmul kernels are installed (then
-    nothing trains), and leaves its GGUF quantizer on the model even when it dequantised, which makes
-    `save_pretrained` refuse; `dequantize=True` and removing the quantizer afterwards avoid both.
+    By default transformers keeps the weights packed in GGUF blocks when its matmul kernels are installed
+    (then nothing trains), and without them dequantises but leaves its GGUF quantizer on the model, which
+    makes `save_pretrained` refuse (checked with transformers 5). An explicit `dequantize=True` makes it drop
+    the quantizer itself; removing a quantizer that is still there covers versions that keep it.
     """
     from transformers import AutoModelForCausalLM, GgufConfig
 

@@ -48,7 +48,7 @@ class EvalConfig:
     """Score a model on GSM8K test by greedy generation (pauses included): every flag of `unfreeze eval-gsm8k`."""
 
     model: str | None = None
-    """model folder: `unfreeze sft`'s <out>/final, or a plain Hugging Face causal LM"""
+    """model folder (`unfreeze sft`'s <out>/final, or a plain Hugging Face causal LM) or a .gguf file"""
     data: str | None = None
     """GSM8K test file, or folder with test.jsonl/test.json; unset: download openai/gsm8k"""
     limit: int | None = None
