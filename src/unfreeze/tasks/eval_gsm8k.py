@@ -108,6 +108,7 @@ def run(cfg: EvalConfig) -> int:
 
 
 def check_template(template: str, flag: str) -> None:
+    """sft's template check, imported on use: sft_data imports torch, and the CLI imports this module for --help."""
     from unfreeze.data.sft_data import check_template as check
 
     check(template, flag)
