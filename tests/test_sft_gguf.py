@@ -39,10 +39,12 @@ def colour_rows() -> list[dict]:
 
 
 @pytest.mark.real_weights
-def test_smollm2_gguf_continues_the_capital_of_france_with_paris(smollm2_gguf):
+def test_smollm2_gguf_continues_the_capital_of_france_with_paris(smollm2_gguf, tmp_path):
     """Loaded as `unfreeze eval-gsm8k --model x.gguf` loads it (dequantised, quantizer gone: savable) and decoded
-    by its greedy decoder through the wrapper's distribution."""
+    by its greedy decoder through the wrapper's distribution; its tokenizer saves to a folder (as sft's final/
+    does) that reloads to the same ids."""
     from unfreeze.generation import greedy_generate, step_function
+    from unfreeze.models.loading import load_tokenizer
     from unfreeze.tasks.eval_gsm8k import load_model
 
     model = load_model(Path(smollm2_gguf), "cpu")
@@ -54,6 +56,12 @@ def test_smollm2_gguf_continues_the_capital_of_france_with_paris(smollm2_gguf):
     (output,) = greedy_generate(step_function(model), [prompt], eos_id=tokenizer.eos_token_id,
                                 pad_id=tokenizer.eos_token_id, max_new_tokens=6, device="cpu")
     assert "Paris" in tokenizer.decode(output.tokens)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    again = load_tokenizer(str(tmp_path / "tokenizer"))
+    text = "### INPUT: Natalia sold 48 clips, é 中文 <|im_end|>\n\n ### Answer: 72"
+    assert again(text).input_ids == tokenizer(text).input_ids
+    assert (again.eos_token_id, again.pad_token_id, len(again)) == (tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                                                     len(tokenizer))
 
 
 def test_eval_gsm8k_names_a_missing_gguf_file(tmp_path, capsys):
