@@ -28,6 +28,10 @@ SPLITS = ("train", "test")
 # Tried in this order inside a folder: the original release is JSONL; the reference pipeline writes .json.
 EXTENSIONS = (".jsonl", ".json")
 
+# The prompt the PauseToken reference trained and tested with; `{prompt}` is the question. The default of
+# `prompt_template` in `unfreeze sft` and `unfreeze eval-gsm8k` (here, where importing it costs nothing).
+PROMPT_TEMPLATE = "### INPUT: {prompt}\n\n ### Answer:"
+
 # The official answer format: the solution ends with a line "#### <number>" (commas allowed).
 ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 

@@ -1,7 +1,10 @@
-"""SFT examples for GSM8K (with or without pause tokens): prompt format, tokenisation, labels, batches.
+"""SFT examples (GSM8K or any prompt/completion rows, with or without pause tokens): prompt format,
+tokenisation, labels, batches, and reading the rows from JSON/JSONL/CSV/TSV/Parquet files.
 
-Prompt format (the reference code base): `"### INPUT: {question}\\n\\n ### Answer:{answer}{eos}"`, with the
-loss on the completion (`{answer}{eos}`) only.
+Prompt format: a template with one `{prompt}` field; the default is the reference code base's
+`"### INPUT: {prompt}\\n\\n ### Answer:"`, followed by the completion `{answer}{eos}`, with the loss on the
+completion only. Inside this module a row is `{"question": prompt text, "answer": completion text}`,
+whatever the columns of the file were called (`read_rows` maps them).
 
 The prompt and the answer are tokenised *separately* and concatenated, so no token ever straddles
 the prompt/answer boundary. Control tokens are special tokens (never split, never merged with their
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,18 +32,35 @@ from unfreeze.data import gsm8k
 from unfreeze.errors import UsageError
 from unfreeze.models.control_tokens import IGNORE_INDEX  # the label the model's loss skips
 
-PROMPT_TEMPLATE = "### INPUT: {question}\n\n ### Answer:"
+PROMPT_TEMPLATE = gsm8k.PROMPT_TEMPLATE  # the PauseToken reference's GSM8K prompt, the default
 
 
-def format_prompt(question: str) -> str:
-    return PROMPT_TEMPLATE.format(question=question)
+def check_template(template: str, flag: str = "prompt_template") -> str:
+    """`template` if it is a format string whose only field is `{prompt}` (at least once), else a UsageError."""
+    fix = "write the prompt as {prompt} and literal braces as {{ }}"
+    try:
+        fields = [parsed[1:] for parsed in string.Formatter().parse(template) if parsed[1] is not None]
+    except ValueError as err:
+        raise UsageError(f"{flag} {template!r} is not a format string ({err}); {fix}") from None
+    for name, spec, conversion in fields:
+        if name != "prompt" or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise UsageError(f"{flag} {template!r} has the field {shown}; the only field is {{prompt}} ({fix})")
+    if not fields:
+        raise UsageError(f"{flag} {template!r} has no {{prompt}} field; {fix}")
+    return template
 
 
-def encode_prompt(tokenizer: Any, question: str) -> list[int]:
+def format_prompt(question: str, template: str = PROMPT_TEMPLATE) -> str:
+    return template.format(prompt=question)
+
+
+def encode_prompt(tokenizer: Any, question: str, template: str = PROMPT_TEMPLATE) -> list[int]:
     """Prompt ids, with whatever the tokenizer adds at the start by default (e.g. Llama's BOS)."""
-    ids = list(tokenizer(format_prompt(question)).input_ids)
+    text = format_prompt(question, template)
+    ids = list(tokenizer(text).input_ids)
     eos = tokenizer.eos_token_id
-    plain = list(tokenizer(format_prompt(question), add_special_tokens=False).input_ids)
+    plain = list(tokenizer(text, add_special_tokens=False).input_ids)
     if eos is not None and ids and ids[-1] == eos and (not plain or plain[-1] != eos):
         ids = ids[:-1]  # tokenizers that append EOS by default: the prompt is not the end of the text
     return ids
@@ -89,8 +110,9 @@ class Example:
 
 
 def encode_example(tokenizer: Any, question: str, answer: str, max_length: int,
-                   control_tokens: Sequence[str] = (), tokenization: str = "exact") -> Example:
-    prompt = encode_prompt(tokenizer, question)
+                   control_tokens: Sequence[str] = (), tokenization: str = "exact",
+                   template: str = PROMPT_TEMPLATE) -> Example:
+    prompt = encode_prompt(tokenizer, question, template)
     completion = encode_answer(tokenizer, answer, control_tokens, tokenization)
     ids = prompt + completion
     labels = [IGNORE_INDEX] * len(prompt) + completion
@@ -106,15 +128,18 @@ class EncodedSet:
 
 
 def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int,
-                control_tokens: Sequence[str] = (), tokenization: str = "exact") -> EncodedSet:
-    """Every row encoded (`tokenization`: "exact" or "reference", see `encode_answer`)."""
+                control_tokens: Sequence[str] = (), tokenization: str = "exact",
+                template: str = PROMPT_TEMPLATE) -> EncodedSet:
+    """Every row encoded (`tokenization`: "exact" or "reference", see `encode_answer`; `template`: the
+    prompt format)."""
     from unfreeze.models.control_vocab import check_pause_tokenization
 
     if check_pause_tokenization(tokenization) == "reference":
         check_reference_tokenizer(tokenizer, control_tokens)
     examples, truncated, dropped = [], 0, 0
     for row in rows:
-        example = encode_example(tokenizer, row["question"], row["answer"], max_length, control_tokens, tokenization)
+        example = encode_example(tokenizer, row["question"], row["answer"], max_length, control_tokens, tokenization,
+                                 template)
         truncated += example.truncated
         # A label at position 0 is never predicted (nothing precedes it), so it needs one more.
         if sum(label != IGNORE_INDEX for label in example.labels[1:]) == 0:
@@ -179,34 +204,89 @@ def pad_token_id(tokenizer: Any) -> int:
 # --- files ---------------------------------------------------------------------------------------------
 
 
-def read_rows(path: str | Path, answer_field: str = "answer") -> list[dict]:
-    """GSM8K-style rows from JSON lines or one JSON array, as {"question", "answer"} dicts.
+# Read as tables by their extension; every other file is JSON Lines or one JSON array, whatever its name
+# says (the reference pipeline writes .json files in either form).
+SEPARATORS = {".csv": ",", ".tsv": "\t"}
+TABLE_SUFFIXES = (*SEPARATORS, ".parquet")
+TRAIN_FILES = ("train.json", "train.jsonl", "train.csv", "train.tsv", "train.parquet")
 
-    `answer_field` picks the answer column (`unfreeze inject-pauses` writes `pause_augmented_answer`
-    unless it was run with `--pause_augm_col_name answer`).
+
+def read_rows(path: str | Path, answer_field: str = "answer", prompt_column: str = "question") -> list[dict]:
+    """Prompt/completion rows of one file, as {"question": prompt, "answer": completion} dicts.
+
+    `prompt_column` and `answer_field` (the completion column) name the file's columns; GSM8K's are the
+    defaults (`unfreeze inject-pauses` writes `pause_augmented_answer` unless it was run with
+    `--pause_augm_col_name answer`). A missing or non-text column, or an empty completion, is a UsageError
+    naming the column and the columns the row has.
     """
-    rows = gsm8k.read_rows(path, flag="data", fields=("question", answer_field))
+    path = Path(path)
+    rows = check_columns(read_table(path), str(path), prompt_column, answer_field)
     if not rows:
         raise UsageError(f"data {path} holds no rows")
-    return [{"question": row["question"], "answer": row[answer_field]} for row in rows]
+    return [{"question": row[prompt_column], "answer": row[answer_field]} for row in rows]
+
+
+def read_table(path: Path, flag: str = "data") -> list:
+    """The raw rows of one file: CSV/TSV (every cell as text), Parquet, else JSON Lines or a JSON array."""
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"{flag} {path}: cannot read the file ({err})") from None
+        return gsm8k.parse_json_rows(text, str(path), flag)
+    import pandas as pd
+
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            # Cells stay text ("42" is not the number 42) and an empty cell is "" (not NaN).
+            frame = pd.read_csv(path, sep=SEPARATORS[suffix], dtype=str, keep_default_na=False)
+    except Exception as err:  # pandas and pyarrow raise many types for an unreadable file; all end the same
+        first = (str(err).splitlines() or [""])[0][:160]
+        raise UsageError(f"{flag} {path}: cannot read it as {suffix[1:].upper()} ({type(err).__name__}: {first})") from None
+    return frame.to_dict(orient="records")
+
+
+def check_columns(rows: list, source: str, prompt_column: str, completion_column: str,
+                  flag: str = "data") -> list[dict]:
+    """Every row is an object whose prompt and completion columns are text, the completion not empty."""
+    wanted = {"prompt_column": prompt_column, "completion_column": completion_column}
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise UsageError(f"{flag} {source}: row {number} is not a JSON object")
+        has = ", ".join(map(str, row)) or "none"
+        for key, column in wanted.items():
+            if not isinstance(row.get(column), str):
+                problem = "has no" if column not in row else "has a non-text"
+                among = ", ".join(map(repr, wanted.values()))
+                raise UsageError(f"{flag} {source}: row {number} {problem} {column!r} field ({key}; it lacks string "
+                                 f"fields among {among}; it has: {has})")
+        if not row[completion_column].strip():
+            raise UsageError(f"{flag} {source}: row {number} has an empty {completion_column!r} field (completion_column): "
+                             f"nothing to learn; its columns: {has}")
+    return rows
 
 
 def data_files(data: str) -> tuple[Path, Path | None]:
     """(training file, test file or None) of a data folder or a single training file.
 
     Accepts a folder written by `unfreeze inject-pauses` (train.json, test.json), a plain GSM8K folder
-    (train.jsonl, test.jsonl), or one file.
+    (train.jsonl, test.jsonl), a folder with train.csv, train.tsv or train.parquet (no GSM8K test file:
+    those are not GSM8K), or one file.
     """
     path = Path(data).expanduser()
     if path.is_file():
         return path, None
     if not path.is_dir():
         raise UsageError(f"data {data}: no such file or folder")
-    for train_name, test_name in (("train.json", "test.json"), ("train.jsonl", "test.jsonl")):
+    for train_name in TRAIN_FILES:
         if (path / train_name).is_file():
-            test = path / test_name
-            return path / train_name, test if test.is_file() else None
-    raise UsageError(f"data {data}: expected train.json (from `unfreeze inject-pauses`) or train.jsonl (GSM8K)")
+            test = path / train_name.replace("train", "test", 1)
+            return path / train_name, test if test.is_file() and test.suffix in gsm8k.EXTENSIONS else None
+    raise UsageError(f"data {data}: expected train.json (from `unfreeze inject-pauses`), train.jsonl (GSM8K), "
+                     f"train.csv, train.tsv or train.parquet")
 
 
 def split_train_val(rows: Sequence[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

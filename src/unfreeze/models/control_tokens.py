@@ -141,11 +141,10 @@ class ControlTokenLM(nn.Module):
             if folder.is_dir() and (folder / TENSORS_FILE).exists():
                 raise UsageError(f"model folder {folder} is incomplete: {TENSORS_FILE} without {MARKER_FILE} "
                                  f"(an interrupted save?); save it again")
-            from unfreeze.models.loading import load_causal_lm, load_tokenizer
+            from unfreeze.models.loading import load_causal_lm, load_causal_lm_tokenizer
 
-            base = load_causal_lm(str(path_or_id), dtype=dtype)
-
-            tok = load_tokenizer(tokenizer or str(path_or_id), flag="tokenizer")
+            base = load_causal_lm(str(path_or_id), dtype=dtype)  # a hub id, a plain folder or a .gguf file
+            tok = load_causal_lm_tokenizer(tokenizer or str(path_or_id), flag="tokenizer")
             model = cls(base, tok, control_tokens, detach_head, pause_tokenization or "exact")
         if device is not None:
             model.to(device)

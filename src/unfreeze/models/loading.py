@@ -236,16 +236,24 @@ def resolve_device(name: str) -> torch.device:
 
 def load_causal_lm(source: str, *, dtype: Any = None, random_init: bool = False,
                    overrides: dict[str, Any] | None = None, flag: str = "model") -> nn.Module:
-    """A Hugging Face causal LM from a hub id or folder; random weights (with config overrides) on request."""
+    """A Hugging Face causal LM from a hub id, a folder or a .gguf file; random weights (with config overrides)
+    on request."""
     from transformers import AutoModelForCausalLM
+
+    from unfreeze.models.gguf import is_gguf
 
     dtype = _torch_dtype(dtype)
     if random_init:
+        if is_gguf(source):
+            raise UsageError(f"{flag} {source}: weights=random needs a hub id or model folder for the architecture, "
+                             f"not a .gguf file; use weights=pretrained")
         config = gpt2_config(source, overrides or {}, flag=flag)
         model = AutoModelForCausalLM.from_config(config)
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
     if overrides:
         raise UsageError("model_config overrides need weights=random (pretrained weights fix the architecture)")
+    if is_gguf(source):
+        return _load_gguf_causal_lm(source, dtype, flag)
     folder = Path(source).expanduser()
     if not folder.is_dir() and source.startswith((".", "/", "~")):
         raise UsageError(f"{flag} {source}: folder does not exist")
@@ -256,6 +264,51 @@ def load_causal_lm(source: str, *, dtype: Any = None, random_init: bool = False,
         first = str(err).splitlines()[0][:200] if str(err) else ""
         hint = "" if folder.is_dir() else "; if this machine is offline, set model to a local folder"
         raise UsageError(f"could not load model {source!r} ({type(err).__name__}: {first}){hint}") from None
+
+
+def _load_gguf_causal_lm(source: str, dtype: Any, flag: str) -> nn.Module:
+    """A .gguf file as a plain dense model: dequantised at load time, so it trains and saves like any other.
+
+    By default transformers keeps the weights packed in GGUF blocks when its matmul kernels are installed
+    (then nothing trains), and without them dequantises but leaves its GGUF quantizer on the model, which
+    makes `save_pretrained` refuse (checked with transformers 5). An explicit `dequantize=True` makes it drop
+    the quantizer itself; removing a quantizer that is still there covers versions that keep it.
+    """
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    from unfreeze.models.gguf import split_source
+
+    folder, extra = split_source(source, flag)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **extra, quantization_config=GgufConfig(dequantize=True),
+                                                     dtype="auto" if dtype is None else dtype)
+    except Exception as err:  # an unsupported architecture, a corrupt file: one clear line
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        raise UsageError(f"{flag} {source}: could not load the GGUF file ({type(err).__name__}: {first})") from None
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model
+
+
+def load_causal_lm_tokenizer(source: str, flag: str = "tokenizer", fix: str = ""):
+    """The tokenizer of a causal LM: from a .gguf file (its embedded vocabulary), else `load_tokenizer`."""
+    from unfreeze.models.gguf import is_gguf, split_source
+
+    if not is_gguf(source):
+        return load_tokenizer(source, flag=flag, fix=fix)
+    from transformers import AutoTokenizer
+
+    folder, extra = split_source(source, flag)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+    except Exception as err:  # a GGUF without a tokenizer, or one transformers cannot convert
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        raise UsageError(f"{flag} {source}: could not read the tokenizer of the GGUF file ({type(err).__name__}: "
+                         f"{first}); pass a tokenizer folder with tokenizer{fix}") from None
+    if len(tokenizer) < 2 or not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        raise UsageError(f"{flag} {source}: the GGUF file holds no usable tokenizer; pass a tokenizer folder{fix}")
+    return tokenizer
 
 
 def _torch_dtype(dtype: Any) -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from unfreeze.config import to_dict
-from unfreeze.data.gsm8k import extract_answer, load_gsm8k_split
+from unfreeze.data.gsm8k import PROMPT_TEMPLATE, extract_answer, load_gsm8k_split
 from unfreeze.data.pauses import count_pauses, strip_pauses
 from unfreeze.errors import UsageError, require
 from unfreeze.files import (
@@ -35,6 +35,7 @@ from unfreeze.files import (
     run_logger,
     staged_run,
 )
+from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.offline import gsm8k_download, require_downloads
 
 DEFAULT_PAUSE_TOKEN = "<|pause|>"
@@ -47,7 +48,7 @@ class EvalConfig:
     """Score a model on GSM8K test by greedy generation (pauses included): every flag of `unfreeze eval-gsm8k`."""
 
     model: str | None = None
-    """model folder: `unfreeze sft`'s <out>/final, or a plain Hugging Face causal LM"""
+    """model folder (`unfreeze sft`'s <out>/final, or a plain Hugging Face causal LM) or a .gguf file"""
     data: str | None = None
     """GSM8K test file, or folder with test.jsonl/test.json; unset: download openai/gsm8k"""
     limit: int | None = None
@@ -74,6 +75,10 @@ class EvalConfig:
     overwrite: bool = False
     """replace the finished evaluation in --out (its metrics.json stays until the new one has succeeded)"""
 
+    # --- added by sftdata ---
+    prompt_template: str = PROMPT_TEMPLATE
+    """the text before the reply, {prompt} standing for the question (literal braces: {{ }}); use the one the
+    model was trained with (`unfreeze sft`'s prompt_template; test: true passes it on)"""
 
 
 def run(cfg: EvalConfig) -> int:
@@ -82,6 +87,7 @@ def run(cfg: EvalConfig) -> int:
     old files only once it has succeeded. A failure after the run started ends run.log with the error."""
     require(bool(cfg.out and cfg.out.strip()), "--out is required: the folder for test_results.json and metrics.json")
     validate(cfg.limit, cfg.batch_size, cfg.max_new_tokens, cfg.pause_temperature)
+    check_template(cfg.prompt_template, "--prompt_template")
     out = prepare_run_folder(cfg.out, cfg.overwrite)
     require_downloads(gsm8k_download(cfg.data, "--data FILE (GSM8K test.jsonl)"))
 
@@ -99,6 +105,13 @@ def run(cfg: EvalConfig) -> int:
         append_failure(out / "run.log", err, since=started)
         raise
     return 0
+
+
+def check_template(template: str, flag: str) -> None:
+    """sft's template check, imported on use: sft_data imports torch, and the CLI imports this module for --help."""
+    from unfreeze.data.sft_data import check_template as check
+
+    check(template, flag)
 
 
 def validate(limit: int | None, batch_size: int, max_new_tokens: int, pause_temperature: float) -> None:
@@ -200,9 +213,13 @@ def evaluate_model_folder(config: EvalConfig, *, write_metrics: bool = True, pro
     if write_metrics:
         (out / METRICS_FILE).unlink(missing_ok=True)
     validate(config.limit, config.batch_size, config.max_new_tokens, config.pause_temperature)
+    check_template(config.prompt_template, "--prompt_template")
     require(bool(config.model), "--model is required: a model folder, e.g. the <out>/final of `unfreeze sft`")
     folder = Path(config.model).expanduser()
-    require(folder.is_dir(), f"--model {config.model}: no such folder")
+    if is_gguf(config.model):
+        split_source(config.model)  # a missing file or the missing gguf package: one line, before the data
+    else:
+        require(folder.is_dir(), f"--model {config.model}: no such folder")
     rows = load_questions(config.data, config.limit)  # missing fields fail here, before the (slow) model load
     train_rows = load_gsm8k_split(config.train_stats, "train", flag="--train_stats") if config.train_stats else None
     target = resolve_device(config.device)
@@ -219,10 +236,10 @@ def evaluate_model_folder(config: EvalConfig, *, write_metrics: bool = True, pro
         records, generation_s = generate_and_score(
             model, rows, batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
             max_length=config.max_length, pause_temperature=config.pause_temperature, device=target,
-            progress=progress)
+            progress=progress, template=config.prompt_template)
         metrics = summarize(records, generation_s, time.perf_counter() - started)
         metrics.update({"pause_temperature": config.pause_temperature, "max_new_tokens": config.max_new_tokens,
-                        "max_length": config.max_length,
+                        "max_length": config.max_length, "prompt_template": config.prompt_template,
                         "batch_size": config.batch_size, "model": str(folder), "device": str(target)})
         if train_rows is not None:
             metrics["train_mean_pauses_per_answer"] = mean_pauses_per_answer(
@@ -262,10 +279,11 @@ def with_ground_truth(rows: Sequence[dict], data: str | None, pause_tokens: Sequ
 
 
 def load_model(folder: Path, device):
-    """A saved pause model (`unfreeze sft`) or a plain Hugging Face causal LM, in eval mode on `device`."""
+    """A saved pause model (`unfreeze sft`), a plain Hugging Face causal LM or a .gguf file, in eval mode on
+    `device`."""
     from unfreeze.models.control_tokens import ControlTokenLM
 
-    if not (folder / "config.json").exists():
+    if not is_gguf(str(folder)) and not (folder / "config.json").exists():
         raise UsageError(f"--model {folder} is not a model folder (no config.json); pass the <out>/final "
                          f"folder of `unfreeze sft` or a Hugging Face model folder")
     model = ControlTokenLM.from_pretrained(str(folder))  # its own errors are one-line UsageErrors
@@ -274,7 +292,7 @@ def load_model(folder: Path, device):
 
 def generate_and_score(model, rows: Sequence[dict], *, batch_size: int, max_new_tokens: int | None,
                        pause_temperature: float, device, progress: bool = True,
-                       max_length: int | None = None) -> tuple[list[dict], float]:
+                       max_length: int | None = None, template: str = PROMPT_TEMPLATE) -> tuple[list[dict], float]:
     """Greedy completions of every question, scored; returns (records in input order, generation seconds).
 
     Each answer may take `max_new_tokens` tokens and the question with its answer `max_length` tokens
@@ -292,7 +310,7 @@ def generate_and_score(model, rows: Sequence[dict], *, batch_size: int, max_new_
     pause_ids = list(model.control_token_ids)
     pause_tokens = tokenizer.convert_ids_to_tokens(pause_ids) if pause_ids else []
     special = [t for t in tokenizer.all_special_tokens if t not in pause_tokens]
-    prompts = [encode_prompt(tokenizer, row["question"]) for row in rows]
+    prompts = [encode_prompt(tokenizer, row["question"], template) for row in rows]
     check_generation_budget(model, [len(p) for p in prompts], max_new_tokens, max_length)
 
     # Longest prompts first: similar lengths share a batch (less padding), and memory peaks at once.

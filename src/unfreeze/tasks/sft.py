@@ -93,8 +93,9 @@ def setup(config: SFTConfig, accelerator: Any, log: Any, precision: Precision,
     from unfreeze.data import sft_data
 
     set_seed(config.seed)
+    read = sft_setup.read_data(config, log)  # a wrong column fails here, before the (slow) model load
     model, trainable = sft_setup.trainable_model(config, log, precision.weights, precision.cast_everything)
-    data = sft_setup.load_data(config, model, log)
+    data = sft_setup.load_data(config, model, log, read)
     collate = sft_data.Collator(sft_data.pad_token_id(model.tokenizer))
     cache_info, cache_s = {"kind": "none", "bytes": 0}, 0.0
     if config.cache_activations != "off":
@@ -142,11 +143,13 @@ def test(config: SFTConfig, final: Path, out: Path, test_file: Path | None) -> d
 
     eval_config = EvalConfig(model=str(final), data=config.test_data or (str(test_file) if test_file else None),
                              limit=config.test_limit, batch_size=config.test_batch_size,
-                             max_new_tokens=config.max_new_tokens, max_length=config.test_max_length, out=str(out))
+                             max_new_tokens=config.max_new_tokens, max_length=config.test_max_length, out=str(out),
+                             prompt_template=config.prompt_template)
     # write_metrics=False: the evaluation's numbers go into this run's metrics.json, written last.
     results = evaluate_model_folder(eval_config, write_metrics=False)
     # Only the evaluation's results; its settings (model, device, batch size) are this run's config.
-    settings = ("model", "device", "batch_size", "data", "limit", "max_new_tokens", "max_length", "pause_temperature")
+    settings = ("model", "device", "batch_size", "data", "limit", "max_new_tokens", "max_length", "pause_temperature",
+                "prompt_template")
     return {key if key.startswith("test_") else f"test_{key}": value
             for key, value in results.items() if key not in settings}
 
@@ -230,6 +233,16 @@ def _check_config(config: SFTConfig) -> None:
     if not config.lr > 0 or config.weight_decay < 0:
         raise UsageError(f"lr must be positive and weight_decay at least 0 (got lr={config.lr}, "
                          f"weight_decay={config.weight_decay})")
+    from unfreeze.data.sft_data import check_template
+    from unfreeze.models.gguf import is_gguf, split_source
+
+    check_template(config.prompt_template)
+    sft_setup.completion_column(config)  # two keys naming different columns
+    if is_gguf(config.model):
+        split_source(config.model, "model")  # a missing file or the missing gguf package, before any work
+        if config.weights == "random":
+            raise UsageError(f"model {config.model}: weights=random needs a hub id or model folder for the "
+                             f"architecture, not a .gguf file; use weights=pretrained")
     if not config.pause_token:
         on = [key for key in ("unfreeze_pause_embedding", "unfreeze_pause_head") if getattr(config, key)]
         if on:

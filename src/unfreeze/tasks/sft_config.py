@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from unfreeze.data.gsm8k import PROMPT_TEMPLATE
+
 
 @dataclass
 class SFTConfig:
@@ -15,7 +17,8 @@ class SFTConfig:
 
     # --- model -------------------------------------------------------------------------------------------
     model: str = "gpt2"
-    """hub id, plain Hugging Face model folder, or a saved pause-model folder (e.g. a step-1 run's <out>/final)"""
+    """hub id, plain Hugging Face model folder, a .gguf file (llama.cpp, ollama), or a saved pause-model folder
+    (e.g. a step-1 run's <out>/final)"""
     weights: Literal["pretrained", "random"] = "pretrained"
     """pretrained weights, or random init (architecture from `model` + model_config)"""
     model_config: str | None = None
@@ -52,8 +55,8 @@ class SFTConfig:
     """merge the LoRA adapter into the weights before saving <out>/final"""
     # --- data --------------------------------------------------------------------------------------------
     data: str | None = None
-    """folder from `unfreeze inject-pauses` (train.json/test.json), a GSM8K folder (train.jsonl/test.jsonl), or
-    one training file
+    """folder from `unfreeze inject-pauses` (train.json/test.json), a GSM8K folder (train.jsonl/test.jsonl), a
+    folder with train.csv/.tsv/.parquet, or one training file (.json, .jsonl, .csv, .tsv or .parquet)
     """
     answer_field: str = "answer"
     """answer column of the data (inject-pauses' default column is pause_augmented_answer unless run with
@@ -146,6 +149,16 @@ class SFTConfig:
     autocast) or fp32; null: dtype and mixed_precision decide"""
     overwrite: bool = False
     """replace a finished run in `out` (its metrics.json stays until the new run has succeeded)"""
+
+    # --- added by sftdata ---
+    prompt_column: str = "question"
+    """column of the data holding the prompt text (GSM8K: question)"""
+    completion_column: str | None = None
+    """column holding the completion the model learns (null: answer_field, i.e. GSM8K's answer); the loss is
+    on the completion only"""
+    prompt_template: str = PROMPT_TEMPLATE
+    """the text before the completion, with {prompt} standing for the prompt column (literal braces: {{ }});
+    the default is the PauseToken reference's GSM8K prompt; test: true generates with it too"""
 
 COMPONENT_SWITCHES = {
     "pause_embedding": "unfreeze_pause_embedding", "pause_head": "unfreeze_pause_head",

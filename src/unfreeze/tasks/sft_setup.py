@@ -19,8 +19,7 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
     `dtype` (default: the config's) is the dtype the weights are loaded in.
     """
     from unfreeze.models.control_tokens import MARKER_FILE, ControlTokenLM
-    from unfreeze.models.loading import load_causal_lm
-    from unfreeze.models.loading import load_tokenizer, parse_model_config
+    from unfreeze.models.loading import load_causal_lm, load_causal_lm_tokenizer, parse_model_config
 
     dtype = config.dtype if dtype is None else dtype
     tokens = [config.pause_token] if config.pause_token else []
@@ -43,13 +42,13 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
     else:
         overrides = parse_model_config(config.model_config, flag="model_config")
         random_init = config.weights == "random"
-        tokenizer = load_tokenizer(config.tokenizer or config.model, flag="tokenizer") if random_init else None
+        tokenizer = load_causal_lm_tokenizer(config.tokenizer or config.model, flag="tokenizer") if random_init else None
         if random_init:
             # A random model is built for its tokenizer: same vocabulary size and special ids.
             overrides = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
                          "eos_token_id": tokenizer.eos_token_id, **overrides}
         base = load_causal_lm(config.model, dtype=dtype, random_init=random_init, overrides=overrides)
-        tokenizer = tokenizer or load_tokenizer(config.tokenizer or config.model, flag="tokenizer")
+        tokenizer = tokenizer or load_causal_lm_tokenizer(config.tokenizer or config.model, flag="tokenizer")
         model = ControlTokenLM.from_base(base, tokenizer, tokens, config.detach_head, config.pause_tokenization)
         log.info(f"model: {config.model} ({config.weights} weights); control tokens {tokens or 'none'}")
     if config.lora:
@@ -98,20 +97,32 @@ class SFTData:
     test_file: Path | None
 
 
-def load_data(config: SFTConfig, model: Any, log: Any) -> SFTData:
-    """Read, cut to `train_limit`, split (seeded) and encode; warn about cut examples and missing pauses."""
+def read_data(config: SFTConfig, log: Any) -> tuple[list[dict], Path, Path | None]:
+    """The checked rows (cut to `train_limit`), the training file and the test file beside it, if any.
+
+    Called before the model is loaded, so a wrong column or template costs no model load."""
     from unfreeze.data import sft_data
 
     train_file, test_file = sft_data.data_files(config.data)
-    rows = sft_data.read_rows(train_file, config.answer_field)
+    sft_data.check_template(config.prompt_template)
+    rows = sft_data.read_rows(train_file, completion_column(config), config.prompt_column)
     if config.train_limit is not None:
         rows = rows[: config.train_limit]
     _check_pauses(config, rows, train_file, log)
+    return rows, train_file, test_file
+
+
+def load_data(config: SFTConfig, model: Any, log: Any, read: tuple | None = None) -> SFTData:
+    """Read (unless `read` is `read_data`'s result), split (seeded) and encode; warn about cut examples."""
+    from unfreeze.data import sft_data
+
+    rows, train_file, test_file = read or read_data(config, log)
+    template = config.prompt_template
     train_rows, val_rows = sft_data.split_train_val(rows, config.val_fraction, config.seed)
     train_set = sft_data.encode_rows(model.tokenizer, train_rows, config.max_length, model.control_tokens,
-                                     model.pause_tokenization)
+                                     model.pause_tokenization, template)
     val_set = sft_data.encode_rows(model.tokenizer, val_rows, config.max_length, model.control_tokens,
-                                   model.pause_tokenization)
+                                   model.pause_tokenization, template)
     for name, encoded, n_rows in (("train", train_set, len(train_rows)), ("validation", val_set, len(val_rows))):
         if encoded.n_truncated:
             dropped = f"; {encoded.n_dropped} lost every answer token and were dropped" if encoded.n_dropped else ""
@@ -123,12 +134,22 @@ def load_data(config: SFTConfig, model: Any, log: Any) -> SFTData:
     return SFTData(train=train_set, val=val_set, test_file=test_file)
 
 
+def completion_column(config: SFTConfig) -> str:
+    """The completion column: `completion_column`, else the older key `answer_field` (both: the same name)."""
+    if config.completion_column is None:
+        return config.answer_field
+    if config.answer_field not in ("answer", config.completion_column):
+        raise UsageError(f"completion_column={config.completion_column!r} and answer_field={config.answer_field!r} "
+                         f"name different columns; set only completion_column")
+    return config.completion_column
+
+
 def _check_pauses(config: SFTConfig, rows: list[dict], train_file: Path, log: Any) -> None:
     from unfreeze.data.sft_data import count_containing
 
     if config.pause_token:
         if count_containing(rows, config.pause_token) == 0:
-            log.warning(f"warning: no {config.answer_field!r} in {train_file} contains {config.pause_token!r}; "
+            log.warning(f"warning: no {completion_column(config)!r} in {train_file} contains {config.pause_token!r}; "
                         f"the pause head will only learn never to pause (pause data: `unfreeze inject-pauses "
                         f"--pause_token '{config.pause_token}'`; its answers may be in answer_field="
                         f"pause_augmented_answer)")
