@@ -99,7 +99,7 @@ class ClassifyConfig:
     of Label, label, labels, class)"""
     split: str | None = None
     """train,validation,test fractions that cut a single --data file after a shuffle with --seed (default
-    0.7,0.1,0.2; the SMSSpamCollection file keeps the reference's split unless --split or --balance is given)"""
+    0.7,0.1,0.2; the SMSSpamCollection file keeps the reference's split unless --split or --balance false is given)"""
     balance: bool | None = None
     """true: undersample every class to the size of the smallest, as the reference does for ham; false: keep
     every row (default: true for the SMSSpamCollection file, false otherwise)"""
