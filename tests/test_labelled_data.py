@@ -165,6 +165,8 @@ def test_hub_dataset_uses_its_splits_and_class_label_names(monkeypatch):
     assert splits.class_names == ("Business", "Sports", "World")
     assert splits.sizes() == {"train": 12, "validation": 6, "test": 6}
     assert [splits.class_names[i] for i in splits.train["Label"][:3]] == ["World", "Sports", "Business"]
+    with pytest.raises(UsageError, match="--split 0.8,0.1,0.1: hub dataset someone/news:small already has"):
+        labelled.load_splits("someone/news:small", DataOptions(split="0.8,0.1,0.1"))
 
 
 def test_hub_dataset_without_a_labelled_test_split_is_split_like_one_file(monkeypatch):

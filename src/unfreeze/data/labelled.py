@@ -5,11 +5,12 @@
 * a file without a table suffix: the SMS Spam Collection format ('ham<TAB>text'), reference split;
 * a .csv/.tsv/.jsonl/.json/.parquet file: split with `--split` (default 0.7,0.1,0.2) and `--seed`;
 * a folder with train, validation (or val/valid/dev) and test files in any of those formats;
-* a `datasets` hub name (`owner/name`, optionally `:config`): its train/validation/test splits when it
-  has all three, else everything it has, split like one file.
+* a `datasets` hub name (`owner/name`, optionally `:config`): its train/validation/test splits when all
+  three have labels, else the labelled ones joined and split like one file.
 
-The SMS file with `--split` and `--balance` left out gives the reference's split byte for byte; either
-flag makes it an ordinary two-class file (columns Label, Text) split with `--seed`.
+The SMS file with `--split` left out and `--balance` not false gives the reference's split byte for byte;
+otherwise it is an ordinary two-class file (columns Label, Text) split with `--seed`. Downloads (the SMS
+file, a hub dataset) are announced by `sms_spam.needed_download`.
 
 Classes are the sorted distinct labels of all splits (integers numerically, strings alphabetically), so
 the mapping does not depend on row order; `Splits.class_names` keeps them for the results. Balancing
@@ -61,7 +62,10 @@ def load_splits(data: str | None, options: DataOptions = DataOptions()) -> Split
     if path is not None and not path.exists():
         if not tables.looks_like_hub_name(str(data)):
             raise UsageError(f"--data {data}: no such file or folder")
-        return _from_parts(tables.read_hub(str(data)), f"hub dataset {data}", options, fractions)
+        parts = tables.read_hub(str(data))
+        if set(parts) == set(SPLIT_NAMES):
+            require_no_split(fractions, options.split, f"hub dataset {data}")
+        return _from_parts(parts, f"hub dataset {data}", options, fractions)
     if path is None or (path.is_file() and not tables.is_table(path)):
         return _sms_or_unsupported(path, options, fractions)
     if path.is_dir():
@@ -71,9 +75,10 @@ def load_splits(data: str | None, options: DataOptions = DataOptions()) -> Split
     return _from_parts({"all": tables.read_table(path)}, str(path), options, fractions or DEFAULT_SPLIT)
 
 
-def require_no_split(fractions, said: str | None, path: Path) -> None:
+def require_no_split(fractions, said: str | None, where: Path | str) -> None:
+    """--split cuts one file; data that comes with its three splits keeps them."""
     if fractions is not None:
-        raise UsageError(f"--split {said}: {path} is a folder that already has its train/validation/test files; "
+        raise UsageError(f"--split {said}: {where} already has train, validation and test splits; "
                          "leave --split out (it cuts a single file)")
 
 
