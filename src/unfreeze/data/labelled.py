@@ -118,8 +118,8 @@ def _sms_collection(path: Path | None, options: DataOptions, fractions) -> Split
     path = path or sms_spam.download()
     frame = sms_spam.read_collection(path)
     balance = True if options.balance is None else options.balance
-    return _from_parts({"all": frame}, str(path), DataOptions("Text", "Label", None, balance, options.seed),
-                       fractions or DEFAULT_SPLIT)
+    as_file = DataOptions("Text", "Label", options.split, balance, options.seed)
+    return _from_parts({"all": frame}, str(path), as_file, fractions or DEFAULT_SPLIT)
 
 
 def _from_parts(parts: dict[str, pd.DataFrame], source: str, options: DataOptions, fractions) -> Splits:
