@@ -41,6 +41,8 @@ class Splits:
     validation: pd.DataFrame
     test: pd.DataFrame
     source: str
+    # Names of the class indices in Label (`unfreeze.data.labelled` sets them for other data).
+    class_names: tuple[str, ...] = ("ham", "spam")
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
@@ -59,7 +61,11 @@ def needed_download(data: str | None) -> list:
     from unfreeze.offline import Download
 
     if data is not None:
-        return []
+        # Other data goes through `unfreeze.data.labelled`; of it, only a hub dataset name downloads.
+        from unfreeze.data import tables
+
+        text = str(data)
+        return [tables.hub_download(text)] if text.strip() and tables.looks_like_hub_name(text) else []
     return [Download("the SMS Spam Collection", URLS, cached_path().is_file(), "--data PATH/SMSSpamCollection")]
 
 

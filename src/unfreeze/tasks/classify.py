@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from unfreeze.cache import frozen_prefix
 from unfreeze.cache.policy import CacheRequest
 from unfreeze.config import to_dict
-from unfreeze.data import sms_spam
+from unfreeze.data import labelled, sms_spam
 from unfreeze.errors import UsageError, require
 from unfreeze.files import (
     atomic_write_json,
@@ -35,6 +35,7 @@ from unfreeze.models import loading, trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
 from unfreeze.offline import require_downloads
 from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.tasks.classify_eval import evaluate, score_lines, score_metrics
 
 SPLITS = ("train", "validation", "test")
 
@@ -89,8 +90,8 @@ def body_config(cfg: ClassifyConfig):
     return config
 
 
-def build_model(cfg: ClassifyConfig, config=None) -> GPT2Classifier:
-    """GPT-2 body (pretrained or random) + a fresh Linear(hidden, 2) head, seeded like the reference."""
+def build_model(cfg: ClassifyConfig, config=None, num_classes: int = 2) -> GPT2Classifier:
+    """GPT-2 body (pretrained or random) + a fresh Linear(hidden, num_classes) head, seeded like the reference."""
     from transformers import GPT2Model
 
     model_id = loading.resolve_model_id(cfg.model_size)
@@ -108,7 +109,7 @@ def build_model(cfg: ClassifyConfig, config=None) -> GPT2Classifier:
             raise loading.offline_error("pretrained weights", model_id, hint, err) from None
     body.eval()
     torch.manual_seed(cfg.seed)  # the reference reseeds right before creating the head
-    return GPT2Classifier(body, num_classes=2, causal=not cfg.disable_causal_mask,
+    return GPT2Classifier(body, num_classes=num_classes, causal=not cfg.disable_causal_mask,
                           token_pos=cfg.trainable_token_pos, average=cfg.average_embeddings,
                           pad_token_id=PAD_TOKEN_ID)
 
@@ -169,8 +170,9 @@ class Inputs:
 
 def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
     """Read and check every input; a UsageError here leaves the output folder untouched."""
-    splits = sms_spam.load_splits(cfg.data)
-    for warning in sms_spam.small_split_warnings(splits):
+    splits = labelled.load_splits(cfg.data, labelled.DataOptions(cfg.text_column, cfg.label_column, cfg.split,
+                                                                 cfg.balance, cfg.seed))
+    for warning in labelled.warnings(splits):
         log.warning(f"warning: {warning}")
     require(cfg.batch_size <= len(splits.train),
             f"--batch_size {cfg.batch_size} is larger than the {len(splits.train)} training examples: the training "
@@ -323,7 +325,7 @@ def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
     if out is not None and not replacing:
         atomic_write_json(out / "config.json", to_dict(cfg))
 
-    model = build_model(cfg, inputs.config)
+    model = build_model(cfg, inputs.config, num_classes=len(splits.class_names))
     summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed,
                                      lora_layout=cfg.lora_layout)
     model.to(device)
@@ -347,10 +349,12 @@ def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
 
     model.eval()
     eval_started = time.perf_counter()
-    final = {name: accuracy(forward, loaders[name], name, device, desc=f"accuracy ({name})") for name in SPLITS}
+    scores = evaluate(forward, loaders, device, splits.class_names)
+    final = {name: scores[name]["acc"] for name in SPLITS}
     eval_time_s = time.perf_counter() - eval_started
     metrics = {
         "train_acc": final["train"], "val_acc": final["validation"], "test_acc": final["test"],
+        **score_metrics(scores, splits.class_names),
         "train_time_s": round(train_time_s, 3), "train_loop_s": round(train_loop_s, 3),
         "cache_build_s": round(cache_build_s, 3), "eval_time_s": round(eval_time_s, 3),
         "examples_per_s": round(history["examples_seen"] / train_time_s, 2) if train_time_s > 0 else None,
@@ -364,6 +368,7 @@ def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
     log.info(f"Training completed in {train_time_s / 60:.2f} minutes ({metrics['examples_per_s']} examples/s).")
     log.info(f"Training accuracy: {final['train'] * 100:.2f}% | Validation accuracy: {final['validation'] * 100:.2f}% "
              f"| Test accuracy: {final['test'] * 100:.2f}%")
+    log.info(score_lines(scores, splits.class_names))
     if out is not None:
         atomic_write_json(out / "config.json", to_dict(cfg))
         atomic_write_json(out / "metrics.json", metrics)

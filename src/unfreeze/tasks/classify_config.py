@@ -57,8 +57,9 @@ class ClassifyConfig:
     """target value ignored by the cross-entropy loss"""
     # --- real use ---------------------------------------------------------------------------------
     data: str | None = None
-    """the raw SMSSpamCollection file, or a folder with train.csv/validation.csv/test.csv (default: download
-    from UCI into ~/.cache/unfreeze)
+    """labelled data: the raw SMSSpamCollection file (the reference's split); a .csv/.tsv/.jsonl/.json/.parquet
+    file (split by --split); a folder with train, validation (or val/dev) and test files; or a datasets hub
+    name such as ag_news or glue:sst2 (default: download the SMS Spam Collection from UCI into ~/.cache/unfreeze)
     """
     tokenizer: str | None = None
     """tokenizer folder (vocab.json+merges.txt or encoder.json+vocab.bpe) or hub id (default: the model's)"""
@@ -90,3 +91,15 @@ class ClassifyConfig:
     # --- added by robust-inputs ---
     overwrite: bool = False
     """replace the finished run in --out (its metrics.json stays until the new run has succeeded)"""
+    # --- added by data ---
+    text_column: str | None = None
+    """column holding the text (default: the first of Text, text, sentence, content)"""
+    label_column: str | None = None
+    """column holding the class, strings or integers; classes are numbered in sorted order (default: the first
+    of Label, label, labels, class)"""
+    split: str | None = None
+    """train,validation,test fractions that cut a single --data file after a shuffle with --seed (default
+    0.7,0.1,0.2; the SMSSpamCollection file keeps the reference's split unless --split or --balance false is given)"""
+    balance: bool | None = None
+    """true: undersample every class to the size of the smallest, as the reference does for ham; false: keep
+    every row (default: true for the SMSSpamCollection file, false otherwise)"""
