@@ -7,7 +7,9 @@ them once per example and run only the suffix afterwards. Which stages are froze
 the parameters each stage uses (`frozen_prefix_stages`), never from preset names.
 
 Two shapes of cache:
-  * `hidden`: the input of the first trainable stage, one (length, hidden) matrix per example;
+  * `hidden`: the input of the first trainable stage, one (length, hidden) matrix per example; the
+    attention mask and rotary embeddings the later blocks need are recomputed from the token ids (cheap,
+    exact), so the cache is the same for every architecture;
   * `pooled`: when only the head trains, just the pooled final feature vector per example.
 """
 
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from unfreeze.cache import policy
 from unfreeze.cache.dropout import active_dropout
-from unfreeze.models.classifier import GPT2Classifier
+from unfreeze.models.classifier import DecoderClassifier
 
 
 def frozen_prefix_stages(stage_modules: list[list[nn.Module]]) -> int:
@@ -57,10 +59,10 @@ class CachePlan:
         return self.kind != "none"
 
 
-def plan_cache(model: GPT2Classifier, frozen_stages: int, lengths: list[int], hidden_size: int,
+def plan_cache(model: DecoderClassifier, frozen_stages: int, lengths: list[int], hidden_size: int,
                dtype: torch.dtype) -> CachePlan:
     """Where the frozen prefix ends, and the bytes its activations take for `lengths` (all splits)."""
-    total_stages = model.final_stage + 1  # embeddings, blocks, final LayerNorm
+    total_stages = model.final_stage + 1  # embeddings, blocks, final norm
     if frozen_stages == 0:
         return CachePlan(0, "none", "the embeddings train, so no prefix of the network is frozen")
     if frozen_stages == 1:
@@ -76,12 +78,12 @@ def plan_cache(model: GPT2Classifier, frozen_stages: int, lengths: list[int], hi
                      dtype, estimate)
 
 
-def _stage_name(model: GPT2Classifier, stage: int) -> str:
+def _stage_name(model: DecoderClassifier, stage: int) -> str:
     if stage == 0:
         return "the embeddings"
     if stage <= model.num_blocks:
         return f"block {stage - 1}"
-    return "the final LayerNorm"
+    return "the final norm"
 
 
 @dataclass
@@ -101,7 +103,7 @@ class ActivationCache:
 
 
 @torch.no_grad()
-def build_cache(model: GPT2Classifier, plan: CachePlan, token_splits: dict[str, list[torch.Tensor]],
+def build_cache(model: DecoderClassifier, plan: CachePlan, token_splits: dict[str, list[torch.Tensor]],
                 device: torch.device, batch_size: int, autocast_dtype: torch.dtype | None) -> ActivationCache:
     """Run the frozen prefix once over every example of every split."""
     cache = ActivationCache(plan.start_stage, plan.kind)
@@ -119,7 +121,7 @@ def build_cache(model: GPT2Classifier, plan: CachePlan, token_splits: dict[str, 
                     if plan.kind == "pooled":
                         out = model.pool(model.features(ids), ids)
                     else:
-                        out = model.run_stages(model.embed(ids), 1, plan.start_stage)
+                        out = model.run_stages(model.embed(ids), 1, plan.start_stage, input_ids=ids)
                 stored.extend(out.to(plan.dtype).unbind(0))
                 bar.update(len(ids))
             cache.splits[split] = [t.clone() for t in stored]  # own storage per row: exact byte count
@@ -127,7 +129,7 @@ def build_cache(model: GPT2Classifier, plan: CachePlan, token_splits: dict[str, 
     return cache
 
 
-def prepare(model: GPT2Classifier, tokens: dict[str, list[torch.Tensor]], device: torch.device,
+def prepare(model: DecoderClassifier, tokens: dict[str, list[torch.Tensor]], device: torch.device,
             autocast_dtype: torch.dtype | None, request: policy.CacheRequest, batch_size: int,
             log: logging.Logger) -> tuple[ActivationCache | None, dict, float]:
     """Decide whether caching is exact and affordable; build the cache if so.
@@ -137,7 +139,7 @@ def prepare(model: GPT2Classifier, tokens: dict[str, list[torch.Tensor]], device
     frozen = frozen_prefix_stages(model.stage_modules())
     lengths = [len(row) for rows in tokens.values() for row in rows]
     dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
-    plan = plan_cache(model, frozen, lengths, model.body.config.n_embd, dtype)
+    plan = plan_cache(model, frozen, lengths, model.hidden_size, dtype)
     if not plan.enabled:
         return None, policy.not_exact(request, plan.reason, log), 0.0
     # classify accepts a bf16 copy of an fp32 cache over the budget (README: --cache_budget_gb).

@@ -222,7 +222,8 @@ class Forward:
             stored = self.cache.batch(split, indices).to(self.device)
             if self.cache.kind == "pooled":
                 return self.model.head(stored).float()
-            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.cache.start_stage)
+            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.cache.start_stage,
+                                          input_ids=ids)
             return self.model.head(self.model.pool(hidden, ids)).float()
 
 
