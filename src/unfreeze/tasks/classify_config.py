@@ -115,3 +115,11 @@ class ClassifyConfig:
     # --- added by robust-inputs ---
     overwrite: bool = False
     """replace the finished run in --out (its metrics.json stays until the new run has succeeded)"""
+    # --- added by arch ---
+    model: str | None = None
+    """any Hugging Face decoder model: a hub id, a local folder or a .gguf file (GPT-2, Llama, Qwen2, GPT-NeoX,
+    Mistral, Phi, Gemma, SmolLM, ...); replaces --model_size. GPT-2 keeps the reference's padding (50256, no
+    attention mask, `last` = the last padded position, mean over every position); other models are padded on
+    the right with their pad token (eos where none) under an attention mask, and `last`/`flexible` = the last
+    real token, mean = over the real tokens
+    """
