@@ -136,9 +136,11 @@ def test_a_model_without_blocks_is_one_clear_error():
 
 
 @pytest.mark.parametrize("arch", ("llama", "qwen2", "gpt_neox"))
-@pytest.mark.parametrize("pooling", ("last", "flexible", "mean"))
+@pytest.mark.parametrize("pooling", ("last", "flexible", "mean", "mean_bidirectional"))
 def test_an_example_gives_the_same_logits_alone_and_in_a_padded_batch(arch, pooling):
-    model = make_model(arch, token_pos="flexible" if pooling == "flexible" else "last", average=pooling == "mean")
+    # Causal attention alone keeps right padding away from real tokens; without it only the mask does.
+    model = make_model(arch, token_pos="flexible" if pooling == "flexible" else "last",
+                       average=pooling.startswith("mean"), causal=pooling != "mean_bidirectional")
     lengths = (10, 6, 3)
     ids = padded_batch(arch, lengths)
     with torch.no_grad():
@@ -237,10 +239,36 @@ def test_smollm2_gguf_learns_spam_through_the_cli(smollm2_gguf, shared_data, tmp
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "unfreeze", "classify", "--model", str(smollm2_gguf),
                              "--data", str(data), "--trainable_layers", "last_block", "--num_epochs", "2",
-                             "--lr", "1e-4", "--out", str(out)],
+                             "--lr", "1e-4", "--eval_freq", "5", "--out", str(out)],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cache"]["kind"] == "hidden" and metrics["cache"]["start_stage"] == 30  # 29 frozen blocks cached
     assert metrics["train_acc"] >= 0.8 and metrics["test_acc"] >= 0.75, metrics
     assert metrics["history"]["train_loss"][-1] < metrics["history"]["train_loss"][0]
+
+
+# --- the classify command on a non-GPT-2 model --------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", [{}, {"average_embeddings": True}, {"disable_causal_mask": True}])
+def test_classify_runs_a_llama_folder_cached_equal_to_uncached(spam_csv_dir, byte_tokenizer_dir, tmp_path, pooling):
+    from unfreeze.config import config_from_mapping
+    from unfreeze.tasks.classify import run_config
+    from unfreeze.tasks.classify_config import ClassifyConfig
+
+    folder = tmp_path / "llama"
+    config = make_config("llama")
+    config.vocab_size, config.pad_token_id = 300, 0  # the byte tokenizer's ids fit
+    config.save_pretrained(folder)
+    runs = {}
+    for mode in ("off", "on"):
+        values = dict(model=str(folder), weights="random", data=str(spam_csv_dir), tokenizer=str(byte_tokenizer_dir),
+                      trainable_layers="last_two_blocks", num_epochs=1, batch_size=4, eval_freq=5, eval_iter=2,
+                      out=str(tmp_path / mode), lr=1e-3, cache_activations=mode, **pooling)
+        runs[mode] = run_config(config_from_mapping(ClassifyConfig, values))
+    assert runs["on"]["cache"]["kind"] == "hidden" and runs["on"]["cache"]["start_stage"] == 2
+    assert runs["on"]["trainable_params"] == expected_count("llama", "last_two_blocks") - C * D - C + 2 * D + 2
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert runs["on"][key] == runs["off"][key], key
+    assert runs["on"]["history"]["train_loss"] == pytest.approx(runs["off"]["history"]["train_loss"], abs=1e-5)
