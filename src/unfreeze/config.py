@@ -117,6 +117,10 @@ def _one_line(err: BaseException, cls: type, where: str | None = None) -> str:
     missing = re.search(r'Parser key "config": File does not exist: (.*)$', text)
     if missing:
         return f"config file {missing.group(1)} does not exist"
+    custom = re.search(r'Parser key "([^"]+)": Not of type \w+: (\'[^\']*\'): (.*)$', text)
+    if custom:  # a registered type's own message, "'value': why" (e.g. classify's TrainableLayers)
+        key, value, why = custom.groups()
+        return f"{key}={value}{place}: {why}"
     wrong = re.search(r'Parser key "([^"]+)": Expected a (.*?)\. Got value: (.*)$', text)
     if wrong:
         key, expected, value = wrong.groups()

@@ -7,7 +7,9 @@ them once per example and run only the suffix afterwards. Which stages are froze
 the parameters each stage uses (`frozen_prefix_stages`), never from preset names.
 
 Two shapes of cache:
-  * `hidden`: the input of the first trainable stage, one (length, hidden) matrix per example;
+  * `hidden`: the input of the first trainable stage, one (length, hidden) matrix per example; the
+    attention mask and rotary embeddings the later blocks need are recomputed from the token ids (cheap,
+    exact), so the cache is the same for every architecture;
   * `pooled`: when only the head trains, just the pooled final feature vector per example.
 """
 
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from unfreeze.cache import policy
 from unfreeze.cache.dropout import active_dropout
-from unfreeze.models.classifier import GPT2Classifier
+from unfreeze.models.classifier import DecoderClassifier, real_lengths
 
 
 def frozen_prefix_stages(stage_modules: list[list[nn.Module]]) -> int:
@@ -57,10 +59,10 @@ class CachePlan:
         return self.kind != "none"
 
 
-def plan_cache(model: GPT2Classifier, frozen_stages: int, lengths: list[int], hidden_size: int,
+def plan_cache(model: DecoderClassifier, frozen_stages: int, lengths: list[int], hidden_size: int,
                dtype: torch.dtype) -> CachePlan:
     """Where the frozen prefix ends, and the bytes its activations take for `lengths` (all splits)."""
-    total_stages = model.final_stage + 1  # embeddings, blocks, final LayerNorm
+    total_stages = model.final_stage + 1  # embeddings, blocks, final norm
     if frozen_stages == 0:
         return CachePlan(0, "none", "the embeddings train, so no prefix of the network is frozen")
     if frozen_stages == 1:
@@ -76,12 +78,12 @@ def plan_cache(model: GPT2Classifier, frozen_stages: int, lengths: list[int], hi
                      dtype, estimate)
 
 
-def _stage_name(model: GPT2Classifier, stage: int) -> str:
+def _stage_name(model: DecoderClassifier, stage: int) -> str:
     if stage == 0:
         return "the embeddings"
     if stage <= model.num_blocks:
         return f"block {stage - 1}"
-    return "the final LayerNorm"
+    return "the final norm"
 
 
 @dataclass
@@ -96,12 +98,45 @@ class ActivationCache:
         return sum(t.numel() * t.element_size() for rows in self.splits.values() for t in rows)
 
     def batch(self, split: str, indices: torch.Tensor) -> torch.Tensor:
-        rows = self.splits[split]
-        return torch.stack([rows[i] for i in indices.tolist()])
+        """The rows of `indices`; rows stored at their real length are zero-padded to the longest of them."""
+        rows = [self.splits[split][i] for i in indices.tolist()]
+        if len({len(row) for row in rows}) == 1:
+            return torch.stack(rows)
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
+def _real_length(model: DecoderClassifier, row: torch.Tensor) -> int:
+    return int(real_lengths(row[None], model.pad_token_id)[0])
+
+
+def _batches(model: DecoderClassifier, rows: list[torch.Tensor], batch_size: int) -> list[list[int]]:
+    """Example indices per batch of the cache build.
+
+    Under an attention mask (every model but the reference's GPT-2) padding never changes a real token's
+    activations, so examples are grouped by real length and each batch runs only up to its longest real
+    token: the build costs the real tokens, not the padded ones. GPT-2 keeps the reference's padded inputs:
+    batches of equal length only (unpadded data goes one by one).
+    """
+    order = list(range(len(rows)))
+    if model.reference_padding:
+        step = batch_size if len({len(r) for r in rows}) == 1 else 1
+    else:
+        order.sort(key=lambda i: _real_length(model, rows[i]))
+        step = batch_size
+    return [order[begin:begin + step] for begin in range(0, len(order), step)]
+
+
+def _trimmed_ids(model: DecoderClassifier, rows: list[torch.Tensor]) -> torch.Tensor:
+    """Rows cut (or padded) to the longest real length among them; reference padding: rows as they are."""
+    if model.reference_padding:
+        return torch.stack(rows)
+    length = max(_real_length(model, row) for row in rows)
+    pad = torch.full((length,), model.pad_token_id, dtype=rows[0].dtype)
+    return torch.stack([torch.cat([row[:length], pad[:max(length - len(row), 0)]]) for row in rows])
 
 
 @torch.no_grad()
-def build_cache(model: GPT2Classifier, plan: CachePlan, token_splits: dict[str, list[torch.Tensor]],
+def build_cache(model: DecoderClassifier, plan: CachePlan, token_splits: dict[str, list[torch.Tensor]],
                 device: torch.device, batch_size: int, autocast_dtype: torch.dtype | None) -> ActivationCache:
     """Run the frozen prefix once over every example of every split."""
     cache = ActivationCache(plan.start_stage, plan.kind)
@@ -110,24 +145,25 @@ def build_cache(model: GPT2Classifier, plan: CachePlan, token_splits: dict[str, 
     total = sum(len(rows) for rows in token_splits.values())
     with tqdm(total=total, desc="caching frozen activations", unit="ex", leave=False) as bar:
         for split, rows in token_splits.items():
-            stored: list[torch.Tensor] = []
-            # Batches of equal length only (padded data is all one length; unpadded goes one by one).
-            step = batch_size if len({len(r) for r in rows}) == 1 else 1
-            for begin in range(0, len(rows), step):
-                ids = torch.stack(rows[begin:begin + step]).to(device)
+            stored: list[torch.Tensor | None] = [None] * len(rows)
+            for indices in _batches(model, rows, batch_size):
+                ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     if plan.kind == "pooled":
                         out = model.pool(model.features(ids), ids)
                     else:
-                        out = model.run_stages(model.embed(ids), 1, plan.start_stage)
-                stored.extend(out.to(plan.dtype).unbind(0))
+                        out = model.run_stages(model.embed(ids), 1, plan.start_stage, input_ids=ids)
+                for i, row in zip(indices, out.to(plan.dtype).unbind(0)):
+                    # Under a mask only the real positions are kept (the rest is padding nothing reads).
+                    keep = row if plan.kind == "pooled" or model.reference_padding else row[:_real_length(model, rows[i])]
+                    stored[i] = keep.clone()  # own storage per row: exact byte count
                 bar.update(len(ids))
-            cache.splits[split] = [t.clone() for t in stored]  # own storage per row: exact byte count
+            cache.splits[split] = stored
     model.train(was_training)
     return cache
 
 
-def prepare(model: GPT2Classifier, tokens: dict[str, list[torch.Tensor]], device: torch.device,
+def prepare(model: DecoderClassifier, tokens: dict[str, list[torch.Tensor]], device: torch.device,
             autocast_dtype: torch.dtype | None, request: policy.CacheRequest, batch_size: int,
             log: logging.Logger) -> tuple[ActivationCache | None, dict, float]:
     """Decide whether caching is exact and affordable; build the cache if so.
@@ -135,9 +171,10 @@ def prepare(model: GPT2Classifier, tokens: dict[str, list[torch.Tensor]], device
     Returns the cache (None: run uncached), the `cache` entry of metrics.json, and the build seconds.
     """
     frozen = frozen_prefix_stages(model.stage_modules())
-    lengths = [len(row) for rows in tokens.values() for row in rows]
+    lengths = [len(row) if model.reference_padding else _real_length(model, row)
+               for rows in tokens.values() for row in rows]
     dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
-    plan = plan_cache(model, frozen, lengths, model.body.config.n_embd, dtype)
+    plan = plan_cache(model, frozen, lengths, model.hidden_size, dtype)
     if not plan.enabled:
         return None, policy.not_exact(request, plan.reason, log), 0.0
     # classify accepts a bf16 copy of an fp32 cache over the budget (README: --cache_budget_gb).

@@ -1,13 +1,23 @@
-"""GPT-2 with its LM head replaced by a 2-way classification head, run as explicit stages.
+"""A decoder model (GPT-2, Llama, Qwen2, GPT-NeoX, ...) with a new classification head, run as stages.
 
 The network is the sequence of stages
 
-    0: token + position embeddings  ->  1..L: transformer blocks  ->  L+1: final LayerNorm
+    0: embeddings  ->  1..L: transformer blocks  ->  L+1: final norm
 
-followed by pooling (one position, the last non-padding token, or the mean) and the head. Running
-stages explicitly (instead of `GPT2Model.forward`) is what lets `unfreeze` start the forward pass at
+followed by pooling (one position, the last real token, or the mean) and the head. Running stages
+explicitly (instead of the base model's `forward`) is what lets `unfreeze` start the forward pass at
 any stage from cached activations (see `unfreeze.cache.frozen_prefix`): `features(ids)` equals
-`run_stages(embed(ids), 1, ...)`, bit for bit.
+`run_stages(embed(ids), 1, ..., input_ids=ids)`, bit for bit. The stages are read from the model's
+modules by `unfreeze.models.structure`.
+
+Padding and pooling (`reference_padding`):
+* GPT-2 keeps the reference's semantics: padded with 50256, no attention mask (padding sits at the end,
+  so with the causal mask no real token sees it), `last` = the last position (padding included),
+  `flexible` = the last non-padding token, mean = over every position.
+* Every other model is padded on the right with its pad token (eos where it has none) and gets an
+  attention mask on the keys: `last` and `flexible` = the last real token, mean = over the real tokens.
+  The real tokens are the positions up to the last one that is not the pad token, so an example gives
+  the same logits alone and inside a padded batch.
 
 Pooling happens *before* the head. The reference applies the head at every position and then picks
 one (or averages); the head is affine, so picking/averaging first is the same function, and it is
@@ -19,72 +29,111 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unfreeze.models.structure import StagedForward, read_structure
+
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, the reference's padding token
 
 
-class GPT2Classifier(nn.Module):
+def real_lengths(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """Per row, 1 + the index of the last token that is not padding (at least 1): right padding only."""
+    positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+    return ((input_ids != pad_token_id) * positions).amax(dim=1).clamp(min=1)
+
+
+class DecoderClassifier(nn.Module):
     def __init__(self, body: nn.Module, num_classes: int = 2, *, causal: bool = True,
-                 token_pos: str = "last", average: bool = False, pad_token_id: int = PAD_TOKEN_ID):
+                 token_pos: str = "last", average: bool = False, pad_token_id: int = PAD_TOKEN_ID,
+                 reference_padding: bool | None = None):
         super().__init__()
-        self.body = body  # a transformers GPT2Model
-        self.head = nn.Linear(body.config.n_embd, num_classes)
+        self.body = body  # the Hugging Face base model (GPT2Model, LlamaModel, ...)
+        self.structure = read_structure(body)
+        self._staged = StagedForward(body, self.structure)
+        self.head = nn.Linear(self.hidden_size, num_classes)
         self.causal = causal
         self.token_pos = token_pos
         self.average = average
         self.pad_token_id = pad_token_id
+        if reference_padding is None:
+            reference_padding = getattr(body.config, "model_type", None) == "gpt2"
+        self.reference_padding = reference_padding
+
+    # --- structure --------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.structure.blocks
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.structure.final_norm
+
+    @property
+    def hidden_size(self) -> int:
+        return self.structure.token_embedding.weight.shape[1]
 
     # --- stages -----------------------------------------------------------------------------------
     @property
     def num_blocks(self) -> int:
-        return len(self.body.h)
+        return len(self.structure.blocks)
 
     @property
     def final_stage(self) -> int:
-        """Index of the last stage (the final LayerNorm)."""
+        """Index of the last stage (the final norm)."""
         return self.num_blocks + 1
 
     def stage_modules(self) -> list[list[nn.Module]]:
         """The modules each stage uses, in order: what decides whether a stage's output can be cached."""
-        return [[self.body.wte, self.body.wpe], *[[block] for block in self.body.h], [self.body.ln_f]]
+        s = self.structure
+        embeddings = [s.token_embedding, *([s.position_embedding] if s.position_embedding is not None else []),
+                      *s.extra_embedding_modules]
+        rotary = [s.rotary] if s.rotary is not None else []  # recomputed in every block stage
+        return [embeddings, *[[block, *rotary] for block in s.blocks], [s.final_norm]]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.body.wte(input_ids) + self.body.wpe(positions)[None]
+        return self._staged.embed(input_ids)
 
-    def _attention_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        # None lets SDPA use its causal kernel. Like the reference, no padding mask is used: padding
-        # sits at the end, so causal attention never lets a real token see it. Without the causal mask
-        # every token attends to every token, padding included (the reference's behaviour); an explicit
-        # all-True mask makes that hold for every attention backend.
-        if self.causal:
+    def key_mask(self, input_ids: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
+        """(batch, length) True at real tokens; None under the reference's GPT-2 semantics (no mask)."""
+        if self.reference_padding:
             return None
-        batch, length = hidden.shape[:2]
-        return torch.ones(batch, 1, length, length, dtype=torch.bool, device=hidden.device)
+        if input_ids is None:
+            raise ValueError("run_stages needs input_ids for models with an attention mask")
+        lengths = real_lengths(input_ids, self.pad_token_id)
+        return torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]
 
-    def run_stages(self, hidden: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
-        """Run stages `start .. stop-1` (1-based blocks, `final_stage` = LayerNorm) on `hidden`."""
+    def run_stages(self, hidden: torch.Tensor, start: int, stop: int | None = None,
+                   input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Run stages `start .. stop-1` (1-based blocks, `final_stage` = final norm) on `hidden`.
+
+        `input_ids` give the attention mask (not needed for GPT-2 under the reference's semantics).
+        """
         stop = self.final_stage + 1 if stop is None else stop
-        mask = self._attention_mask(hidden)
-        for index in range(max(start, 1), min(stop, self.final_stage)):
-            hidden = self.body.h[index - 1](hidden, attention_mask=mask)
-        if start <= self.final_stage < stop:
-            hidden = self.body.ln_f(hidden)
-        return hidden
+        first, last = max(start, 1) - 1, min(stop, self.final_stage) - 1
+        return self._staged.run(hidden, first, last, self.key_mask(input_ids, hidden), self.causal,
+                                 start <= self.final_stage < stop)
 
     def features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states, (batch, length, hidden)."""
-        return self.run_stages(self.embed(input_ids), 1)
+        return self.run_stages(self.embed(input_ids), 1, input_ids=input_ids)
 
     # --- pooling and head -------------------------------------------------------------------------
     def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """(batch, length, hidden) -> (batch, hidden) at the configured position."""
-        if self.token_pos == "flexible":
-            # The last token before the padding (reference: count of non-pad tokens - 1).
-            last = (input_ids != self.pad_token_id).sum(dim=1) - 1
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.reference_padding:
+            if self.token_pos == "flexible":
+                # The last token before the padding (reference: count of non-pad tokens - 1).
+                last = (input_ids != self.pad_token_id).sum(dim=1) - 1
+                return hidden[rows, last]
+            if self.average:
+                return hidden.mean(dim=1)
+            return hidden[:, 0 if self.token_pos == "first" else -1]
+        lengths = real_lengths(input_ids, self.pad_token_id)
+        if self.token_pos == "flexible" or (self.token_pos == "last" and not self.average):
+            return hidden[rows, lengths - 1]
         if self.average:
-            return hidden.mean(dim=1)
-        return hidden[:, 0 if self.token_pos == "first" else -1]
+            real = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).to(hidden.dtype)
+            return (hidden * real[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
+        return hidden[:, 0]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Class logits, (batch, num_classes)."""
@@ -93,3 +142,6 @@ class GPT2Classifier(nn.Module):
     def per_position_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The reference's view: the head at every position, (batch, length, num_classes)."""
         return self.head(self.features(input_ids))
+
+
+GPT2Classifier = DecoderClassifier  # the name the GPT-2-only version had

@@ -54,7 +54,7 @@ def check_model_folder(source: str, flag: str = "--model_size") -> None:
                          "save_pretrained")
 
 
-def hub_downloads(model_size: str, weights: str, tokenizer: str | None) -> list:
+def hub_downloads(model_size: str, weights: str, tokenizer: str | None, flag: str = "--model_size") -> list:
     """What loading this model and tokenizer would fetch from the hub (see `unfreeze.offline`)."""
     from unfreeze.offline import Download, hub_endpoint, hub_file_cached
 
@@ -62,13 +62,14 @@ def hub_downloads(model_size: str, weights: str, tokenizer: str | None) -> list:
     model_id = resolve_model_id(model_size)
     if not looks_local(model_id):
         if weights == "pretrained":
-            weights_cached = hub_file_cached(model_id, ("model.safetensors", "pytorch_model.bin"))
+            weights_cached = hub_file_cached(model_id, ("model.safetensors", "model.safetensors.index.json",
+                                                        "pytorch_model.bin"))
             config_cached = model_id in GPT2_HUB_ARCH or hub_file_cached(model_id, ("config.json",))
             downloads.append(Download(f"the weights of {model_id}", (hub_endpoint(),), weights_cached and config_cached,
-                                      "--model_size FOLDER (or --weights random)", hub=True))
+                                      f"{flag} FOLDER (or --weights random)", hub=True))
         elif model_id not in GPT2_HUB_ARCH:
             downloads.append(Download(f"the config of {model_id}", (hub_endpoint(),),
-                                      hub_file_cached(model_id, ("config.json",)), "--model_size FOLDER", hub=True))
+                                      hub_file_cached(model_id, ("config.json",)), f"{flag} FOLDER", hub=True))
     source = tokenizer or model_id
     if not looks_local(source):
         downloads.append(Download(f"the tokenizer of {source}", (hub_endpoint(),),
@@ -170,6 +171,37 @@ def gpt2_config(model_id: str, overrides: dict[str, Any], flag: str = "--model_s
             setattr(config, key, value)
         except Exception as err:  # noqa: BLE001 - transformers 5 validates field types on assignment
             raise UsageError(f"{overrides_flag} {key}={value!r}: {str(err).splitlines()[-1].strip()[:160]}") from None
+    check_architecture(config, overrides_flag if overrides else flag)
+    return config
+
+
+def apply_overrides(config, overrides: dict[str, Any], overrides_flag: str = "--model_config") -> None:
+    """Set each override on `config`; an unknown key or a value the config rejects is a UsageError."""
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise UsageError(f"{overrides_flag} key {key!r} is not a field of {type(config).__name__}")
+        try:
+            setattr(config, key, value)
+        except Exception as err:  # noqa: BLE001 - transformers 5 validates field types on assignment
+            raise UsageError(f"{overrides_flag} {key}={value!r}: {str(err).splitlines()[-1].strip()[:160]}") from None
+
+
+def decoder_config(source: str, overrides: dict[str, Any], flag: str = "--model",
+                   overrides_flag: str = "--model_config"):
+    """The config of any model source (GPT-2 size name, hub id, folder, or `.gguf` file), overrides applied."""
+    from transformers import AutoConfig
+
+    from unfreeze.models.gguf import is_gguf, split_source
+
+    if not is_gguf(source):
+        return gpt2_config(source, overrides, flag=flag, overrides_flag=overrides_flag)
+    folder, extra = split_source(source, flag)
+    try:
+        config = AutoConfig.from_pretrained(folder, **extra)
+    except Exception as err:  # noqa: BLE001 - a file transformers cannot read as a model
+        raise UsageError(f"{flag} {source}: unreadable GGUF file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
+    apply_overrides(config, overrides, overrides_flag)
     check_architecture(config, overrides_flag if overrides else flag)
     return config
 

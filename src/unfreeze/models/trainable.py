@@ -6,16 +6,20 @@ module structure, never from parameter-name substrings, into a `Selection` of pa
 `set_trainable` trains exactly those and freezes everything else; `trainable_summary` counts what trains
 (a shared tensor once), for the log and metrics.json of either recipe.
 
-Classification presets (on a `GPT2Classifier`):
+Classification presets (on a `DecoderClassifier`: blocks, final norm and head come from its structure):
 
 | preset            | modules                                                                   |
 |-------------------|---------------------------------------------------------------------------|
 | last_layer        | the new head                                                              |
-| last_block        | the last transformer block, the final LayerNorm, the head                 |
-| last_two_blocks   | the last two blocks, the final LayerNorm, the head                        |
+| last_block        | the last transformer block, the final norm, the head                      |
+| last_two_blocks   | the last two blocks, the final norm, the head                             |
+| last_blocks:N     | the last N blocks, the final norm, the head                               |
+| blocks:A-B        | blocks A..B (0-based, inclusive), the head; the final norm if B is the last block |
 | all               | everything                                                                |
-| lora              | peft LoRA on every linear layer (head included), plus the head's own weight and bias |
+| lora              | LoRA on every linear layer (head included), plus the head's own weight and bias |
 | lora_alternative  | the same with the merged-weight LoRA                                      |
+| bias              | every bias of every module (BitFit), plus the head                        |
+| norms             | every normalisation layer (torch's norm types and the final norm's type), plus the head |
 
 The LoRA presets train the head's own weight and bias because the reference creates the head after
 freezing the model and never freezes it.
@@ -38,6 +42,7 @@ so a saved model stays untied); the other one then stays bit-identical.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -136,24 +141,71 @@ def _parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
 
 # --- classification presets ---------------------------------------------------------------------------
 
+PRESETS = ("last_layer", "last_block", "last_two_blocks", "all", "lora", "lora_alternative", "bias", "norms")
+PRESET_SYNTAX = "last_blocks:N (the last N blocks), blocks:A-B (blocks A to B, inclusive, 0-based)"
+_LAST_BLOCKS = re.compile(r"last_blocks:(\d+)")
+_BLOCK_RANGE = re.compile(r"blocks:(\d+)-(\d+)")
+# torch's own normalisation layers; a model's own norm class (LlamaRMSNorm, ...) is the type of its final norm.
+TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+
+
+def check_preset_syntax(preset: str, flag: str = "--trainable_layers") -> str:
+    """A preset name, `last_blocks:N` or `blocks:A-B` (bounds are checked against the model later)."""
+    if preset in PRESETS or _LAST_BLOCKS.fullmatch(preset) or _BLOCK_RANGE.fullmatch(preset):
+        return preset
+    raise UsageError(f"{flag} {preset!r}: invalid choice, not one of: {', '.join(PRESETS)}, or {PRESET_SYNTAX}")
+
+
+def preset_blocks(preset: str, num_blocks: int, flag: str = "--trainable_layers") -> range | None:
+    """The 0-based blocks a block preset trains (None for the other presets); bounds checked here."""
+    fixed = {"last_block": 1, "last_two_blocks": 2}
+    if preset in fixed:
+        return range(max(num_blocks - fixed[preset], 0), num_blocks)
+    if match := _LAST_BLOCKS.fullmatch(preset):
+        count = int(match.group(1))
+        if not 1 <= count <= num_blocks:
+            raise UsageError(f"{flag} {preset}: N must be between 1 and the model's {num_blocks} blocks")
+        return range(num_blocks - count, num_blocks)
+    if match := _BLOCK_RANGE.fullmatch(preset):
+        first, last = int(match.group(1)), int(match.group(2))
+        if not first <= last < num_blocks:
+            raise UsageError(f"{flag} {preset}: the model has blocks 0-{num_blocks - 1}; use blocks:A-B with "
+                             f"A <= B <= {num_blocks - 1}")
+        return range(first, last + 1)
+    return None
+
+
+def norm_modules(model: nn.Module) -> list[nn.Module]:
+    """Every normalisation layer: torch's norm types, and the type of the model's final norm (its role)."""
+    kinds = (*TORCH_NORMS, type(model.final_norm))
+    return [m for m in model.body.modules() if isinstance(m, kinds)]
+
+
+def bias_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every module's bias (BitFit), the head's included."""
+    return [m.bias for m in model.modules() if isinstance(getattr(m, "bias", None), nn.Parameter)]
+
 
 def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
                      seed: int | None = None, lora_layout: str = "reference") -> Selection:
-    """The parameters of one `--trainable_layers` preset of a `GPT2Classifier` (LoRA presets add LoRA first)."""
+    """The parameters of one `--trainable_layers` preset of a `DecoderClassifier` (LoRA presets add LoRA first).
+
+    Block presets train the named blocks and the head, and the final norm whenever the last block trains.
+    """
+    check_preset_syntax(preset)
     if preset in ("lora", "lora_alternative"):
         add = lora_lib.add_lora if preset == "lora" else lora_lib.add_merged_lora
         add(model, lora_rank, lora_alpha, seed=seed, layout=lora_layout)  # reference | peft: models/lora.py
         head_base = getattr(model.head, "base_layer", model.head)  # peft wraps the head
         return Selection([preset], _parameters([*lora_lib.lora_modules(model), head_base]))
-    blocks, ln_f, head = list(model.body.h), model.body.ln_f, model.head
-    modules = {
-        "last_layer": [head],
-        "last_block": [blocks[-1], ln_f, head],
-        "last_two_blocks": [*blocks[-2:], ln_f, head],
-        "all": [model],
-    }.get(preset)
-    if modules is None:
-        raise ValueError(f"unknown trainable preset {preset!r}")
+    blocks, head = list(model.blocks), model.head
+    chosen = preset_blocks(preset, len(blocks))
+    if chosen is not None:
+        norm = [model.final_norm] if len(blocks) - 1 in chosen else []
+        return Selection([preset], _parameters([*(blocks[i] for i in chosen), *norm, head]))
+    if preset == "bias":
+        return Selection([preset], list({id(p): p for p in [*bias_parameters(model), head.weight]}.values()))
+    modules = {"last_layer": [head], "all": [model], "norms": [*norm_modules(model), head]}[preset]
     return Selection([preset], _parameters(modules))
 
 

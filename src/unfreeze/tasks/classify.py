@@ -1,4 +1,4 @@
-"""`unfreeze classify`: the GPT-2 SMS-spam classification ablations (seed table 000), top to bottom.
+"""`unfreeze classify`: which parameters to train, for a decoder model (GPT-2 by default) on SMS spam.
 
 setup (data, tokenizer, model, what trains, activation cache) -> train -> evaluate -> write results.
 The semantics follow the reference script `additional_experiments.py` (LLMs-from-scratch ch06);
@@ -32,9 +32,20 @@ from unfreeze.files import (
     start_run_log,
 )
 from unfreeze.models import loading, trainable
-from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
+from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier, real_lengths
+from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.offline import require_downloads
 from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.tasks.classify_model import (
+    body_config,
+    build_model,
+    check_structure,
+    context_size,
+    is_gpt2,
+    load_tokenizer,
+    model_source,
+    padding_token,
+)
 from unfreeze.tasks.classify_eval import evaluate, score_lines, score_metrics
 
 SPLITS = ("train", "validation", "test")
@@ -69,52 +80,23 @@ def validate(cfg: ClassifyConfig) -> None:
             "--lora_alpha 0 scales every LoRA update to zero, so nothing but the head would learn; use e.g. 8")
     for flag, value in (("--out", cfg.out), ("--tokenizer", cfg.tokenizer), ("--data", cfg.data)):
         require(value is None or bool(value.strip()), f"{flag} is empty; give a path, or leave {flag} out")
-    loading.check_model_folder(cfg.model_size)
+    require(cfg.model is None or bool(cfg.model.strip()), "--model is empty; give a hub id, a folder or a .gguf file")
+    source, flag = model_source(cfg)
+    if is_gguf(source):
+        split_source(source, flag)
+    else:
+        loading.check_model_folder(cfg.model_size if cfg.model is None else cfg.model, flag)
 
 
 def check_downloads(cfg: ClassifyConfig) -> None:
     """Every download this run needs can happen (or is cached); else one line naming every flag."""
+    source, flag = model_source(cfg)
     require_downloads(sms_spam.needed_download(cfg.data)
-                      + loading.hub_downloads(cfg.model_size, cfg.weights, cfg.tokenizer))
+                      + loading.hub_downloads(source, cfg.weights, cfg.tokenizer, flag))
 
 
-def body_config(cfg: ClassifyConfig):
-    """The GPT-2 config after --model_config, checked (sizes, heads, model type) without building anything."""
-    model_id = loading.resolve_model_id(cfg.model_size)
-    overrides = loading.parse_model_config(cfg.model_config)
-    config = loading.gpt2_config(model_id, overrides)
-    require(getattr(config, "model_type", "gpt2") == "gpt2",
-            f"--model_size {cfg.model_size!r} is a {config.model_type} model; classify supports GPT-2 models")
-    loading.without_dropout(config)
-    config._attn_implementation = "sdpa"
-    return config
-
-
-def build_model(cfg: ClassifyConfig, config=None, num_classes: int = 2) -> GPT2Classifier:
-    """GPT-2 body (pretrained or random) + a fresh Linear(hidden, num_classes) head, seeded like the reference."""
-    from transformers import GPT2Model
-
-    model_id = loading.resolve_model_id(cfg.model_size)
-    config = config if config is not None else body_config(cfg)
-    if cfg.weights == "random":
-        # Random rows use transformers' GPT-2 initialisation (normal, std 0.02) — the reference's own
-        # model uses PyTorch defaults (embeddings N(0, 1)); see README.
-        torch.manual_seed(cfg.seed)
-        body = GPT2Model(config)
-    else:
-        try:
-            body = GPT2Model.from_pretrained(model_id, config=config)
-        except Exception as err:
-            hint = "--model_size /path/to/local/model_folder (or --weights random)"
-            raise loading.offline_error("pretrained weights", model_id, hint, err) from None
-    body.eval()
-    torch.manual_seed(cfg.seed)  # the reference reseeds right before creating the head
-    return GPT2Classifier(body, num_classes=num_classes, causal=not cfg.disable_causal_mask,
-                          token_pos=cfg.trainable_token_pos, average=cfg.average_embeddings,
-                          pad_token_id=PAD_TOKEN_ID)
-
-
-def encode_splits(cfg: ClassifyConfig, splits: sms_spam.Splits, tokenizer, n_positions: int, log):
+def encode_splits(cfg: ClassifyConfig, splits: sms_spam.Splits, tokenizer, n_positions: int, log,
+                  pad_token_id: int = PAD_TOKEN_ID):
     """Token ids per split: truncated and padded like the reference's SpamDataset."""
     encoded = {name: tokenizer(list(getattr(splits, name)["Text"]), add_special_tokens=False)["input_ids"]
                for name in SPLITS}
@@ -138,22 +120,22 @@ def encode_splits(cfg: ClassifyConfig, splits: sms_spam.Splits, tokenizer, n_pos
         truncated = sum(len(ids) > limit for ids in rows)
         if truncated:
             log.info(f"{name}: {truncated} example(s) truncated to {limit} tokens")
-        rows = [ids[:limit] or [PAD_TOKEN_ID] for ids in rows]
+        rows = [ids[:limit] or [pad_token_id] for ids in rows]
         if max_length is not None:
-            rows = [ids + [PAD_TOKEN_ID] * (max_length - len(ids)) for ids in rows]
+            rows = [ids + [pad_token_id] * (max_length - len(ids)) for ids in rows]
         tensors[name] = [torch.tensor(ids, dtype=torch.long) for ids in rows]
     return tensors, (max_length if max_length is not None else longest_train)
 
 
-def check_vocabulary(tokens: dict, vocab_size: int, cfg: ClassifyConfig) -> None:
+def check_vocabulary(tokens: dict, vocab_size: int, cfg: ClassifyConfig, pad_token_id: int = PAD_TOKEN_ID) -> None:
     """Every input id (padding included) has a row in the model's embedding."""
     largest = max(int(row.max()) for rows in tokens.values() for row in rows)
     if largest < vocab_size:
         return
-    if largest == PAD_TOKEN_ID:
+    if largest == pad_token_id == PAD_TOKEN_ID:
         raise UsageError(f"the model's vocab_size {vocab_size} has no row for GPT-2's padding token {PAD_TOKEN_ID}; "
                          f"use vocab_size {PAD_TOKEN_ID + 1} or more in --model_config")
-    raise UsageError(f"--tokenizer {cfg.tokenizer or cfg.model_size} produces token id {largest}, but the model's "
+    raise UsageError(f"--tokenizer {cfg.tokenizer or model_source(cfg)[0]} produces token id {largest}, but the model's "
                      f"vocabulary has {vocab_size} entries; use the model's tokenizer or raise vocab_size in --model_config")
 
 
@@ -166,6 +148,7 @@ class Inputs:
     max_length: int
     config: object
     device: torch.device
+    pad_token_id: int = PAD_TOKEN_ID  # GPT-2: 50256 (the reference); else the tokenizer's pad (or eos) token
 
 
 def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
@@ -178,13 +161,14 @@ def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
             f"--batch_size {cfg.batch_size} is larger than the {len(splits.train)} training examples: the training "
             f"loader drops incomplete batches, so nothing would train; use --batch_size {len(splits.train)} or less")
     config = body_config(cfg)
-    loading.check_fits_in_memory(config, "--model_config" if cfg.model_config else "--model_size")
-    fix = "" if cfg.tokenizer else "; pass --tokenizer FOLDER"
-    tokenizer = loading.load_tokenizer(cfg.tokenizer or loading.resolve_model_id(cfg.model_size),
-                                       flag="--tokenizer" if cfg.tokenizer else "--model_size", fix=fix)
-    tokens, max_length = encode_splits(cfg, splits, tokenizer, config.n_positions, log)
-    check_vocabulary(tokens, config.vocab_size, cfg)
-    return Inputs(splits, tokens, max_length, config, loading.resolve_device(cfg.device))
+    source, flag = model_source(cfg)
+    loading.check_fits_in_memory(config, "--model_config" if cfg.model_config else flag)
+    check_structure(cfg, config)
+    tokenizer = load_tokenizer(cfg)
+    pad_token_id = PAD_TOKEN_ID if is_gpt2(config) else padding_token(tokenizer, config, cfg)
+    tokens, max_length = encode_splits(cfg, splits, tokenizer, context_size(config), log, pad_token_id)
+    check_vocabulary(tokens, config.vocab_size, cfg, pad_token_id)
+    return Inputs(splits, tokens, max_length, config, loading.resolve_device(cfg.device), pad_token_id)
 
 
 class IndexDataset(torch.utils.data.Dataset):
@@ -212,19 +196,25 @@ def make_loaders(splits: sms_spam.Splits, batch_size: int) -> dict[str, DataLoad
 class Forward:
     """Class logits for a batch of example indices, from tokens or from cached activations."""
 
-    def __init__(self, model: GPT2Classifier, tokens: dict, cache, device: torch.device, autocast_dtype):
+    def __init__(self, model: DecoderClassifier, tokens: dict, cache, device: torch.device, autocast_dtype):
         self.model, self.tokens, self.cache = model, tokens, cache
         self.device, self.autocast_dtype = device, autocast_dtype
 
     def __call__(self, split: str, indices: torch.Tensor) -> torch.Tensor:
         ids = torch.stack([self.tokens[split][i] for i in indices.tolist()]).to(self.device)
+        if not self.model.reference_padding:
+            # Under an attention mask the padding after the batch's longest real example changes nothing:
+            # run only up to it (the cache stores real positions only).
+            ids = ids[:, :int(real_lengths(ids, self.model.pad_token_id).max())]
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             if self.cache is None:
                 return self.model(ids).float()
             stored = self.cache.batch(split, indices).to(self.device)
             if self.cache.kind == "pooled":
                 return self.model.head(stored).float()
-            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.cache.start_stage)
+            stored = stored[:, :ids.shape[1]]
+            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.cache.start_stage,
+                                          input_ids=ids)
             return self.model.head(self.model.pool(hidden, ids)).float()
 
 
@@ -320,12 +310,13 @@ def run_config(cfg: ClassifyConfig) -> dict:
 def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
     started = time.perf_counter()
     device, splits, tokens, max_length = inputs.device, inputs.splits, inputs.tokens, inputs.max_length
+    num_classes = len(splits.class_names)  # the data decides: classes in sorted order
     autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
     replacing = out is not None and is_finished(out)  # --overwrite: the old config stays with its metrics
     if out is not None and not replacing:
         atomic_write_json(out / "config.json", to_dict(cfg))
 
-    model = build_model(cfg, inputs.config, num_classes=len(splits.class_names))
+    model = build_model(cfg, inputs.config, inputs.pad_token_id, num_classes)
     summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed,
                                      lora_layout=cfg.lora_layout)
     model.to(device)

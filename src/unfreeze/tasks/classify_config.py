@@ -12,12 +12,33 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-TrainableLayers = Literal["last_layer", "last_block", "last_two_blocks", "all", "lora", "lora_alternative"]
+from jsonargparse.typing import register_type
+
+from unfreeze.errors import UsageError
+
+
+
+class TrainableLayers(str):
+    """A preset name, `last_blocks:N` or `blocks:A-B` (checked when parsed; bounds checked against the model)."""
+
+
+def _trainable_layers(value) -> TrainableLayers:
+    from unfreeze.models.trainable import PRESET_SYNTAX, PRESETS, check_preset_syntax
+
+    text = str(value)
+    try:
+        return TrainableLayers(check_preset_syntax(text))
+    except UsageError:
+        raise ValueError(f"{text!r}: invalid choice, not one of: {', '.join(PRESETS)}, or {PRESET_SYNTAX}") from None
+
+
+register_type(TrainableLayers, serializer=str, deserializer=_trainable_layers)
 TokenPosition = Literal["first", "last", "flexible"]
 Weights = Literal["pretrained", "random"]
-TRAINABLE_LAYERS = typing.get_args(TrainableLayers)
 TOKEN_POSITIONS = typing.get_args(TokenPosition)
 WEIGHTS = typing.get_args(Weights)
+# The reference's preset names (more: unfreeze.models.trainable.PRESETS, last_blocks:N, blocks:A-B).
+TRAINABLE_LAYERS = ("last_layer", "last_block", "last_two_blocks", "all", "lora", "lora_alternative")
 
 
 @dataclass
@@ -32,7 +53,11 @@ class ClassifyConfig:
     weights: Weights = "pretrained"
     """start from pretrained or random weights"""
     trainable_layers: TrainableLayers = "last_block"
-    """which parameters train"""
+    """which parameters train: last_layer (the head), last_block, last_two_blocks, all, lora, lora_alternative,
+    bias (every bias + head, BitFit), norms (every normalisation layer + head), last_blocks:N (the last N
+    blocks), blocks:A-B (blocks A to B, 0-based, inclusive); block presets also train the head, and the final
+    norm when they include the last block
+    """
     trainable_token_pos: TokenPosition = "last"
     """whose output token classifies: first, last, or flexible (last non-padding token)"""
     average_embeddings: bool = False
@@ -103,3 +128,11 @@ class ClassifyConfig:
     balance: bool | None = None
     """true: undersample every class to the size of the smallest, as the reference does for ham; false: keep
     every row (default: true for the SMSSpamCollection file, false otherwise)"""
+    # --- added by arch ---
+    model: str | None = None
+    """any Hugging Face decoder model: a hub id, a local folder or a .gguf file (GPT-2, Llama, Qwen2, GPT-NeoX,
+    Mistral, Phi, Gemma, SmolLM, ...); replaces --model_size. GPT-2 keeps the reference's padding (50256, no
+    attention mask, `last` = the last padded position, mean over every position); other models are padded on
+    the right with their pad token (eos where none) under an attention mask, and `last`/`flexible` = the last
+    real token, mean = over the real tokens
+    """
