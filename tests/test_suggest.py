@@ -21,6 +21,7 @@ from unfreeze.suggest.setup import prepare
 from unfreeze.sweep.spec import load_sweep
 from unfreeze.tasks.classify import run_config
 from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.tasks.suggest import make_arms
 from unfreeze.tasks.suggest_config import SuggestConfig
 
 TINY = '{"n_layer":3,"n_embd":32,"n_head":2,"n_positions":128}'
@@ -38,16 +39,14 @@ def options(spam_csv_dir, tokenizer_dir, tmp_path, **changes) -> dict:
 def test_a_candidate_trained_to_its_end_is_the_classify_run(spam_csv_dir, byte_tokenizer_dir, tmp_path, name):
     cfg = config_from_mapping(SuggestConfig, options(spam_csv_dir, byte_tokenizer_dir, tmp_path))
     setup = prepare(cfg, LOG)
-    model = setup.build(cfg.seed)
-    summary = cand.apply(model, name, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-    start = cand.start_stage(model)
     for p in setup.base_model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(False)  # as suggest leaves the shared model before it copies it for each candidate
+    arm = make_arms(cfg, [name], setup)[0]
+    model, start = arm.model, arm.start
     cache, _ = disk.get_or_build(setup.base_model, setup.tokens, tmp_path / "features",
                                  [start] if 2 <= start <= model.final_stage else [], "fp32", setup.device)
-    forward = CachedForward(model, setup.tokens, cache, start, setup.device, None)
-    assert forward.kind == {"last_layer": "pooled", "last_block": "hidden"}.get(name, "none")
-    arm = Arm(name, model, summary, forward, setup.labels, setup.classify, setup.device)
+    arm.forward = CachedForward(model, setup.tokens, cache, start, setup.device, None)
+    assert arm.forward.kind == {"last_layer": "pooled", "last_block": "hidden"}.get(name, "none")
     torch.manual_seed(999)  # the arm keeps its own random state: the caller's must not matter
     arm.advance(3)
     arm.evaluate()  # an evaluation between rounds changes nothing
@@ -59,7 +58,7 @@ def test_a_candidate_trained_to_its_end_is_the_classify_run(spam_csv_dir, byte_t
         "trainable_layers": name, "out": str(tmp_path / "classify")}))
     assert val_acc == classify["val_acc"]
     assert arm.evaluate("test")[0] == classify["test_acc"]
-    assert summary.trainable_params == classify["trainable_params"]
+    assert arm.summary.trainable_params == classify["trainable_params"]
 
 
 @pytest.mark.parametrize("name", ["last_block", "lora"])

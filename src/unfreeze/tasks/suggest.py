@@ -7,6 +7,7 @@ halving within the budget -> the ranked table, suggestion.json, a PNG and (optio
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from unfreeze.suggest.setup import Setup, prepare
 from unfreeze.tasks.suggest_config import SuggestConfig
 
 WARMUP_STEPS = 2  # measured steps per candidate before the plan (the first pays one-time costs)
-RGN_BATCHES = 2
+RGN_BATCHES = 1  # one batch already orders the stages; each costs a full backward pass
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -88,7 +89,9 @@ def cache_folder(cfg: SuggestConfig) -> Path:
 def make_arms(cfg: SuggestConfig, names: list[str], setup: Setup) -> list[Arm]:
     arms = []
     for name in names:
-        model = setup.build(cfg.seed)
+        # A copy of the model built with the run's seed is what classify builds with that seed (the
+        # same weights and head); copying skips re-initialising every weight (seconds per candidate).
+        model = copy.deepcopy(setup.base_model)
         summary = cand.apply(model, name, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
         model.to(setup.device)
         arms.append(Arm(name, model, summary, None, setup.labels, setup.classify, setup.device))
