@@ -44,13 +44,13 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GPT2_SMALL = '{"n_layer": 12, "n_embd": 768, "n_head": 12}'
 
 
-def write_subset(folder: Path, n_train: int) -> None:
-    """The first n_train / n_train/4 / n_train/4 examples of the reference split, as CSVs."""
+def write_subset(folder: Path, n_train: int, n_eval: int) -> None:
+    """The first n_train / n_eval / n_eval examples of the reference split, as CSVs."""
     splits = sms_spam.load_splits(str(SHARED / "sms_spam" / "SMSSpamCollection"))
     folder.mkdir(parents=True, exist_ok=True)
     splits.train[:n_train].to_csv(folder / "train.csv", index=False)
-    splits.validation[: max(8, n_train // 4)].to_csv(folder / "validation.csv", index=False)
-    splits.test[: max(8, n_train // 4)].to_csv(folder / "test.csv", index=False)
+    splits.validation[:n_eval].to_csv(folder / "validation.csv", index=False)
+    splits.test[:n_eval].to_csv(folder / "test.csv", index=False)
 
 
 def shared_options(args, data: Path) -> dict:
@@ -113,6 +113,7 @@ def main() -> int:
     parser.add_argument("--model", default="gpt2-small-random", choices=["gpt2-small-random", "smollm2"])
     parser.add_argument("--candidates", default="last_layer,last_block,last_two_blocks,all,lora")
     parser.add_argument("--n_train", type=int, default=48)
+    parser.add_argument("--n_eval", type=int, default=48, help="validation and test examples (each)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--context_length", default="16")
     parser.add_argument("--batch_size", type=int, default=8)
@@ -133,7 +134,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        write_subset(data, args.n_train)
+        write_subset(data, args.n_train, args.n_eval)
         options = shared_options(args, data)
         begin = time.perf_counter()
         runs = run_sweep(args, options, Path(tmp) / "sweep")

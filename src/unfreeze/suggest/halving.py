@@ -84,7 +84,11 @@ def first_rung_steps(arms: list[ArmLike], budget_s: float, eta: int, budget_name
     if one_step > budget_s:
         raise UsageError(f"--budget {budget_name} leaves {max(budget_s, 0):.1f}s, less than one training step and "
                          f"one evaluation of every candidate ({one_step:.1f}s); raise --budget or use fewer --candidates")
-    low, high = 1, max(a.total_steps for a in arms)
+    # Start past the steps already taken (the cost measurement), so that the first round trains.
+    low = min(min(a.steps_done for a in arms) + 1, max(a.total_steps for a in arms))
+    if planned_cost(arms, low, eta) > budget_s:
+        return 1  # not even that fits: the rounds that fit run (see rounds_within)
+    high = max(a.total_steps for a in arms)
     while low < high:  # the plan's cost grows with r0
         middle = (low + high + 1) // 2
         if planned_cost(arms, middle, eta) <= budget_s:
