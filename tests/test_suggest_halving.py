@@ -62,11 +62,22 @@ def test_halving_keeps_the_arm_with_the_best_curve_given_enough_budget():
     assert result.planned_s <= 200
 
 
-def test_a_tiny_budget_stops_the_slow_starter_early_and_that_is_visible():
-    result = halving.successive_halving(arms(), budget_s=12, eta=2, clock=lambda: 0.0)
-    assert result.first_rung_steps == 1 and result.stopped_early  # 6 x 1 step + 3 x 1 more fit; 2 x 2 more do not
-    assert len(result.rungs) == 2
+def test_a_tight_budget_is_spent_round_by_round_and_never_exceeded():
+    candidates = arms()
+    result = halving.successive_halving(candidates, budget_s=12, eta=2, clock=lambda: 0.0)
+    assert result.first_rung_steps == 1  # the whole plan from 1 step (17s) does not fit; its rounds do, one by one
     assert "fast_but_low" in result.rungs[0].kept
+    assert sum(a.trained for a in candidates) * 1.0 <= 12 and result.planned_s <= 12
+    assert sum(a.trained for a in candidates) >= 10  # the budget is used, not held back
+
+
+def test_survivors_get_the_budget_the_eliminated_arms_would_have_used():
+    cheap = [Scripted(f"cheap{i}", 0.9 - i / 100, 4.0, step_s=0.1, total_steps=40) for i in range(3)]
+    pricey = [Scripted(f"pricey{i}", 0.5, 4.0, step_s=5.0, total_steps=40) for i in range(3)]
+    result = halving.successive_halving(cheap + pricey, budget_s=60, eta=2, clock=lambda: 0.0)
+    assert result.survivors == ["cheap0"]
+    assert result.rungs[-1].steps["cheap0"] == 40  # trained to its full run once the expensive arms were out
+    assert result.planned_s <= 60
 
 
 def test_the_plan_fits_the_budget_and_uses_it():

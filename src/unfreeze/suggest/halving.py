@@ -1,10 +1,12 @@
 """Successive halving (Jamieson & Talwalkar 2016; Li et al. 2018) over candidates, within a time budget.
 
-Round k trains every surviving arm up to r0 * eta**k optimizer steps (never past its full run), scores
-it on the validation split, and keeps the best 1/eta (ties: lower validation loss, then the cheaper
-arm). Training continues where the last round stopped. r0 is the largest first round whose planned
-cost fits the budget, planned pessimistically: the most expensive arms are assumed to survive. When
-even r0 = 1 does not fit, the rounds that fit run and the result says it stopped early.
+Each round trains every surviving arm up to a target number of optimizer steps (never past its full
+run), scores it on the validation split, and keeps the best 1/eta (ties: lower validation loss, then
+the cheaper arm). Training continues where the last round stopped. Before each round the target is
+the largest r whose remaining plan (targets r, r*eta, r*eta**2, ... down to one arm) fits the budget
+left, planned pessimistically (the most expensive arms survive); once expensive arms are out, the
+cheap survivors get the steps held back for them. When the next round does not fit, the rounds stop
+and the result says so.
 
 Arms only need `advance(steps)`, `evaluate() -> (accuracy, loss)`, `steps_done`, `total_steps`,
 `step_cost()` and `eval_cost()` (seconds), so the tests drive it with scripted learning curves.
@@ -87,7 +89,7 @@ def first_rung_steps(arms: list[ArmLike], budget_s: float, eta: int, budget_name
     # Start past the steps already taken (the cost measurement), so that the first round trains.
     low = min(min(a.steps_done for a in arms) + 1, max(a.total_steps for a in arms))
     if planned_cost(arms, low, eta) > budget_s:
-        return 1  # not even that fits: the rounds that fit run (see rounds_within)
+        return low  # not even that fits whole: the rounds that fit run
     high = max(a.total_steps for a in arms)
     while low < high:  # the plan's cost grows with r0
         middle = (low + high + 1) // 2
@@ -98,43 +100,62 @@ def first_rung_steps(arms: list[ArmLike], budget_s: float, eta: int, budget_name
     return low
 
 
-def rounds_within(costs: list[float], budget_s: float) -> int:
-    """How many rounds (at least one) fit the budget, in order."""
-    spent, count = 0.0, 0
-    for cost in costs:
-        if spent + cost > budget_s and count > 0:
-            break
-        spent, count = spent + cost, count + 1
-    return count
+def _play_round(alive: list[ArmLike], target: int, eta: int) -> tuple[Rung, list[ArmLike]]:
+    """Train every arm to `target` steps (at most its full run), score it, keep the best 1/eta."""
+    scores, steps = {}, {}
+    for arm in alive:
+        arm.advance(max(min(target, arm.total_steps) - arm.steps_done, 0))
+        scores[arm.name], steps[arm.name] = arm.evaluate(), arm.steps_done
+    ranked = sorted(alive, key=lambda a: (-scores[a.name][0], scores[a.name][1], a.step_cost()))
+    keep = ranked[:math.ceil(len(alive) / eta)]
+    for arm in alive:
+        if arm not in keep and hasattr(arm, "release"):
+            arm.release()
+    return Rung(steps, scores, [a.name for a in keep]), keep
 
 
 def successive_halving(arms: list[ArmLike], budget_s: float, eta: int, budget_name: str = "",
                        clock: Callable[[], float] = time.perf_counter,
                        on_rung: Callable[[Rung], None] | None = None) -> HalvingResult:
-    """Run the rounds; returns every round's scores and survivors. Arms eliminated are `release()`d if they can."""
+    """Run the rounds; returns every round's scores and survivors. Arms eliminated are `release()`d if they can.
+
+    The plan is redone before every round for the arms still in it and the budget still left (planned
+    cost of the rounds played, or the clock, whichever says more was spent): once the expensive arms
+    are out, the cheap survivors get the steps that were held back for them.
+    """
     start = clock()
     r0 = first_rung_steps(arms, budget_s, eta, budget_name)
-    costs = round_costs(arms, r0, eta)
-    rounds = rounds_within(costs, budget_s)
-    result = HalvingResult(first_rung_steps=r0, planned_s=sum(costs[:rounds]), stopped_early=rounds < len(costs))
-    alive = list(arms)
-    for k in range(rounds):
-        target = r0 * eta**k
-        scores, steps = {}, {}
-        for arm in alive:
-            arm.advance(max(min(target, arm.total_steps) - arm.steps_done, 0))
-            scores[arm.name], steps[arm.name] = arm.evaluate(), arm.steps_done
-        ranked = sorted(alive, key=lambda a: (-scores[a.name][0], scores[a.name][1], a.step_cost()))
-        keep = ranked[:math.ceil(len(alive) / eta)] if len(alive) > 1 else ranked
-        rung = Rung(steps, scores, [a.name for a in keep])
-        result.rungs.append(rung)
-        if on_rung is not None:
-            on_rung(rung)
-        for arm in alive:
-            if arm not in keep and hasattr(arm, "release"):
-                arm.release()
-        alive = keep
-        if clock() - start > budget_s and k + 1 < rounds:
+    result = HalvingResult(first_rung_steps=r0)
+    alive, target, spent = list(arms), r0, 0.0
+    while True:
+        cost = round_costs(alive, target, eta)[0]
+        if result.rungs and spent + cost > budget_s:
             result.stopped_early = True
             break
+        rung, keep = _play_round(alive, target, eta)
+        result.rungs.append(rung)
+        spent = max(spent + cost, clock() - start)
+        if on_rung is not None:
+            on_rung(rung)
+        if len(alive) == 1:
+            break
+        alive = keep
+        longest = max(a.total_steps for a in alive)
+        target = next_target(alive, target, eta, budget_s - spent, longest)
+    result.planned_s = spent
     return result
+
+
+def next_target(alive: list[ArmLike], previous: int, eta: int, remaining_s: float, longest: int) -> int:
+    """The largest first-round target for the arms left whose whole remaining plan fits `remaining_s`;
+    at least one step past the previous round (that round may then not fit: the caller stops)."""
+    low, high = min(previous + 1, longest), longest
+    if planned_cost(alive, low, eta) > remaining_s:
+        return low
+    while low < high:
+        middle = (low + high + 1) // 2
+        if planned_cost(alive, middle, eta) <= remaining_s:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def sweep_text(rows: list[dict], classify_cfg: ClassifyConfig, seeds: list[int],
     """A sweep file of the `top` best candidates that classify can run, with the options suggest used."""
     defaults, used = to_dict(ClassifyConfig()), to_dict(classify_cfg)
     settings = {k: v for k, v in used.items() if v != defaults[k] and k not in ("seed", "out", "trainable_layers")}
+    for key in ("data", "tokenizer", "model_size"):  # the file may be run from another folder
+        if isinstance(settings.get(key), str) and os.path.exists(settings[key]):
+            settings[key] = os.path.abspath(settings[key])
     runnable = [r for r in rows if classify_runs(r["name"])]
     skipped = [r["name"] for r in rows[:top] if r not in runnable[:top]]
     body = {
