@@ -19,6 +19,7 @@ from unfreeze.tasks.classify_config import ClassifyConfig
 from unfreeze.tasks.eval_gsm8k import EvalConfig
 from unfreeze.tasks.inject_pauses_config import InjectPausesConfig
 from unfreeze.tasks.sft_config import SFTConfig
+from unfreeze.tasks.suggest_config import SuggestConfig
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,12 @@ def run_inject_pauses(config: InjectPausesConfig) -> int:
     return run(config)
 
 
+def run_suggest(config: SuggestConfig) -> int:
+    from unfreeze.tasks.suggest import run
+
+    return run(config)
+
+
 def run_sweep(config: SweepConfig) -> int:
     from unfreeze.sweep.runner import run
 
@@ -137,6 +144,8 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("sweep", "run every row (and seed) of a sweep file, resumably", SweepConfig, run_sweep,
          positional=("file",)),
     Task("report", "print the results table of a sweep folder", ReportConfig, run_report, positional=("dir",)),
+    Task("suggest", "which parameters to train: rank candidates at a fraction of the sweep's cost", SuggestConfig,
+         run_suggest),
 )}
 
 

@@ -1,0 +1,275 @@
+"""An on-disk, memory-mapped frozen-prefix cache shared by every candidate (and every later run).
+
+One forward pass over every example stores
+
+  * `pooled`: the pooled vector at every block boundary (one vector per example per boundary; small), and
+  * `hidden`: the full (length, hidden) states at the boundaries that candidates start from.
+
+Boundary `b` is the input of stage `b` (the output of stages `0 .. b-1`, see `models/classifier.py`):
+`b = 1` is the embeddings' output, `b = final_stage` the last block's, `b = final_stage + 1` the final
+norm's. The stored values are computed exactly as `cache/frozen_prefix.py` computes them (same stage
+calls, same autocast, same storage dtype), so a run started from them equals the in-memory cache and
+the uncached path.
+
+Files live in `<cache_dir>/<key>/`, where the key hashes everything the values depend on: the frozen
+model's weights (bytes), the token ids of every split (data, tokenizer and context length), the pooling,
+the precision and the device type. A build writes into a temporary folder and renames it into place
+after `meta.json` is written, so a killed build leaves only a `.tmp` folder that no reader opens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unfreeze.errors import UsageError
+
+FORMAT = 1  # bump when the layout changes: old caches then never match
+
+
+# --- identity -----------------------------------------------------------------------------------------
+
+
+def weights_fingerprint(modules) -> str:
+    """A hash of the bytes (and shapes, dtypes) of every parameter and buffer of `modules`, in order."""
+    digest = hashlib.blake2b(digest_size=16)
+    seen: set[int] = set()
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            data = tensor.detach().cpu().contiguous()
+            digest.update(f"{tuple(data.shape)}{data.dtype}".encode())
+            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def tokens_fingerprint(tokens: dict[str, list[torch.Tensor]]) -> str:
+    """A hash of every split's token ids, in order (data content, tokenizer and context length)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for split in sorted(tokens):
+        digest.update(split.encode())
+        for row in tokens[split]:
+            digest.update(len(row).to_bytes(4, "little"))
+            digest.update(row.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(model, tokens: dict[str, list[torch.Tensor]], precision: str, device: torch.device) -> str:
+    """What the stored values depend on, hashed: the key of a cache folder."""
+    stage_modules = [m for stage in model.stage_modules() for m in stage]
+    parts = {
+        "format": FORMAT,
+        "weights": weights_fingerprint(stage_modules),
+        "architecture": type(model).__name__,
+        "tokens": tokens_fingerprint(tokens),
+        "lengths": sorted({len(r) for rows in tokens.values() for r in rows}),
+        "pooling": {"token_pos": model.token_pos, "average": model.average, "causal": model.causal,
+                    "pad_token_id": model.pad_token_id},
+        "precision": precision,
+        "device": device.type,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def hidden_size_of(model) -> int:
+    """The model's width. TEMPORARY fallback to GPT-2's config until branch `arch` gives every
+    classifier a `hidden_size`."""
+    size = getattr(model, "hidden_size", None)
+    return int(size) if size is not None else int(model.body.config.n_embd)
+
+
+# --- the cache as read back ---------------------------------------------------------------------------
+
+
+@dataclass
+class DiskCache:
+    """A complete cache folder, memory-mapped: `pooled(split, b)` and `hidden(split, b, indices)`."""
+
+    folder: Path
+    meta: dict
+
+    @property
+    def boundaries(self) -> list[int]:
+        return list(self.meta["hidden_boundaries"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.meta["dtype"] == "bfloat16" else torch.float32
+
+    def _map(self, name: str, shape: list[int]) -> np.memmap:
+        stored = np.uint16 if self.dtype == torch.bfloat16 else np.float32
+        return np.memmap(self.folder / name, dtype=stored, mode="r", shape=tuple(shape))
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.array(array))  # a private, writable copy
+        return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
+
+    def pooled(self, split: str, boundary: int, indices=None) -> torch.Tensor:
+        """(n, hidden) pooled vectors at `boundary` (all examples, or `indices`)."""
+        n = self.meta["sizes"][split]
+        mapped = self._map(f"pooled_{split}.bin", [self.meta["num_boundaries"], n, self.meta["hidden_size"]])
+        rows = mapped[boundary - 1] if indices is None else mapped[boundary - 1][np.asarray(indices)]
+        return self._tensor(rows)
+
+    def hidden(self, split: str, boundary: int, indices) -> torch.Tensor:
+        """(batch, length, hidden) states at a stored `boundary` for the examples `indices`."""
+        if boundary not in self.boundaries:
+            raise KeyError(f"boundary {boundary} is not stored (stored: {self.boundaries})")
+        shape = [self.meta["sizes"][split], self.meta["length"], self.meta["hidden_size"]]
+        return self._tensor(self._map(f"hidden_{boundary}_{split}.bin", shape)[np.asarray(indices)])
+
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.folder.iterdir())
+
+
+def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=()) -> DiskCache | None:
+    """The complete cache `key` if it holds `boundaries`; None otherwise (never a partial build)."""
+    folder = Path(cache_dir) / key
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or not meta.get("complete") or meta.get("format") != FORMAT:
+        return None
+    if not set(boundaries) <= set(meta["hidden_boundaries"]):
+        return None
+    return DiskCache(folder, meta)
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+
+def estimate_bytes(sizes: dict[str, int], length: int, hidden_size: int, num_boundaries: int,
+                   hidden_boundaries, dtype: torch.dtype) -> tuple[int, int]:
+    """(bytes of the pooled vectors, bytes of one boundary's hidden states)."""
+    per = torch.empty(0, dtype=dtype).element_size()
+    n = sum(sizes.values())
+    return n * num_boundaries * hidden_size * per, n * length * hidden_size * per
+
+
+def fit_disk_budget(pooled_bytes: int, hidden_bytes: int, boundaries: list[int], budget: float) -> list[int]:
+    """The hidden boundaries that fit beside the pooled vectors, latest first (they are the cheapest to
+    train from and the most candidates start there); the pooled vectors must fit or it is an error."""
+    if pooled_bytes > budget:
+        raise UsageError(f"--cache_budget_gb {budget / 2**30:.3g}: even the pooled features need "
+                         f"{pooled_bytes / 2**30:.3g} GiB; raise it or pass --cache_dir on a larger disk")
+    kept, used = [], pooled_bytes
+    for boundary in sorted(boundaries, reverse=True):
+        if used + hidden_bytes <= budget:
+            kept.append(boundary)
+            used += hidden_bytes
+    return sorted(kept)
+
+
+def _remove_dead_temporaries(cache_dir: Path, key: str) -> None:
+    """Temporary folders of builds whose process is gone (killed); a live build's is left alone."""
+    for tmp in cache_dir.glob(f".{key}.tmp-*"):
+        pid = tmp.name.rsplit("-", 2)[-2]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+@torch.no_grad()
+def _write_split(model, rows: list[torch.Tensor], files: dict, device, autocast_dtype, dtype, batch_size) -> None:
+    """One pass of the frozen network over `rows`, every boundary's output written where it is wanted."""
+    final = model.final_stage
+    for begin in range(0, len(rows), batch_size):
+        ids = torch.stack(rows[begin:begin + batch_size]).to(device)
+        end = begin + len(ids)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            hidden = model.embed(ids)
+            for boundary in range(1, final + 2):
+                if boundary > 1:  # the output of stage boundary-1 (a block, or the final norm)
+                    hidden = model.run_stages(hidden, boundary - 1, boundary)
+                if boundary in files["hidden"]:
+                    files["hidden"][boundary][begin:end] = _as_stored(hidden.to(dtype))
+                files["pooled"][boundary - 1, begin:end] = _as_stored(model.pool(hidden, ids).to(dtype))
+
+
+def _as_stored(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    return tensor.view(torch.uint16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+
+
+def build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | os.PathLike, key: str,
+          hidden_boundaries, device: torch.device, autocast_dtype: torch.dtype | None,
+          batch_size: int = 16) -> DiskCache:
+    """Run the frozen network once over every split and store the cache `key` (atomically)."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(cache_dir, key)
+    dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
+    stored = np.uint16 if dtype == torch.bfloat16 else np.float32
+    lengths = {len(r) for rows in tokens.values() for r in rows}
+    if len(lengths) != 1:
+        raise UsageError("the disk cache needs every example padded to one length; drop --no_padding")
+    length, hidden_size = lengths.pop(), hidden_size_of(model)
+    num_boundaries = model.final_stage + 1
+    tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    was_training = model.training
+    model.eval()
+    begin = time.perf_counter()
+    try:
+        for split, rows in tokens.items():
+            files = {"pooled": np.memmap(tmp / f"pooled_{split}.bin", dtype=stored, mode="w+",
+                                         shape=(num_boundaries, len(rows), hidden_size)),
+                     "hidden": {b: np.memmap(tmp / f"hidden_{b}_{split}.bin", dtype=stored, mode="w+",
+                                             shape=(len(rows), length, hidden_size)) for b in hidden_boundaries}}
+            _write_split(model, rows, files, device, autocast_dtype, dtype, batch_size)
+            for mapped in [files["pooled"], *files["hidden"].values()]:
+                mapped.flush()
+            del files
+        meta = {"key": key, "format": FORMAT, "complete": True, "dtype": str(dtype).replace("torch.", ""),
+                "sizes": {s: len(r) for s, r in tokens.items()}, "length": length, "hidden_size": hidden_size,
+                "num_boundaries": num_boundaries, "hidden_boundaries": sorted(hidden_boundaries),
+                "build_s": round(time.perf_counter() - begin, 3)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")  # last file: marks it whole
+        target = cache_dir / key
+        if target.exists():  # an older cache of the same key that lacked a boundary
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        model.train(was_training)
+    return DiskCache(target, meta)
+
+
+def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | os.PathLike, boundaries,
+                 precision: str, device: torch.device, budget_bytes: float | None = None,
+                 batch_size: int = 16) -> tuple[DiskCache, bool]:
+    """The cache of (model, tokens, pooling, precision, device): reused when complete, else built.
+
+    Returns (cache, built). Hidden boundaries over the disk budget (default: a quarter of the free disk
+    under `cache_dir`) are left out; the candidates starting there then run their prefix each step.
+    """
+    key = cache_key(model, tokens, precision, device)
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    sizes = {split: len(rows) for split, rows in tokens.items()}
+    length = max(len(r) for rows in tokens.values() for r in rows)
+    dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
+    pooled_bytes, hidden_bytes = estimate_bytes(sizes, length, hidden_size_of(model), model.final_stage + 1,
+                                                boundaries, dtype)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    budget = budget_bytes if budget_bytes is not None else shutil.disk_usage(cache_dir).free / 4
+    kept = fit_disk_budget(pooled_bytes, hidden_bytes, list(boundaries), budget)
+    found = open_cache(cache_dir, key, kept)
+    if found is not None:
+        return found, False
+    return build(model, tokens, cache_dir, key, kept, device, autocast_dtype, batch_size), True

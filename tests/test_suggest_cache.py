@@ -1,0 +1,189 @@
+"""The on-disk frozen-prefix cache: exact, reused without a forward pass, never reused across inputs,
+and a killed build leaves nothing that reads as complete."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2Model
+
+from unfreeze.cache import disk, frozen_prefix
+from unfreeze.errors import UsageError
+from unfreeze.models.classifier import GPT2Classifier
+
+CPU = torch.device("cpu")
+
+
+def tiny(seed=0, n_layer=3, n_embd=32, **kwargs) -> GPT2Classifier:
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=64, vocab_size=300,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = "sdpa"
+    return GPT2Classifier(GPT2Model(config), pad_token_id=299, **kwargs).eval()
+
+
+def token_splits(length=12, seed=1, sizes=(10, 5, 6)) -> dict[str, list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    splits = {}
+    for name, n in zip(("train", "validation", "test"), sizes):
+        rows = torch.randint(0, 299, (n, length), generator=gen)
+        rows[:, -3:] = 299  # padding at the end, as classify pads
+        splits[name] = list(rows)
+    return splits
+
+
+def frozen(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class StageCounter:
+    """Counts forward calls of every block (the frozen part's work)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        for block in model.body.h:
+            block.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"token_pos": "flexible"}, {"average": True},
+                                    {"causal": False, "token_pos": "first"}, {"n_layer": 4, "n_embd": 48}])
+def test_stored_values_equal_the_in_memory_cache_and_the_uncached_path(tmp_path, kwargs):
+    model = frozen(tiny(**kwargs))
+    tokens = token_splits()
+    cache, built = disk.get_or_build(model, tokens, tmp_path, [2, 3], "fp32", CPU, batch_size=4)
+    assert built and cache.boundaries == [2, 3]
+    for start in (2, 3):
+        plan = frozen_prefix.CachePlan(start, "hidden", "test")
+        memory = frozen_prefix.build_cache(model, plan, tokens, CPU, 4, None)
+        for split, rows in tokens.items():
+            index = list(range(len(rows)))
+            assert torch.equal(cache.hidden(split, start, index), torch.stack(memory.splits[split]))
+            ids = torch.stack(rows)
+            resumed = model.head(model.pool(model.run_stages(cache.hidden(split, start, index), start), ids))
+            assert torch.equal(resumed, model(ids))  # the uncached path, bit for bit
+    pooled_plan = frozen_prefix.CachePlan(model.final_stage + 1, "pooled", "test")
+    pooled = frozen_prefix.build_cache(model, pooled_plan, tokens, CPU, 4, None)
+    for split in tokens:
+        assert torch.equal(cache.pooled(split, model.final_stage + 1), torch.stack(pooled.splits[split]))
+        ids = torch.stack(tokens[split])
+        assert torch.equal(cache.pooled(split, 1), model.pool(model.embed(ids), ids))  # every boundary is pooled
+
+
+def test_bf16_cache_equals_the_in_memory_bf16_cache(tmp_path):
+    model, tokens = frozen(tiny()), token_splits()
+    cache, _ = disk.get_or_build(model, tokens, tmp_path, [3], "bf16", CPU, batch_size=4)
+    memory = frozen_prefix.build_cache(model, frozen_prefix.CachePlan(3, "hidden", "t", torch.bfloat16),
+                                       tokens, CPU, 4, torch.bfloat16)
+    assert cache.dtype == torch.bfloat16
+    assert torch.equal(cache.hidden("train", 3, range(10)), torch.stack(memory.splits["train"]))
+
+
+def test_a_second_run_reuses_the_cache_without_a_forward_pass(tmp_path):
+    tokens = token_splits()
+    first = frozen(tiny())
+    counter = StageCounter(first)
+    _, built = disk.get_or_build(first, tokens, tmp_path, [2], "fp32", CPU)
+    assert built and counter.calls > 0
+    second = frozen(tiny())  # a fresh model with the same weights: what a later run builds
+    counter = StageCounter(second)
+    cache, built = disk.get_or_build(second, tokens, tmp_path, [2], "fp32", CPU)
+    assert not built and counter.calls == 0
+    assert cache.hidden("test", 2, [0]).shape == (1, 12, 32)
+    # A subset of the stored boundaries is reused too; a boundary not stored means a rebuild.
+    assert not disk.get_or_build(second, tokens, tmp_path, [], "fp32", CPU)[1]
+    assert disk.get_or_build(second, tokens, tmp_path, [3], "fp32", CPU)[1]
+
+
+@pytest.mark.parametrize("change", ["weights", "data", "context_length", "pooling", "precision"])
+def test_a_cache_of_other_inputs_is_never_reused(tmp_path, change):
+    tokens = token_splits()
+    disk.get_or_build(frozen(tiny()), tokens, tmp_path, [2], "fp32", CPU)
+    model, precision = frozen(tiny()), "fp32"
+    if change == "weights":
+        model = frozen(tiny(seed=1))
+    elif change == "data":
+        tokens["test"][0] = tokens["test"][0].clone()
+        tokens["test"][0][0] = (tokens["test"][0][0] + 1) % 299
+    elif change == "context_length":
+        tokens = {split: [r[:-1] for r in rows] for split, rows in tokens.items()}
+    elif change == "pooling":
+        model = frozen(tiny(token_pos="flexible"))
+    else:
+        precision = "bf16"
+    counter = StageCounter(model)
+    _, built = disk.get_or_build(model, tokens, tmp_path, [2], precision, CPU)
+    assert built and counter.calls > 0
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_a_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(disk, "_write_split", fail)
+    with pytest.raises(RuntimeError):
+        disk.get_or_build(frozen(tiny()), token_splits(), tmp_path, [2], "fp32", CPU)
+    assert list(tmp_path.iterdir()) == []
+
+
+KILLED_BUILD = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import torch
+    from test_suggest_cache import frozen, tiny, token_splits
+    from unfreeze.cache import disk
+
+    real = disk._write_split
+    calls = []
+    def write_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # the train and validation splits are on disk, meta.json is not
+            os.kill(os.getpid(), signal.SIGKILL)
+    disk._write_split = write_then_die
+    disk.get_or_build(frozen(tiny()), token_splits(), {folder!r}, [2], "fp32", torch.device("cpu"))
+""")
+
+
+def test_a_killed_build_is_never_read_as_complete(tmp_path):
+    script = KILLED_BUILD.format(tests=os.path.dirname(__file__), folder=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    leftovers = list(tmp_path.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".") and ".tmp-" in leftovers[0].name
+    model, tokens = frozen(tiny()), token_splits()
+    key = disk.cache_key(model, tokens, "fp32", CPU)
+    assert disk.open_cache(tmp_path, key) is None
+    counter = StageCounter(model)
+    cache, built = disk.get_or_build(model, tokens, tmp_path, [2], "fp32", CPU)
+    assert built and counter.calls > 0 and cache.meta["complete"]
+    assert [p.name for p in tmp_path.iterdir()] == [key]  # the dead build's folder is gone
+
+
+def test_disk_budget_drops_hidden_boundaries_latest_kept_and_refuses_when_pooled_cannot_fit():
+    assert disk.fit_disk_budget(100, 50, [2, 3, 4], 210) == [3, 4]
+    assert disk.fit_disk_budget(100, 50, [2, 3, 4], 100) == []
+    with pytest.raises(UsageError, match="--cache_budget_gb"):
+        disk.fit_disk_budget(100, 50, [2], 99)
+
+
+def test_over_budget_boundaries_are_not_stored(tmp_path):
+    model, tokens = frozen(tiny()), token_splits()
+    pooled, hidden = disk.estimate_bytes({"a": 21}, 12, 32, model.final_stage + 1, [2, 3], torch.float32)
+    cache, _ = disk.get_or_build(model, tokens, tmp_path, [2, 3], "fp32", CPU, budget_bytes=pooled + hidden)
+    assert cache.boundaries == [3]
+    with pytest.raises(KeyError):
+        cache.hidden("train", 2, [0])
+    logging.getLogger(__name__).info("sizes %s", cache.nbytes())
