@@ -13,7 +13,7 @@ calls, same autocast, same storage dtype), so a run started from them equals the
 the uncached path.
 
 Files live in `<cache_dir>/<key>/`, where the key hashes everything the values depend on: the frozen
-model's weights (bytes), the token ids of every split (data, tokenizer and context length), the pooling,
+model's weights (bytes) and config, the token ids of every split (data, tokenizer and context length), the pooling,
 the precision and the device type. A build writes into a temporary folder and renames it into place
 after `meta.json` is written, so a killed build leaves only a `.tmp` folder that no reader opens.
 """
@@ -73,6 +73,9 @@ def cache_key(model, tokens: dict[str, list[torch.Tensor]], precision: str, devi
         "format": FORMAT,
         "weights": weights_fingerprint(stage_modules),
         "architecture": type(model).__name__,
+        # The same weights under another config (head count, rotary base, norm eps, attention kernel)
+        # compute other values.
+        "config": json.loads(model.body.config.to_json_string(use_diff=False)),
         "tokens": tokens_fingerprint(tokens),
         "lengths": sorted({len(r) for rows in tokens.values() for r in rows}),
         "pooling": {"token_pos": model.token_pos, "average": model.average, "causal": model.causal,
