@@ -12,9 +12,8 @@ time / the sweep's), the cost model's error per candidate (predicted / measured 
 eval_time_s` - 1), and each signal's worth: Spearman's rank correlation with the sweep's mean validation
 and test accuracy.
 
-Default candidates are the presets today's classify runs (the sweep must run them all); pass
-`--candidates ...,last_blocks:4,bias` once branch `arch` has merged. `--model smollm2` needs the generic
-decoder of branch `arch` (classify builds GPT-2 only today) and says so.
+Every candidate is a classify preset (`last_blocks:N`, `blocks:A-B`, `bias`, `norms` included), so the
+sweep runs them all. `--model smollm2` is the pretrained SmolLM2-135M GGUF (Llama, masked padding).
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ def shared_options(args, data: Path) -> dict:
     else:
         from unfreeze.models.gguf import installed_smollm2
 
-        options.update(model_size=str(installed_smollm2()), weights="pretrained")
+        options.update(model=str(installed_smollm2()), weights="pretrained")
     return options
 
 
@@ -128,9 +127,6 @@ def main() -> int:
     if not (SHARED / "sms_spam").is_dir():
         print(f"needs {SHARED}/sms_spam and gpt2_bpe", file=sys.stderr)
         return 2
-    if args.model == "smollm2":
-        print("skipped: --model smollm2 needs branch `arch` (today's classify builds GPT-2 models only)")
-        return 0
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

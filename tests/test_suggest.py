@@ -15,7 +15,9 @@ import torch
 
 from unfreeze.cache import disk
 from unfreeze.config import config_from_mapping
+from unfreeze.models import trainable
 from unfreeze.suggest import candidates as cand
+from unfreeze.suggest import output
 from unfreeze.suggest.arms import Arm, CachedForward
 from unfreeze.suggest.setup import prepare
 from unfreeze.sweep.spec import load_sweep
@@ -91,7 +93,7 @@ def test_interleaved_arms_end_with_classify_trains_weights_bit_for_bit(spam_csv_
         assert torch.equal(mine, theirs), key
 
 
-def test_temporary_presets_train_what_they_name():
+def test_candidates_are_classify_presets_and_train_what_they_name():
     from transformers import GPT2Config, GPT2Model
 
     from unfreeze.models.classifier import GPT2Classifier
@@ -108,6 +110,10 @@ def test_temporary_presets_train_what_they_name():
     assert "head.weight" in trained and "body.h.0.attn.c_attn.bias" in trained and "body.ln_f.bias" in trained
     assert all(n.endswith("bias") or n == "head.weight" for n in trained)
     assert cand.start_stage(model) == 0  # block 0's biases train: nothing but the embeddings is frozen
+    for name in ("blocks:0-1", "norms", "last_blocks:3"):  # every classify preset resolves, as classify's
+        mine = {id(p) for p in cand.selection(model, name, 8, 8, 0).params}
+        assert mine == {id(p) for p in trainable.preset_selection(model, name, 8, 8, seed=0).params}
+    assert cand.parse_candidates("blocks:0-1, norms,bias") == ["blocks:0-1", "norms", "bias"]
 
 
 def cli(*args, cwd=None):
@@ -141,8 +147,9 @@ def test_the_command_ranks_writes_and_its_sweep_file_is_accepted(spam_csv_dir, b
     assert result["spent_s"] > 0 and result["cache"]["built"]
     assert (out / "suggestion.png").read_bytes()[:4] == b"\x89PNG"
     sweep = load_sweep(sweep_file)
-    runnable = [r["name"] for r in rows if r["name"] in ("last_layer", "last_block", "all")]
-    assert [row.name for row in sweep.rows] == runnable[:2]
+    # every candidate is a classify preset now: the top two, whatever they are (last_blocks:2 included)
+    assert [row.name for row in sweep.rows] == [output.row_name(r["name"]) for r in rows[:2]]
+    assert [row.config["trainable_layers"] for row in sweep.rows] == [r["name"] for r in rows[:2]]
     assert sweep.seeds == [123, 124, 125] and sweep.rows[0].config["num_epochs"] == 2
     assert sweep.rows[0].config["model_config"] == TINY
 
@@ -155,8 +162,8 @@ def test_the_command_ranks_writes_and_its_sweep_file_is_accepted(spam_csv_dir, b
 @pytest.mark.parametrize("bad, message", [
     ({"budget": "0.0000001"}, "--budget 0.0000001 (0.0s in all) leaves "),
     ({"budget": "2"}, "--budget '2': give a share"),
-    ({"candidates": "last_layer,everything"}, "--candidates: unknown candidate 'everything'"),
-    ({"candidates": "bias", "write_sweep": "x.yaml"}, "--write_sweep: unfreeze classify runs none"),
+    ({"candidates": "last_layer,everything"}, "--candidates 'everything': invalid choice"),
+    ({"candidates": "last_blocks:9", "write_sweep": "x.yaml"}, "--candidates last_blocks:9: N must be between 1"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(spam_csv_dir, byte_tokenizer_dir, tmp_path, bad, message):
     bad = {"candidates": "last_layer,last_block,all", **bad}

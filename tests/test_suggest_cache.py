@@ -187,3 +187,66 @@ def test_over_budget_boundaries_are_not_stored(tmp_path):
     with pytest.raises(KeyError):
         cache.hidden("train", 2, [0])
     logging.getLogger(__name__).info("sizes %s", cache.nbytes())
+
+
+# --- masked, variable-length models (Llama, Qwen2, GPT-NeoX): right padding under an attention mask -----
+
+
+def masked_model(arch: str, seed: int = 0):
+    from test_architectures import make_model
+
+    return frozen(make_model(arch, seed=seed))
+
+
+def ragged_tokens(seed=3, length=11, sizes=(9, 5, 6), pad=0) -> dict[str, list[torch.Tensor]]:
+    """Rows of different real lengths, right-padded with `pad` to one length (as classify pads)."""
+    gen = torch.Generator().manual_seed(seed)
+    splits = {}
+    for name, n in zip(("train", "validation", "test"), sizes):
+        rows = torch.randint(1, 97, (n, length), generator=gen)
+        for row in rows:
+            row[int(torch.randint(1, length + 1, (1,), generator=gen)):] = pad
+        splits[name] = list(rows)
+    return splits
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox"])
+def test_disk_cache_equals_memory_cache_and_uncached_on_every_architecture(tmp_path, arch):
+    """Disk cache = in-memory cache (bit for bit, stored real positions) = the uncached path, through the
+    forward that candidates and classify train with (each batch cut to its longest real token)."""
+    from unfreeze.suggest.arms import CachedForward
+    from unfreeze.tasks.classify import Forward
+
+    model = masked_model(arch)
+    pad = model.pad_token_id
+    tokens = ragged_tokens(pad=pad) if arch != "gpt2" else token_splits()
+    final = model.final_stage
+    cache, built = disk.get_or_build(model, tokens, tmp_path, [2, 3], "fp32", CPU, batch_size=4)
+    assert built
+    for start in (2, 3, final + 1):
+        kind = "pooled" if start == final + 1 else "hidden"
+        memory = frozen_prefix.build_cache(model, frozen_prefix.CachePlan(start, kind, "t"), tokens, CPU, 4, None)
+        for split, rows in tokens.items():
+            index = list(range(len(rows)))
+            if kind == "pooled":
+                assert torch.equal(cache.pooled(split, start), torch.stack(memory.splits[split]))
+            else:
+                stored = cache.hidden(split, start, index)
+                for i, row in enumerate(memory.splits[split]):  # the real positions, zeros after them
+                    assert torch.equal(stored[i, :len(row)], row) and not stored[i, len(row):].any()
+            for batch in (torch.tensor(index[:4]), torch.tensor(index[-3:])):
+                on_disk = CachedForward(model, tokens, cache, start, CPU, None)(split, batch)
+                in_memory = Forward(model, tokens, memory, CPU, None)(split, batch)
+                uncached = Forward(model, tokens, None, CPU, None)(split, batch)
+                assert torch.equal(on_disk, in_memory), (arch, start, split)
+                assert torch.allclose(on_disk, uncached, atol=1e-5), (arch, start, (on_disk - uncached).abs().max())
+
+
+def test_masked_caches_of_other_padding_semantics_are_never_shared(tmp_path):
+    tokens = ragged_tokens()
+    llama = masked_model("llama")
+    disk.get_or_build(llama, tokens, tmp_path, [2], "fp32", CPU)
+    assert not disk.get_or_build(masked_model("llama"), tokens, tmp_path, [2], "fp32", CPU)[1]
+    other = masked_model("llama")
+    other.reference_padding = True  # the same weights and tokens, read without a mask: other values
+    assert disk.get_or_build(other, tokens, tmp_path, [2], "fp32", CPU)[1]

@@ -3,7 +3,8 @@
 One forward pass over every example stores
 
   * `pooled`: the pooled vector at every block boundary (one vector per example per boundary; small), and
-  * `hidden`: the full (length, hidden) states at the boundaries that candidates start from.
+  * `hidden`: the (length, hidden) states at the boundaries that candidates start from (under an
+    attention mask, every model but the reference's GPT-2: the real positions, zeros after them).
 
 Boundary `b` is the input of stage `b` (the output of stages `0 .. b-1`, see `models/classifier.py`):
 `b = 1` is the embeddings' output, `b = final_stage` the last block's, `b = final_stage + 1` the final
@@ -12,7 +13,7 @@ calls, same autocast, same storage dtype), so a run started from them equals the
 the uncached path.
 
 Files live in `<cache_dir>/<key>/`, where the key hashes everything the values depend on: the frozen
-model's weights (bytes), the token ids of every split (data, tokenizer and context length), the pooling,
+model's weights (bytes) and config, the token ids of every split (data, tokenizer and context length), the pooling,
 the precision and the device type. A build writes into a temporary folder and renames it into place
 after `meta.json` is written, so a killed build leaves only a `.tmp` folder that no reader opens.
 """
@@ -30,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unfreeze.cache.frozen_prefix import _batches, _real_length, _trimmed_ids
 from unfreeze.errors import UsageError
 
-FORMAT = 1  # bump when the layout changes: old caches then never match
+FORMAT = 2  # bump when the layout changes: old caches then never match
 
 
 # --- identity -----------------------------------------------------------------------------------------
@@ -71,21 +73,17 @@ def cache_key(model, tokens: dict[str, list[torch.Tensor]], precision: str, devi
         "format": FORMAT,
         "weights": weights_fingerprint(stage_modules),
         "architecture": type(model).__name__,
+        # The same weights under another config (head count, rotary base, norm eps, attention kernel)
+        # compute other values.
+        "config": json.loads(model.body.config.to_json_string(use_diff=False)),
         "tokens": tokens_fingerprint(tokens),
         "lengths": sorted({len(r) for rows in tokens.values() for r in rows}),
         "pooling": {"token_pos": model.token_pos, "average": model.average, "causal": model.causal,
-                    "pad_token_id": model.pad_token_id},
+                    "pad_token_id": model.pad_token_id, "reference_padding": model.reference_padding},
         "precision": precision,
         "device": device.type,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def hidden_size_of(model) -> int:
-    """The model's width. TEMPORARY fallback to GPT-2's config until branch `arch` gives every
-    classifier a `hidden_size`."""
-    size = getattr(model, "hidden_size", None)
-    return int(size) if size is not None else int(model.body.config.n_embd)
 
 
 # --- the cache as read back ---------------------------------------------------------------------------
@@ -122,7 +120,8 @@ class DiskCache:
         return self._tensor(rows)
 
     def hidden(self, split: str, boundary: int, indices) -> torch.Tensor:
-        """(batch, length, hidden) states at a stored `boundary` for the examples `indices`."""
+        """(batch, length, hidden) states at a stored `boundary` for the examples `indices`; under an
+        attention mask only the real positions are stored (zeros after them: cut to the real length)."""
         if boundary not in self.boundaries:
             raise KeyError(f"boundary {boundary} is not stored (stored: {self.boundaries})")
         shape = [self.meta["sizes"][split], self.meta["length"], self.meta["hidden_size"]]
@@ -185,19 +184,28 @@ def _remove_dead_temporaries(cache_dir: Path, key: str) -> None:
 
 @torch.no_grad()
 def _write_split(model, rows: list[torch.Tensor], files: dict, device, autocast_dtype, dtype, batch_size) -> None:
-    """One pass of the frozen network over `rows`, every boundary's output written where it is wanted."""
+    """One pass of the frozen network over `rows`, every boundary's output written where it is wanted.
+
+    Batches are formed as the in-memory cache forms them (`frozen_prefix`): under an attention mask,
+    examples grouped by real length and each batch run only up to its longest real token; only the real
+    positions are written (the rest of a row stays zero, padding nothing reads). GPT-2 under the
+    reference's semantics runs the padded rows as they are.
+    """
     final = model.final_stage
-    for begin in range(0, len(rows), batch_size):
-        ids = torch.stack(rows[begin:begin + batch_size]).to(device)
-        end = begin + len(ids)
+    for indices in _batches(model, rows, batch_size):
+        ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
+        lengths = [len(rows[i]) if model.reference_padding else _real_length(model, rows[i]) for i in indices]
+        where = np.asarray(indices)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             hidden = model.embed(ids)
             for boundary in range(1, final + 2):
                 if boundary > 1:  # the output of stage boundary-1 (a block, or the final norm)
-                    hidden = model.run_stages(hidden, boundary - 1, boundary)
+                    hidden = model.run_stages(hidden, boundary - 1, boundary, input_ids=ids)
                 if boundary in files["hidden"]:
-                    files["hidden"][boundary][begin:end] = _as_stored(hidden.to(dtype))
-                files["pooled"][boundary - 1, begin:end] = _as_stored(model.pool(hidden, ids).to(dtype))
+                    stored = _as_stored(hidden.to(dtype))
+                    for row, i, length in zip(stored, indices, lengths):
+                        files["hidden"][boundary][i, :length] = row[:length]
+                files["pooled"][boundary - 1, where] = _as_stored(model.pool(hidden, ids).to(dtype))
 
 
 def _as_stored(tensor: torch.Tensor) -> np.ndarray:
@@ -217,7 +225,7 @@ def build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | os.Path
     lengths = {len(r) for rows in tokens.values() for r in rows}
     if len(lengths) != 1:
         raise UsageError("the disk cache needs every example padded to one length; drop --no_padding")
-    length, hidden_size = lengths.pop(), hidden_size_of(model)
+    length, hidden_size = lengths.pop(), int(model.hidden_size)
     num_boundaries = model.final_stage + 1
     tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
@@ -264,7 +272,7 @@ def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | 
     sizes = {split: len(rows) for split, rows in tokens.items()}
     length = max(len(r) for rows in tokens.values() for r in rows)
     dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
-    pooled_bytes, hidden_bytes = estimate_bytes(sizes, length, hidden_size_of(model), model.final_stage + 1,
+    pooled_bytes, hidden_bytes = estimate_bytes(sizes, length, int(model.hidden_size), model.final_stage + 1,
                                                 boundaries, dtype)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     budget = budget_bytes if budget_bytes is not None else shutil.disk_usage(cache_dir).free / 4
@@ -272,4 +280,7 @@ def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | 
     found = open_cache(cache_dir, key, kept)
     if found is not None:
         return found, False
+    older = open_cache(cache_dir, key)  # the same inputs with other boundaries: a rebuild keeps them too
+    if older is not None:
+        kept = fit_disk_budget(pooled_bytes, hidden_bytes, sorted({*kept, *older.boundaries}), budget)
     return build(model, tokens, cache_dir, key, kept, device, autocast_dtype, batch_size), True

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from unfreeze.models.classifier import real_lengths
 from unfreeze.tasks.classify import IndexDataset
 
 
@@ -36,13 +37,15 @@ class CachedForward:
     def __call__(self, split: str, indices: torch.Tensor) -> torch.Tensor:
         index = indices.tolist()
         ids = torch.stack([self.tokens[split][i] for i in index]).to(self.device)
+        if not self.model.reference_padding:  # as classify's Forward: run only up to the longest real token
+            ids = ids[:, :int(real_lengths(ids, self.model.pad_token_id).max())]
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             if self.kind == "none":
                 return self.model(ids).float()
             if self.kind == "pooled":
                 return self.model.head(self.cache.pooled(split, self.start, index).to(self.device)).float()
-            stored = self.cache.hidden(split, self.start, index).to(self.device)
-            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.start)
+            stored = self.cache.hidden(split, self.start, index)[:, :ids.shape[1]].to(self.device)
+            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.start, input_ids=ids)
             return self.model.head(self.model.pool(hidden, ids)).float()
 
 

@@ -1,26 +1,17 @@
-"""Candidate names -> the parameters they train, where their frozen prefix ends, and whether classify runs them.
+"""Candidate names -> the parameters they train, and where their frozen prefix ends.
 
-Today's classify presets resolve through `models/trainable.py`. Two more are resolved here from module
-structure until branch `arch` adds them to `trainable.py` (TEMPORARY, marked below):
-
-| candidate      | trains                                                                 |
-|----------------|------------------------------------------------------------------------|
-| last_blocks:N  | the last N blocks, the final norm, the head                            |
-| bias           | BitFit: every module's own `bias` parameter, plus the head              |
+A candidate is any `unfreeze classify --trainable_layers` preset (last_layer, last_block, last_two_blocks,
+last_blocks:N, blocks:A-B, all, lora, lora_alternative, bias, norms): it resolves through
+`models/trainable.py`, so a candidate trains exactly what the classify run of the same name trains.
 """
 
 from __future__ import annotations
-
-import re
 
 from torch import nn
 
 from unfreeze.cache.frozen_prefix import frozen_prefix_stages
 from unfreeze.errors import UsageError
 from unfreeze.models import trainable
-
-KNOWN = ("last_layer", "last_block", "last_two_blocks", "all", "lora", "lora_alternative", "bias")
-BLOCKS_RE = re.compile(r"^last_blocks:(\d+)$")
 
 
 def parse_candidates(text: str) -> list[str]:
@@ -29,40 +20,22 @@ def parse_candidates(text: str) -> list[str]:
     if not names:
         raise UsageError("--candidates is empty; e.g. --candidates last_layer,last_block,all,lora")
     for name in names:
-        match = BLOCKS_RE.match(name)
-        if name not in KNOWN and not (match and int(match.group(1)) >= 1):
-            raise UsageError(f"--candidates: unknown candidate {name!r}; use {', '.join(KNOWN)} or last_blocks:N (N >= 1)")
+        try:
+            trainable.check_preset_syntax(name, "--candidates")
+        except UsageError as err:
+            raise UsageError(f"{err}; --candidates takes any of classify's --trainable_layers presets") from None
     return names
-
-
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    # TEMPORARY until `arch`: the generic classifier exposes `blocks`; today's GPT-2 one keeps them in body.h.
-    return list(model.blocks) if hasattr(model, "blocks") else list(model.body.h)
-
-
-def _final_norm(model: nn.Module) -> nn.Module:
-    # TEMPORARY until `arch` (see _blocks).
-    return model.final_norm if hasattr(model, "final_norm") else model.body.ln_f
-
-
-def _own_biases(model: nn.Module) -> list[nn.Parameter]:
-    """Each module's `bias` parameter (the attribute of the module, not a name pattern)."""
-    return [m.bias for m in model.modules() if isinstance(getattr(m, "bias", None), nn.Parameter)]
 
 
 def selection(model: nn.Module, name: str, lora_rank: int, lora_alpha: float, seed: int) -> trainable.Selection:
     """The parameters candidate `name` trains in `model` (LoRA candidates add their adapters first)."""
-    match = BLOCKS_RE.match(name)
-    if match:  # TEMPORARY until `arch` adds last_blocks:N to trainable.py
-        count = int(match.group(1))
-        if count > len(_blocks(model)):
-            raise UsageError(f"--candidates {name}: the model has only {len(_blocks(model))} blocks")
-        modules = [*_blocks(model)[-count:], _final_norm(model), model.head]
-        return trainable.Selection([name], list({id(p): p for m in modules for p in m.parameters()}.values()))
-    if name == "bias":  # TEMPORARY until `arch` adds bias to trainable.py
-        params = [*_own_biases(model), model.head.weight]
-        return trainable.Selection([name], list({id(p): p for p in params}.values()))
     return trainable.preset_selection(model, name, lora_rank, lora_alpha, seed=seed)
+
+
+def check_bounds(names: list[str], num_blocks: int) -> None:
+    """Block presets name blocks the model has (one line naming the bad candidate)."""
+    for name in names:
+        trainable.preset_blocks(name, num_blocks, "--candidates")
 
 
 def apply(model: nn.Module, name: str, lora_rank: int, lora_alpha: float, seed: int) -> trainable.TrainableSummary:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from unfreeze.config import config_from_mapping, to_dict
-from unfreeze.errors import UsageError
+from unfreeze.config import to_dict
 from unfreeze.files import atomic_write_text
 from unfreeze.tasks.classify_config import ClassifyConfig
 
@@ -80,15 +79,6 @@ def plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def classify_runs(name: str) -> bool:
-    """Whether `unfreeze classify --trainable_layers NAME` is accepted (today's presets; more after `arch`)."""
-    try:
-        config_from_mapping(ClassifyConfig, {"trainable_layers": name})
-    except UsageError:
-        return False
-    return True
-
-
 def row_name(candidate: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", candidate)
 
@@ -97,23 +87,20 @@ def sweep_text(rows: list[dict], classify_cfg: ClassifyConfig, seeds: list[int],
     """A sweep file of the `top` best candidates that classify can run, with the options suggest used."""
     defaults, used = to_dict(ClassifyConfig()), to_dict(classify_cfg)
     settings = {k: v for k, v in used.items() if v != defaults[k] and k not in ("seed", "out", "trainable_layers")}
-    for key in ("data", "tokenizer", "model_size"):  # the file may be run from another folder
+    for key in ("data", "tokenizer", "model_size", "model"):  # the file may be run from another folder
         if isinstance(settings.get(key), str) and os.path.exists(settings[key]):
             settings[key] = os.path.abspath(settings[key])
-    runnable = [r for r in rows if classify_runs(r["name"])]
-    skipped = [r["name"] for r in rows[:top] if r not in runnable[:top]]
+    # Every candidate is a classify preset (checked by classify's own parser when the file is run).
     body = {
         "command": "classify",
         "description": "the top candidates of unfreeze suggest, to confirm with full runs",
         "seeds": seeds,
         "settings": settings,
         "rows": [{"name": row_name(r["name"]), "label": f"suggest rank {r['rank']}",
-                  "options": {"trainable_layers": r["name"]}} for r in runnable[:top]],
+                  "options": {"trainable_layers": r["name"]}} for r in rows[:top]],
     }
-    notes = ["# written by unfreeze suggest; confirm with: unfreeze sweep FILE --out runs/confirm"]
-    if skipped:
-        notes.append(f"# left out (unfreeze classify does not run these presets yet): {', '.join(skipped)}")
-    return "\n".join(notes) + "\n" + yaml.safe_dump(body, sort_keys=False)
+    note = "# written by unfreeze suggest; confirm with: unfreeze sweep FILE --out runs/confirm"
+    return note + "\n" + yaml.safe_dump(body, sort_keys=False)
 
 
 def write_sweep(path: str, text: str) -> Path:

@@ -2,8 +2,7 @@
 
 Everything goes through `unfreeze classify`'s own functions (same split, tokens, padding, model
 initialisation and seeding), so a candidate trained here to the end of its epochs is the run that
-`unfreeze classify` would make. When the generic decoder and data builders land (branches `arch`
-and `data`), only this module changes.
+`unfreeze classify` would make, on any decoder model and any labelled data classify accepts.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ from unfreeze.tasks.classify_config import ClassifyConfig
 from unfreeze.tasks.suggest_config import SuggestConfig
 
 SHARED_OPTIONS = ("model_size", "weights", "model_config", "data", "tokenizer", "num_epochs", "batch_size",
-                  "lr", "context_length", "lora_rank", "lora_alpha", "seed", "device", "precision")
+                  "lr", "context_length", "lora_rank", "lora_alpha", "seed", "device", "precision",
+                  "model", "text_column", "label_column", "split", "balance")
 
 
 @dataclass
@@ -55,9 +55,12 @@ def prepare(cfg: SuggestConfig, log: logging.Logger) -> Setup:
     classify.check_downloads(base)
     inputs = classify.load_inputs(base, log)
     labels = {name: [int(v) for v in getattr(inputs.splits, name)["Label"]] for name in classify.SPLITS}
+    num_classes = len(inputs.splits.class_names)
 
     def build(seed: int) -> torch.nn.Module:
-        return classify.build_model(dataclasses.replace(base, seed=seed), inputs.config).to(inputs.device)
+        model = classify.build_model(dataclasses.replace(base, seed=seed), inputs.config, inputs.pad_token_id,
+                                     num_classes)
+        return model.to(inputs.device)
 
     begin = time.perf_counter()
     model = build(base.seed)

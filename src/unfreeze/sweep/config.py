@@ -27,3 +27,7 @@ class SweepConfig:
     """replace every row's Ray resources, e.g. '{num_cpus: 1}' on a machine without GPUs"""
     out: str | None = None
     """output folder (default: runs/<sweep file name>)"""
+    # --- added by suggest2 ---
+    feature_cache: bool = True
+    """classify rows share frozen-prefix caches on disk in <out>/features (classify's --feature_cache_dir):
+    rows and seeds that freeze the same prefix compute it once; false: each run caches in memory alone"""

@@ -21,6 +21,7 @@ asking for the row's `resources`, so a sweep spreads over a cluster (`--address`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,8 @@ def run(args: SweepConfig) -> int:
     for name in ("sweep.json", "failed.json"):  # a cut record of an earlier sweep in --out: one line, not a traceback
         if (out / name).is_file():
             read_json_or_explain(out / name, f"delete it (finished runs under {out / 'runs'} are kept), or use another --out")
-    return run_sweep(sweep, rows, out, backend=args.backend, address=args.address)
+    features = out / "features" if args.feature_cache else None
+    return run_sweep(sweep, rows, out, backend=args.backend, address=args.address, features=features)
 
 
 # --- state on disk ------------------------------------------------------------------------------
@@ -144,22 +146,32 @@ def sweep_lock(out: Path) -> Iterator[None]:
 # --- the sweep --------------------------------------------------------------------------------------
 
 
-def plan(sweep: Sweep, rows: list[Row], out: Path) -> tuple[list[Unit], int]:
-    """Units without a finished result, dependencies first; and how many are already done."""
+def plan(sweep: Sweep, rows: list[Row], out: Path, features: Path | None = None) -> tuple[list[Unit], int]:
+    """Units without a finished result, dependencies first; and how many are already done.
+
+    With `features`, every run of a command that takes `feature_cache_dir` (classify) shares that folder's
+    frozen-prefix caches unless its row sets the option itself: rows and seeds that freeze the same prefix
+    of the same network on the same data compute it once.
+    """
     units, done = [], 0
+    shares = features is not None and "feature_cache_dir" in {f.name for f in dataclasses.fields(sweep.command.config)}
     for row in dependency_order(rows):
         for seed in sweep.seeds:
             if is_finished(out, row.name, seed):
                 done += 1
                 continue
-            units.append(Unit(row.name, seed, dict(row.options), row.init_from, dict(row.resources)))
+            options = dict(row.options)
+            if shares and "feature_cache_dir" not in options:
+                options["feature_cache_dir"] = str(features.resolve())
+            units.append(Unit(row.name, seed, options, row.init_from, dict(row.resources)))
     return units, done
 
 
-def run_sweep(sweep: Sweep, rows: list[Row], out: Path, backend: str = "local", address: str | None = None) -> int:
+def run_sweep(sweep: Sweep, rows: list[Row], out: Path, backend: str = "local", address: str | None = None,
+              features: Path | None = None) -> int:
     with sweep_lock(out):
         write_sweep_json(sweep, rows, out)
-        units, done = plan(sweep, rows, out)
+        units, done = plan(sweep, rows, out, features)
         total = len(units) + done
         say(f"sweep {Path(sweep.path).name}: {len(rows)} row(s) x {len(sweep.seeds)} seed(s) = {total} run(s); "
             f"{done} already finished, {len(units)} to run ({backend}) -> {out}")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from unfreeze.cache import frozen_prefix
+from unfreeze.cache import frozen_prefix, shared
 from unfreeze.cache.policy import CacheRequest
 from unfreeze.config import to_dict
 from unfreeze.data import labelled, sms_spam
@@ -369,5 +369,10 @@ def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
 
 def prepare_cache(cfg, model, tokens, device, autocast_dtype, log):
     """Cache the frozen prefix where that is exact and affordable (policy: `unfreeze.cache`)."""
+    if cfg.feature_cache_dir:  # the shared on-disk cache: built once for every run that freezes this prefix
+        cache, info, seconds = shared.prepare(model, tokens, cfg.feature_cache_dir, cfg.precision, device,
+                                              max(cfg.batch_size, 16), log)
+        if cache is not None:
+            return cache, info, seconds
     request = CacheRequest(cfg.cache_activations, cfg.cache_budget_gb, "--cache_activations on", "--cache_budget_gb")
     return frozen_prefix.prepare(model, tokens, device, autocast_dtype, request, max(cfg.batch_size, 16), log)

@@ -136,3 +136,8 @@ class ClassifyConfig:
     the right with their pad token (eos where none) under an attention mask, and `last`/`flexible` = the last
     real token, mean = over the real tokens
     """
+    # --- added by suggest2 ---
+    feature_cache_dir: str | None = None
+    """folder of shared on-disk frozen-prefix caches (as `unfreeze suggest` builds them): reused when one
+    matches this run's frozen network, data, context length, pooling and precision, else built there; the
+    in-memory cache otherwise (default: none; `unfreeze sweep` passes <out>/features)"""

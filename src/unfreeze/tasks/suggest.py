@@ -19,6 +19,7 @@ from unfreeze.cache import disk
 from unfreeze.config import to_dict
 from unfreeze.errors import UsageError, require
 from unfreeze.files import atomic_write_json, check_output_path, run_logger
+from unfreeze.models.classifier import real_lengths
 from unfreeze.suggest import candidates as cand
 from unfreeze.suggest import cost, halving, output, signals
 from unfreeze.suggest.arms import Arm, CachedForward
@@ -54,8 +55,6 @@ def validate(cfg: SuggestConfig) -> list[str]:
         check_output_path(cfg.out, "--out")
     if cfg.write_sweep is not None:
         check_output_path(cfg.write_sweep, "--write_sweep", kind="file")
-        require(any(output.classify_runs(n) for n in names),
-                f"--write_sweep: unfreeze classify runs none of --candidates {cfg.candidates}; add e.g. last_block")
     return names
 
 
@@ -104,6 +103,8 @@ def rgn_signal(setup: Setup, batch_size: int) -> list[float]:
 
     def batch(i):
         ids = torch.stack(tokens[i * batch_size:(i + 1) * batch_size]).to(setup.device)
+        if not model.reference_padding:  # padding after the longest real token changes nothing under a mask
+            ids = ids[:, :int(real_lengths(ids, model.pad_token_id).max())]
         target = torch.tensor(labels[i * batch_size:(i + 1) * batch_size], device=setup.device)
         return lambda: F.cross_entropy(model(ids).float(), target)
 
@@ -114,6 +115,7 @@ def rgn_signal(setup: Setup, batch_size: int) -> list[float]:
 def suggest(cfg: SuggestConfig, names: list[str], setup: Setup, started: float, log) -> dict:
     """Everything after setup; returns suggestion.json's content."""
     base = setup.base_model
+    cand.check_bounds(names, base.num_blocks)
     for p in base.parameters():
         p.requires_grad_(False)
     arms = make_arms(cfg, names, setup)
@@ -164,9 +166,9 @@ def predict(arm: Arm, shape: cost.RunShape, cache, setup: Setup, rgn: list[float
     trains = [any(p.requires_grad for m in mods for p in m.parameters()) for mods in stages]
     first = trains.index(True)
     with_grad = num_blocks - max(first, 1) + 1 if first <= num_blocks else 0  # blocks that backward runs through
-    heads = model.body.config.n_head  # TEMPORARY until `arch` exposes the head count generically
+    heads = int(model.body.config.get_text_config().num_attention_heads)  # GPT-2's n_head is an alias of it
     peak = cost.predict_peak_bytes(summary.total_params, summary.trainable_params, shape.batch_size,
-                                   setup.max_length, disk.hidden_size_of(model), with_grad, heads)
+                                   setup.max_length, model.hidden_size, with_grad, heads)
     start_boundary = arm.start if arm.start >= 1 else 1
     return {"time": seconds, "peak_bytes": peak, "step_s": round(arm.step_cost(), 5),
             "probe": max(probes[start_boundary - 1:]) if probes else float("nan"),

@@ -19,8 +19,8 @@ class SuggestConfig:
     tokenizer: str | None = None
     """tokenizer folder or hub id (default: the model's)"""
     candidates: str = DEFAULT_CANDIDATES
-    """comma-separated trainable presets to rank: last_layer, last_block, last_two_blocks, last_blocks:N,
-    all, lora, lora_alternative, bias"""
+    """comma-separated trainable presets to rank, any of classify's --trainable_layers: last_layer,
+    last_block, last_two_blocks, last_blocks:N, blocks:A-B, all, lora, lora_alternative, bias, norms"""
     budget: str = "0.2"
     """what suggest may spend: a share of the exhaustive sweep's predicted compute (0.2 = a fifth of
     candidates x --seeds full runs), or seconds with an s suffix (e.g. 300s)"""
@@ -60,3 +60,15 @@ class SuggestConfig:
     """auto, cpu, cuda or mps"""
     precision: Literal["fp32", "bf16"] = "fp32"
     """fp32, or bf16 autocast (the cache is then stored in bf16)"""
+    # --- added by suggest2 ---
+    model: str | None = None
+    """any Hugging Face decoder model, as classify's --model: a hub id, a local folder or a .gguf file
+    (replaces --model_size)"""
+    text_column: str | None = None
+    """column holding the text, as classify's --text_column"""
+    label_column: str | None = None
+    """column holding the class, as classify's --label_column"""
+    split: str | None = None
+    """train,validation,test fractions for a single --data file, as classify's --split"""
+    balance: bool | None = None
+    """undersample every class to the smallest, as classify's --balance"""
