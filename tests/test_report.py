@@ -152,3 +152,14 @@ def test_a_folder_that_is_not_a_sweep_is_a_usage_error(tmp_path, capsys):
 ])
 def test_format_value(value, fmt, std, expected):
     assert format_value(value, fmt, std) == expected
+
+
+def test_model_column_shows_model_over_model_size():
+    """A run with --model is reported under its model (a .gguf by file name), not the unused --model_size."""
+    from unfreeze.cli import TASKS
+    from unfreeze.report import option_value
+
+    column = next(vars(c) for c in TASKS["classify"].columns if c.label == "Model")
+    assert option_value({"model_size": "gpt2-small (124M)", "model": None}, column) == "gpt2-small (124M)"
+    assert option_value({"model_size": "gpt2-small (124M)", "model": "Qwen/Qwen2-0.5B"}, column) == "Qwen/Qwen2-0.5B"
+    assert option_value({"model_size": "gpt2-small (124M)", "model": "/x/y/SmolLM2.Q4_1.gguf"}, column) == "SmolLM2.Q4_1.gguf"

@@ -30,6 +30,7 @@ class Column:
     key: str
     source: str  # "option" or "metric"
     format: str = "text"  # text | check | percent | minutes | float2 | float4 | float5 | int
+    prefer: str | None = None  # an option shown instead of `key` when a run sets it (--model over --model_size)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ CLASSIFY = Task(
     name="classify", summary="fine-tune a GPT-2 classifier on SMS spam (seed table 000)",
     config=ClassifyConfig, run=run_classify, main_metric="test_acc",
     columns=(  # the layout of seed table 000
-        Column("Model", "model_size", "option"),
+        Column("Model", "model_size", "option", prefer="model"),
         Column("Weights", "weights", "option"),
         Column("Trainable token", "trainable_token_pos", "option"),
         Column("Trainable layers", "trainable_layers", "option"),

@@ -115,7 +115,7 @@ def build_table(directory: str | Path) -> dict[str, Any]:
             "status": status,
             "seeds": sorted(runs),
             "problems": sorted(problems, key=lambda p: p["seed"]),
-            "options": {c["key"]: row["config"].get(c["key"]) for c in columns if c["source"] == "option"},
+            "options": {c["key"]: option_value(row["config"], c) for c in columns if c["source"] == "option"},
             "metrics": metrics,
         })
     return {
@@ -164,6 +164,14 @@ def finished_runs(directory: Path, row: str) -> dict[int, dict[str, Any]]:
                     raise UsageError(f"{child / 'metrics.json'} is not a JSON object; delete {child} to run it again")
                 runs[int(match.group(1))] = metrics
     return dict(sorted(runs.items()))
+
+
+def option_value(config: dict, column: dict) -> Any:
+    """A row's option for a column; a `prefer`red option wins when set (a .gguf path shows its file name)."""
+    preferred = config.get(column["prefer"]) if column.get("prefer") else None
+    if preferred is None:
+        return config.get(column["key"])
+    return Path(preferred).name if str(preferred).lower().endswith(".gguf") else preferred
 
 
 def summarize(values: list[Any]) -> dict[str, Any]:
