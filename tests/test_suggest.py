@@ -130,7 +130,7 @@ def flags(spam_csv_dir, tokenizer_dir, tmp_path, **changes) -> list[str]:
 def test_the_command_ranks_writes_and_its_sweep_file_is_accepted(spam_csv_dir, byte_tokenizer_dir, tmp_path):
     out, sweep_file = tmp_path / "out", tmp_path / "top.yaml"
     done = cli(*flags(spam_csv_dir, byte_tokenizer_dir, tmp_path, candidates="last_layer,last_block,last_blocks:2,all,bias",
-                      budget="0.5", out=out, write_sweep=sweep_file, top=2))
+                      budget="300s", out=out, write_sweep=sweep_file, top=2))
     assert done.returncode == 0, done.stderr
     assert "rank  candidate" in done.stdout and "pick:" in done.stdout
     result = json.loads((out / "suggestion.json").read_text())
@@ -154,7 +154,7 @@ def test_the_command_ranks_writes_and_its_sweep_file_is_accepted(spam_csv_dir, b
     assert sweep.rows[0].config["model_config"] == TINY
 
     again = cli(*flags(spam_csv_dir, byte_tokenizer_dir, tmp_path, candidates="last_layer,last_block",
-                       budget="0.5", out=tmp_path / "again"))
+                       budget="300s", out=tmp_path / "again"))
     assert again.returncode == 0, again.stderr
     assert not json.loads((tmp_path / "again" / "suggestion.json").read_text())["cache"]["built"]
 
