@@ -150,7 +150,7 @@ def build_cache(model: DecoderClassifier, plan: CachePlan, token_splits: dict[st
                 ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     if plan.kind == "pooled":
-                        out = model.pool(model.features(ids), ids)
+                        out = model.pooled_features(model.embed(ids), 1, ids)
                     else:
                         out = model.run_stages(model.embed(ids), 1, plan.start_stage, input_ids=ids)
                 for i, row in zip(indices, out.to(plan.dtype).unbind(0)):
