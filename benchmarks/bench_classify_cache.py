@@ -8,6 +8,8 @@ split (../shared/data). Each preset runs twice with the same seed — `--cache_a
 periodic evaluations, and the final accuracy passes: `uncached_s`, `cached_s`, `speedup`), the speed-up
 of the whole command including model construction (`wall_speedup`), training examples/s, and
 whether the metrics agree.
+`--reduced_only` times one training step per preset with the last block computed at the pooled
+position only against the full block (`reduced vs full` lines).
 It also measures the machine's matrix-multiply peak (fp32 and bf16, 2048x2048) and the achieved
 training FLOP/s of the uncached `all` run (6 x non-embedding parameters x tokens, the usual estimate
 from Kaplan et al. 2020, plus the attention term 6 x layers x length x width per token, forward+backward).
@@ -62,6 +64,45 @@ def training_flops(metrics: dict) -> float:
     return per_token * length * metrics["history"]["examples_seen"]
 
 
+def reduced_vs_full(presets: list[str], repeats: int = 5) -> list[dict]:
+    """Per preset, one training step of what runs after the cache (forward + backward, batch 8 x 120),
+    with the last block at the pooled position only (`reduce_last_block`) and in full: median seconds."""
+    from transformers import GPT2Config, GPT2Model
+
+    from unfreeze.cache.frozen_prefix import frozen_prefix_stages
+    from unfreeze.models import trainable
+    from unfreeze.models.classifier import DecoderClassifier
+
+    torch.manual_seed(0)
+    config = GPT2Config(**ARCH, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config._attn_implementation = "sdpa"
+    ids, labels = torch.randint(0, 50000, (8, 120)), torch.randint(0, 2, (8,))
+    rows = []
+    for preset in presets:
+        model = DecoderClassifier(GPT2Model(config))
+        trainable.apply_preset(model, preset, 16, 16, seed=0)
+        model.train()
+        start = max(frozen_prefix_stages(model.stage_modules()), 1)  # the cache's boundary (1: uncached)
+        with torch.no_grad():
+            hidden = model.run_stages(model.embed(ids), 1, start) if start > 1 else None
+        seconds = {}
+        for reduce in (True, False):
+            model.reduce_last_block = reduce
+            times = []
+            for _ in range(repeats):
+                begin = time.perf_counter()
+                stored = hidden if hidden is not None else model.embed(ids)
+                logits = model.head(model.pooled_features(stored, start, ids))
+                torch.nn.functional.cross_entropy(logits, labels).backward()
+                times.append(time.perf_counter() - begin)
+            seconds[reduce] = sorted(times)[repeats // 2]
+        rows.append({"preset": preset, "start_stage": start, "reduced_s": round(seconds[True], 4),
+                     "full_s": round(seconds[False], 4), "speedup": round(seconds[False] / seconds[True], 2)})
+        print(f"reduced vs full, {preset}: {seconds[True]:.3f} s vs {seconds[False]:.3f} s per step "
+              f"({rows[-1]['speedup']}x)", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n_train", type=int, default=64)
@@ -70,7 +111,12 @@ def main() -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                         help="run every preset in each of these precisions (bf16: autocast and a bf16 cache)")
     parser.add_argument("--json", type=Path, help="write the rows here too")
+    parser.add_argument("--reduced_only", action="store_true",
+                        help="only the side-by-side step timing of the reduced last block vs the full one")
     args = parser.parse_args()
+    if args.reduced_only:
+        reduced_vs_full(args.presets)
+        return 0
     if not (SHARED / "sms_spam").is_dir():
         print(f"needs {SHARED}/sms_spam and gpt2_bpe", file=sys.stderr)
         return 2

@@ -93,6 +93,7 @@ class ActivationCache:
     start_stage: int
     kind: str
     splits: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # the build's throughput (metrics.json's `cache` entry)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for rows in self.splits.values() for t in rows)
@@ -109,21 +110,60 @@ def _real_length(model: DecoderClassifier, row: torch.Tensor) -> int:
     return int(real_lengths(row[None], model.pad_token_id)[0])
 
 
+# The build's own batch size, chosen for throughput: as many rows as fit in this many positions (large
+# matmuls run near the machine's peak; the activations of one batch stay ~25 MiB per GPT-2-small layer).
+BUILD_TOKENS_PER_BATCH = 8192
+
+
 def _batches(model: DecoderClassifier, rows: list[torch.Tensor], batch_size: int) -> list[list[int]]:
-    """Example indices per batch of the cache build.
+    """Example indices per batch of the cache build: at least `batch_size` rows, else up to
+    `BUILD_TOKENS_PER_BATCH` positions.
 
     Under an attention mask (every model but the reference's GPT-2) padding never changes a real token's
-    activations, so examples are grouped by real length and each batch runs only up to its longest real
+    activations, so examples are sorted by real length and each batch runs only up to its longest real
     token: the build costs the real tokens, not the padded ones. GPT-2 keeps the reference's padded inputs:
     batches of equal length only (unpadded data goes one by one).
     """
     order = list(range(len(rows)))
     if model.reference_padding:
-        step = batch_size if len({len(r) for r in rows}) == 1 else 1
-    else:
-        order.sort(key=lambda i: _real_length(model, rows[i]))
-        step = batch_size
-    return [order[begin:begin + step] for begin in range(0, len(order), step)]
+        if len({len(r) for r in rows}) != 1:
+            return [[i] for i in order]
+        step = max(batch_size, BUILD_TOKENS_PER_BATCH // max(len(rows[0]), 1)) if rows else 1
+        return [order[begin:begin + step] for begin in range(0, len(order), step)]
+    lengths = [_real_length(model, row) for row in rows]
+    order.sort(key=lambda i: lengths[i])
+    batches, current = [], []
+    for i in order:  # ascending lengths: the newest row is the batch's longest
+        if current and len(current) >= batch_size and (len(current) + 1) * lengths[i] > BUILD_TOKENS_PER_BATCH:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, seconds: float = 0.2) -> float:
+    """Achieved GFLOP/s of repeated 1024 x 1024 products for about `seconds`: the practical peak to compare with."""
+    a = torch.randn(1024, 1024, device=device).to(dtype)
+    a @ a  # warm-up
+    count, begin = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - begin < seconds:
+        a @ a
+        count += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * 1024**3 * count / (time.perf_counter() - begin) / 1e9
+
+
+def _build_stats(model: DecoderClassifier, plan: CachePlan, tokens: int, examples: int, seconds: float,
+                 dtype: torch.dtype, device: torch.device) -> dict:
+    """Throughput of the build: examples/s and ~2 x frozen non-embedding parameters x computed tokens / s."""
+    stages = model.stage_modules()[1:plan.start_stage]  # blocks (and the final norm when pooled)
+    params = sum(p.numel() for modules in stages for module in modules for p in module.parameters())
+    achieved = 2 * params * tokens / max(seconds, 1e-9) / 1e9
+    peak = matmul_peak_gflops(dtype, device)
+    return {"examples_per_s": round(examples / max(seconds, 1e-9), 1), "tokens": tokens,
+            "gflops": round(achieved, 3), "matmul_peak_gflops": round(peak, 1),
+            "fraction_of_peak": round(achieved / peak, 3) if peak > 0 else None}
 
 
 def _trimmed_ids(model: DecoderClassifier, rows: list[torch.Tensor]) -> torch.Tensor:
@@ -138,28 +178,34 @@ def _trimmed_ids(model: DecoderClassifier, rows: list[torch.Tensor]) -> torch.Te
 @torch.no_grad()
 def build_cache(model: DecoderClassifier, plan: CachePlan, token_splits: dict[str, list[torch.Tensor]],
                 device: torch.device, batch_size: int, autocast_dtype: torch.dtype | None) -> ActivationCache:
-    """Run the frozen prefix once over every example of every split."""
+    """Run the frozen prefix once over every example of every split; `cache.stats` says how fast."""
     cache = ActivationCache(plan.start_stage, plan.kind)
     was_training = model.training
     model.eval()
     total = sum(len(rows) for rows in token_splits.values())
+    tokens, begin = 0, time.perf_counter()
     with tqdm(total=total, desc="caching frozen activations", unit="ex", leave=False) as bar:
         for split, rows in token_splits.items():
             stored: list[torch.Tensor | None] = [None] * len(rows)
             for indices in _batches(model, rows, batch_size):
                 ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
+                tokens += ids.numel()
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     if plan.kind == "pooled":
-                        out = model.pool(model.features(ids), ids)
+                        out = model.pooled_features(model.embed(ids), 1, ids)
                     else:
                         out = model.run_stages(model.embed(ids), 1, plan.start_stage, input_ids=ids)
                 for i, row in zip(indices, out.to(plan.dtype).unbind(0)):
                     # Under a mask only the real positions are kept (the rest is padding nothing reads).
                     keep = row if plan.kind == "pooled" or model.reference_padding else row[:_real_length(model, rows[i])]
                     stored[i] = keep.clone()  # own storage per row: exact byte count
-                bar.update(len(ids))
+                bar.update(len(ids))  # tqdm shows ex/s
             cache.splits[split] = stored
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - begin
     model.train(was_training)
+    cache.stats = _build_stats(model, plan, tokens, total, seconds, autocast_dtype or torch.float32, device)
     return cache
 
 
@@ -187,6 +233,6 @@ def prepare(model: DecoderClassifier, tokens: dict[str, list[torch.Tensor]], dev
     build_s = time.perf_counter() - begin
     info = {"kind": plan.kind, "start_stage": plan.start_stage, "dtype": str(plan.dtype).replace("torch.", ""),
             "estimated_bytes": plan.estimated_bytes, "bytes": cache.nbytes(), "build_s": round(build_s, 3),
-            "reason": plan.reason}
+            "reason": plan.reason, **cache.stats}
     log.info(f"activation cache: {plan.reason}; {info['bytes'] / 2**20:.1f} MiB in {build_s:.1f}s")
     return cache, info, build_s

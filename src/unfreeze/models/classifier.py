@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unfreeze.models.reduced_block import reducer_for
 from unfreeze.models.structure import StagedForward, read_structure
 
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, the reference's padding token
@@ -56,6 +57,9 @@ class DecoderClassifier(nn.Module):
         if reference_padding is None:
             reference_padding = getattr(body.config, "model_type", None) == "gpt2"
         self.reference_padding = reference_padding
+        # Run the last block at the pooled position only where that is exact (see `pooled_features`);
+        # False forces the full path (tests and benchmarks compare the two).
+        self.reduce_last_block = True
 
     # --- structure --------------------------------------------------------------------------------
     @property
@@ -135,9 +139,46 @@ class DecoderClassifier(nn.Module):
             return (hidden * real[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
         return hidden[:, 0]
 
+    def pooled_position(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """(batch,) the one position `pool` reads per row, in [0, length); None for mean pooling."""
+        length = input_ids.shape[1]
+        if self.reference_padding:
+            if self.token_pos == "flexible":
+                return ((input_ids != self.pad_token_id).sum(dim=1) - 1) % length  # -1: python-style last
+            if self.average:
+                return None
+            return torch.full((input_ids.shape[0],), 0 if self.token_pos == "first" else length - 1,
+                              device=input_ids.device)
+        if self.token_pos == "flexible" or (self.token_pos == "last" and not self.average):
+            return real_lengths(input_ids, self.pad_token_id) - 1
+        return None if self.average else torch.zeros_like(input_ids[:, 0])
+
+    def pooled_features(self, hidden: torch.Tensor, start: int, input_ids: torch.Tensor) -> torch.Tensor:
+        """`pool(run_stages(hidden, start, input_ids=input_ids), input_ids)`, (batch, hidden).
+
+        When the pooled position is one token per example, the last block runs its queries, output
+        projection, MLP and the final norm at that position only (`unfreeze.models.reduced_block`): same
+        function, a fraction of the last block's work. Mean pooling, bidirectional attention, unsupported
+        blocks, active dropout or `reduce_last_block = False` take the full path.
+        """
+        last = self.num_blocks  # stage index of the last block
+        positions = self.pooled_position(input_ids) if self.causal and self.reduce_last_block else None
+        reducer = None
+        if positions is not None and 1 <= start <= last:
+            reducer = reducer_for(self.blocks[-1], self._staged.mask_kinds[-1])
+        if reducer is None:
+            return self.pool(self.run_stages(hidden, start, input_ids=input_ids), input_ids)
+        hidden = self.run_stages(hidden, start, last, input_ids=input_ids)
+        rotary = None
+        if self.structure.rotary is not None:  # the angles every block gets (see StagedForward.block_inputs)
+            position_ids = torch.arange(hidden.shape[1], device=hidden.device)[None].expand(hidden.shape[0], -1)
+            rotary = self.structure.rotary(hidden, position_ids=position_ids)
+        reduced = reducer(hidden, positions, self.key_mask(input_ids, hidden), rotary)
+        return self.final_norm(reduced)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Class logits, (batch, num_classes)."""
-        return self.head(self.pool(self.features(input_ids), input_ids))
+        return self.head(self.pooled_features(self.embed(input_ids), 1, input_ids))
 
     def per_position_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The reference's view: the head at every position, (batch, length, num_classes)."""

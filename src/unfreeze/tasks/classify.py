@@ -213,9 +213,8 @@ class Forward:
             if self.cache.kind == "pooled":
                 return self.model.head(stored).float()
             stored = stored[:, :ids.shape[1]]
-            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.cache.start_stage,
-                                          input_ids=ids)
-            return self.model.head(self.model.pool(hidden, ids)).float()
+            pooled = self.model.pooled_features(stored.to(self.model.head.weight.dtype), self.cache.start_stage, ids)
+            return self.model.head(pooled).float()
 
 
 # --- train and evaluate ---------------------------------------------------------------------------

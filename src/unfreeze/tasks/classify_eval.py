@@ -10,7 +10,7 @@ from unfreeze import scoring
 SPLITS = ("train", "validation", "test")
 
 
-@torch.no_grad()
+@torch.inference_mode()  # the final pass: nothing after it backpropagates, so skip autograd's bookkeeping too
 def predictions(forward, loader, split, device) -> tuple[list[int], list[int]]:
     """(true, predicted) class indices of every example of `split`, in loader order."""
     true, predicted = [], []
