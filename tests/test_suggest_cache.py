@@ -71,7 +71,7 @@ def test_stored_values_equal_the_in_memory_cache_and_the_uncached_path(tmp_path,
             index = list(range(len(rows)))
             assert torch.equal(cache.hidden(split, start, index), torch.stack(memory.splits[split]))
             ids = torch.stack(rows)
-            resumed = model.head(model.pool(model.run_stages(cache.hidden(split, start, index), start), ids))
+            resumed = model.head(model.pooled_features(cache.hidden(split, start, index), start, ids))
             assert torch.equal(resumed, model(ids))  # the uncached path, bit for bit
     pooled_plan = frozen_prefix.CachePlan(model.final_stage + 1, "pooled", "test")
     pooled = frozen_prefix.build_cache(model, pooled_plan, tokens, CPU, 4, None)

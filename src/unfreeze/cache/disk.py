@@ -199,13 +199,21 @@ def _write_split(model, rows: list[torch.Tensor], files: dict, device, autocast_
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             hidden = model.embed(ids)
             for boundary in range(1, final + 2):
+                if boundary == final:  # the last block's input: where the final pooled vector starts from
+                    before_last = hidden
                 if boundary > 1:  # the output of stage boundary-1 (a block, or the final norm)
                     hidden = model.run_stages(hidden, boundary - 1, boundary, input_ids=ids)
                 if boundary in files["hidden"]:
                     stored = _as_stored(hidden.to(dtype))
                     for row, i, length in zip(stored, indices, lengths):
                         files["hidden"][boundary][i, :length] = row[:length]
-                files["pooled"][boundary - 1, where] = _as_stored(model.pool(hidden, ids).to(dtype))
+                if boundary == final + 1:
+                    # The final features as classify computes them (the last block at the pooled position
+                    # only, `pooled_features`), so a run from the disk cache equals one from memory bit for bit.
+                    pooled = model.pooled_features(before_last, final - 1, ids)
+                else:
+                    pooled = model.pool(hidden, ids)
+                files["pooled"][boundary - 1, where] = _as_stored(pooled.to(dtype))
 
 
 def _as_stored(tensor: torch.Tensor) -> np.ndarray:

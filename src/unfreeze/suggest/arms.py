@@ -45,8 +45,9 @@ class CachedForward:
             if self.kind == "pooled":
                 return self.model.head(self.cache.pooled(split, self.start, index).to(self.device)).float()
             stored = self.cache.hidden(split, self.start, index)[:, :ids.shape[1]].to(self.device)
-            hidden = self.model.run_stages(stored.to(self.model.head.weight.dtype), self.start, input_ids=ids)
-            return self.model.head(self.model.pool(hidden, ids)).float()
+            # as classify's Forward: the last block at the pooled position only (`pooled_features`)
+            pooled = self.model.pooled_features(stored.to(self.model.head.weight.dtype), self.start, ids)
+            return self.model.head(pooled).float()
 
 
 def _draw_like_a_pass(loader: DataLoader, batches: int) -> None:
