@@ -100,3 +100,30 @@ def test_gpt_neox_falls_back_to_the_full_block():
     reduced = model(ids)
     model.reduce_last_block = False
     torch.testing.assert_close(reduced, model(ids), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("preset,cached", [("last_block", True), ("last_layer", True), ("lora", False)])
+def test_bf16_paths_keep_fp32_master_copies(arch, preset, cached):
+    """Under --precision bf16 (autocast, bf16 cache) the trainable tensors, their gradients and AdamW's
+    moments stay fp32, and the update reaches them: bf16 is the compute, never the stored weights."""
+    model = make_model(arch, seed=3)
+    trainable.apply_preset(model, preset, lora_rank=2, lora_alpha=4, seed=0)
+    model.train()
+    tokens = {"train": list(padded_batch(arch, lengths=(10, 6, 3, 10)))}
+    cache = None
+    if cached:
+        request = CacheRequest("on", None, "--cache_activations on", "--cache_budget_gb")
+        cache, info, _ = frozen_prefix.prepare(model, tokens, torch.device("cpu"), torch.bfloat16, request, 2,
+                                               logging.getLogger("test"))
+        assert cache is not None and info["dtype"] == "bfloat16", info
+    forward = Forward(model, tokens, cache, torch.device("cpu"), torch.bfloat16)
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    before = {name: p.detach().clone() for name, p in params.items()}
+    optimizer = torch.optim.AdamW(params.values(), lr=1e-2, fused=True)
+    F.cross_entropy(forward("train", torch.arange(4)), torch.tensor([0, 1, 2, 1])).backward()
+    optimizer.step()
+    assert params and all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in params.values())
+    moments = [t for state in optimizer.state.values() for k, t in state.items() if k != "step"]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
+    assert any(not torch.equal(before[name], p) for name, p in params.items())
