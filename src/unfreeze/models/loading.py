@@ -164,13 +164,7 @@ def gpt2_config(model_id: str, overrides: dict[str, Any], flag: str = "--model_s
             if looks_local(model_id):  # a folder whose config.json transformers cannot read
                 raise UsageError(f"{flag} {model_id}: unreadable config.json ({str(err).splitlines()[0][:160]})") from None
             raise offline_error("model config", model_id, flag, err) from None
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise UsageError(f"{overrides_flag} key {key!r} is not a field of {type(config).__name__}")
-        try:
-            setattr(config, key, value)
-        except Exception as err:  # noqa: BLE001 - transformers 5 validates field types on assignment
-            raise UsageError(f"{overrides_flag} {key}={value!r}: {str(err).splitlines()[-1].strip()[:160]}") from None
+    apply_overrides(config, overrides, overrides_flag)
     check_architecture(config, overrides_flag if overrides else flag)
     return config
 
