@@ -23,18 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_suggest import write_subset  # the same SMS subset as the suggest benchmark (scripts run from benchmarks/)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-
-
-def write_subset(folder: Path, n_train: int, n_eval: int) -> None:
-    from unfreeze.data import sms_spam
-
-    splits = sms_spam.load_splits(str(SHARED / "sms_spam" / "SMSSpamCollection"))
-    folder.mkdir(parents=True, exist_ok=True)
-    splits.train[:n_train].to_csv(folder / "train.csv", index=False)
-    splits.validation[:n_eval].to_csv(folder / "validation.csv", index=False)
-    splits.test[:n_eval].to_csv(folder / "test.csv", index=False)
 
 
 def write_model(folder: Path, layers: int, width: int, heads: int) -> None:
