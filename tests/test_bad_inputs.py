@@ -271,7 +271,7 @@ def no_work(monkeypatch):
     def reached(*args, **kwargs):
         pytest.fail("the command started working on bad input")
 
-    monkeypatch.setattr(classify, "build_model", reached)
+    monkeypatch.setattr(classify, "build_trainable_model", reached)
     monkeypatch.setattr(inject_pauses, "augment_rows", reached)
     monkeypatch.setattr(eval_gsm8k, "load_model", reached)
 

@@ -53,3 +53,34 @@ def test_reference_setup_trains_what_the_reference_trains(tiny, row, extra):
     block = sum(p.numel() for p in model.trf_blocks[-1].parameters()) + 2 * 32  # + final norm
     expected = {0: head, "block": head + block, "all": sum(p.numel() for p in model.parameters())}[extra]
     assert trainable == expected
+
+
+@pytest.mark.parametrize("preset", ["lora", "lora_alternative"])
+def test_classify_draws_the_references_lora_adapters(tiny, tmp_path, preset):
+    """`unfreeze classify`'s model setup and the reference's start from bit-identical LoRA A matrices.
+
+    The reference seeds, creates the head and calls `replace_linear_with_lora`, which draws every A from the
+    global generator in module order (query, key, value, out_proj, ff in, ff out per block, then the head);
+    classify must draw the same numbers in the same order, or the same weights train differently.
+    """
+    from llms_from_scratch.appendix_e import LoRALayer as ReferenceLoRA
+
+    from unfreeze.models.lora import LoRAUpdate
+    from unfreeze.tasks.classify_config import ClassifyConfig
+    from unfreeze.tasks.classify_model import build_trainable_model
+
+    hf_model, ref_cfg, state = tiny
+    hf_model.save_pretrained(tmp_path / "model")
+    cfg = ClassifyConfig(model_size=str(tmp_path / "model"), weights="pretrained", trainable_layers=preset,
+                         lora_rank=4, lora_alpha=8, seed=bench.SEED)
+    ours, _ = build_trainable_model(cfg)
+    ours_a = [m.A for m in ours.modules() if isinstance(m, LoRAUpdate)]
+
+    reference = bench.reference_setup("lora", ref_cfg, state, lora_rank=4, lora_alpha=8)
+    reference_a = [m.A for m in reference.modules() if isinstance(m, ReferenceLoRA)]
+    assert len(ours_a) == len(reference_a) == 2 * 6 + 1
+    for index, (mine, theirs) in enumerate(zip(ours_a, reference_a)):
+        assert torch.equal(mine, theirs), f"A matrix {index} differs"
+    torch.manual_seed(0)  # another stream: the comparison above can fail
+    other, _ = build_trainable_model(ClassifyConfig(**{**vars(cfg), "seed": 7}))
+    assert not torch.equal(next(m.A for m in other.modules() if isinstance(m, LoRAUpdate)), ours_a[0])

@@ -143,7 +143,7 @@ def test_pretrained_weights_from_a_local_folder(spam_csv_dir, byte_tokenizer_dir
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from unfreeze.tasks.classify import build_model
+    from unfreeze.tasks.classify_model import build_model
 
     torch.manual_seed(7)
     saved = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128))

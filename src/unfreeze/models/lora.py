@@ -58,9 +58,14 @@ def layer_shape(layer: nn.Module) -> tuple[int, int]:
 
 
 def _reference_a_init(weight: torch.Tensor, rank: int, generator: torch.Generator | None) -> None:
-    bound = 1.0 / math.sqrt(rank)
+    """The reference's `kaiming_uniform_(A, a=sqrt(5))` on its (in, r) A, whose fan-in is r: U(±1/sqrt(r)).
+
+    The bound is computed as `torch.nn.init` computes it and drawn with the same `uniform_` call, so with
+    `generator=None` the values are bit-identical to the reference's draws from the global generator.
+    """
+    bound = math.sqrt(3.0) * nn.init.calculate_gain("leaky_relu", math.sqrt(5)) / math.sqrt(rank)
     with torch.no_grad():
-        weight.copy_(torch.rand(weight.shape, generator=generator) * (2 * bound) - bound)
+        weight.uniform_(-bound, bound, generator=generator)
 
 
 def _check_layout(layout: str) -> None:
@@ -124,7 +129,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
              layout: str = "reference") -> list[str]:
     """LoRA on every linear layer of `model` (in place); returns the adapted names.
 
-    Only the LoRA matrices stay trainable. `layout` (see the module docstring): "reference" wraps each
+    `seed` None draws the A matrices from torch's global generator in module order, as the reference's
+    `replace_linear_with_lora` does. Only the LoRA matrices stay trainable. `layout` (see the module docstring): "reference" wraps each
     layer in a `LoRALayer` (three updates on GPT-2's fused `c_attn`), "peft" injects peft's LoRA.
     """
     _check_layout(layout)

@@ -48,7 +48,7 @@ def prepare(cfg: SuggestConfig, log: logging.Logger) -> Setup:
     """Check every input and read the data, like classify does before it writes anything."""
     import time
 
-    from unfreeze.tasks import classify
+    from unfreeze.tasks import classify, classify_model
 
     base = classify_config(cfg)
     classify.validate(base)
@@ -58,8 +58,8 @@ def prepare(cfg: SuggestConfig, log: logging.Logger) -> Setup:
     num_classes = len(inputs.splits.class_names)
 
     def build(seed: int) -> torch.nn.Module:
-        model = classify.build_model(dataclasses.replace(base, seed=seed), inputs.config, inputs.pad_token_id,
-                                     num_classes)
+        model = classify_model.build_model(dataclasses.replace(base, seed=seed), inputs.config,
+                                           inputs.pad_token_id, num_classes)
         return model.to(inputs.device)
 
     begin = time.perf_counter()

@@ -31,14 +31,14 @@ from unfreeze.files import (
     run_logger,
     start_run_log,
 )
-from unfreeze.models import loading, trainable
+from unfreeze.models import loading
 from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier, real_lengths
 from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.offline import require_downloads
 from unfreeze.tasks.classify_config import ClassifyConfig
 from unfreeze.tasks.classify_model import (
     body_config,
-    build_model,
+    build_trainable_model,
     check_structure,
     context_size,
     is_gpt2,
@@ -315,14 +315,14 @@ def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
     if out is not None and not replacing:
         atomic_write_json(out / "config.json", to_dict(cfg))
 
-    model = build_model(cfg, inputs.config, inputs.pad_token_id, num_classes)
-    summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed,
-                                     lora_layout=cfg.lora_layout)
+    model, summary = build_trainable_model(cfg, inputs.config, inputs.pad_token_id, num_classes)
     model.to(device)
     log.info(f"data {splits.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
              + f"; max length {max_length}")
     log.info(f"trainable: {summary.trainable_params:,} of {summary.total_params:,} parameters "
              f"in {len(summary.tensors)} tensors ({cfg.trainable_layers})")
+    if cfg.precision == "bf16" and (warning := frozen_prefix.slow_bf16_warning(device)):
+        log.warning(warning)
 
     cache_build_s = 0.0
     cache, cache_info = None, {"kind": "none", "bytes": 0}

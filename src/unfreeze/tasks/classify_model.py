@@ -88,6 +88,20 @@ def build_model(cfg: ClassifyConfig, config=None, pad_token_id: int = PAD_TOKEN_
     return model
 
 
+def build_trainable_model(cfg: ClassifyConfig, config=None, pad_token_id: int = PAD_TOKEN_ID,
+                          num_classes: int = 2) -> tuple[DecoderClassifier, trainable.TrainableSummary]:
+    """`build_model` + `--trainable_layers`: the classifier, and what it trains.
+
+    LoRA's A matrices are drawn from the global generator right after the seeded head, in module order:
+    the reference calls `replace_linear_with_lora` at exactly that point, so on the same weights both tools
+    start from identical adapters (tests/test_bench_vs_reference.py).
+    """
+    model = build_model(cfg, config, pad_token_id, num_classes)
+    summary = trainable.apply_preset(model, cfg.trainable_layers, cfg.lora_rank, cfg.lora_alpha, seed=None,
+                                     lora_layout=cfg.lora_layout)
+    return model, summary
+
+
 def context_size(config) -> int:
     """The longest input the model takes (GPT-2's n_positions, else max_position_embeddings)."""
     return getattr(config, "n_positions", None) or config.max_position_embeddings
