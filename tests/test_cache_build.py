@@ -38,3 +38,13 @@ def test_cache_entry_reports_throughput_and_the_matmul_peak(monkeypatch):
     assert info["tokens"] == 2 * (10 + 6 + 3)  # the computed positions: here the real tokens
     assert info["examples_per_s"] > 0 and info["gflops"] > 0 and info["matmul_peak_gflops"] > 0
     assert info["fraction_of_peak"] is not None and info["fraction_of_peak"] <= 1.5
+
+
+def test_bf16_warning_names_both_speeds_only_when_bf16_is_slower(monkeypatch):
+    speeds = {torch.float32: 60.0, torch.bfloat16: 0.9}
+    monkeypatch.setattr(frozen_prefix, "matmul_peak_gflops", lambda dtype, device, **_: speeds[dtype])
+    line = frozen_prefix.slow_bf16_warning(torch.device("cpu"))
+    assert "0.9 GFLOP/s against 60.0 for fp32" in line and "--precision fp32" in line
+    assert frozen_prefix.slow_bf16_warning(torch.device("cuda")) is None  # GPUs: bf16 is the fast path
+    speeds[torch.bfloat16] = 140.0  # a CPU with AMX or AVX512-BF16
+    assert frozen_prefix.slow_bf16_warning(torch.device("cpu")) is None

@@ -141,9 +141,9 @@ def _batches(model: DecoderClassifier, rows: list[torch.Tensor], batch_size: int
     return batches + ([current] if current else [])
 
 
-def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, seconds: float = 0.2) -> float:
-    """Achieved GFLOP/s of repeated 1024 x 1024 products for about `seconds`: the practical peak to compare with."""
-    a = torch.randn(1024, 1024, device=device).to(dtype)
+def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, seconds: float = 0.2, size: int = 1024) -> float:
+    """Achieved GFLOP/s of repeated size x size products for about `seconds`: the practical peak to compare with."""
+    a = torch.randn(size, size, device=device).to(dtype)
     a @ a  # warm-up
     count, begin = 0, time.perf_counter()
     while count == 0 or time.perf_counter() - begin < seconds:
@@ -151,7 +151,23 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, seconds: float 
         count += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return 2 * 1024**3 * count / (time.perf_counter() - begin) / 1e9
+    return 2 * size**3 * count / (time.perf_counter() - begin) / 1e9
+
+
+def slow_bf16_warning(device: torch.device) -> str | None:
+    """A line saying bf16 is slower than fp32 on this CPU (no native bf16: PyTorch emulates it), else None.
+
+    Measured, not guessed from CPU flags: small probes (~0.1 s) of both dtypes, as `benchmarks/bench_bf16.py`
+    measures at GPT-2 shapes (AVX2 CPU: bf16 ~70x slower).
+    """
+    if device.type != "cpu":
+        return None
+    fp32 = matmul_peak_gflops(torch.float32, device, seconds=0.05, size=256)
+    bf16 = matmul_peak_gflops(torch.bfloat16, device, seconds=0.05, size=256)
+    if bf16 >= fp32:
+        return None
+    return (f"--precision bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) multiplies bf16 matrices at "
+            f"{bf16:.1f} GFLOP/s against {fp32:.1f} for fp32 (no native bf16); --precision fp32 is faster here")
 
 
 def _build_stats(model: DecoderClassifier, plan: CachePlan, tokens: int, examples: int, seconds: float,
