@@ -48,8 +48,10 @@ CLASSIFY_EXPECTED = {
     "last_block": {"train_acc": 38 / 40, "val_acc": 9 / 12, "test_acc": 10 / 12, "trainable_params": 12834,
                    "first_train_loss": 0.8699160, "last_train_loss": 0.3507377, "last_val_loss": 0.3226113,
                    "n_losses": 5},
-    "lora_accumulated": {"train_acc": 28 / 40, "val_acc": 8 / 12, "test_acc": 10 / 12, "trainable_params": 2182,
-                         "first_train_loss": 0.8789695, "last_train_loss": 0.6098084, "last_val_loss": 0.5291587,
+    # LoRA's A matrices drawn from the global generator after the head, as the reference draws them
+    # (before: a private generator seeded with --seed); the first loss is the same since B starts at 0.
+    "lora_accumulated": {"train_acc": 32 / 40, "val_acc": 11 / 12, "test_acc": 8 / 12, "trainable_params": 2182,
+                         "first_train_loss": 0.8789695, "last_train_loss": 0.5580082, "last_val_loss": 0.3148850,
                          "n_losses": 5},
 }
 

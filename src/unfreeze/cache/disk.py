@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unfreeze.cache.frozen_prefix import _batches, _real_length, _trimmed_ids
+from unfreeze.cache.frozen_prefix import _batches, _trimmed_ids, distinct_rows, stored_length
 from unfreeze.errors import UsageError
 
 FORMAT = 2  # bump when the layout changes: old caches then never match
@@ -120,8 +120,8 @@ class DiskCache:
         return self._tensor(rows)
 
     def hidden(self, split: str, boundary: int, indices) -> torch.Tensor:
-        """(batch, length, hidden) states at a stored `boundary` for the examples `indices`; under an
-        attention mask only the real positions are stored (zeros after them: cut to the real length)."""
+        """(batch, length, hidden) states at a stored `boundary` for the examples `indices`; only the
+        positions the run reads are stored (zeros after them: the reader cuts to its `needed_length`)."""
         if boundary not in self.boundaries:
             raise KeyError(f"boundary {boundary} is not stored (stored: {self.boundaries})")
         shape = [self.meta["sizes"][split], self.meta["length"], self.meta["hidden_size"]]
@@ -183,19 +183,21 @@ def _remove_dead_temporaries(cache_dir: Path, key: str) -> None:
 
 
 @torch.no_grad()
-def _write_split(model, rows: list[torch.Tensor], files: dict, device, autocast_dtype, dtype, batch_size) -> None:
+def _write_split(model, rows: list[torch.Tensor], positions: list[int], files: dict, device, autocast_dtype, dtype,
+                 batch_size) -> None:
     """One pass of the frozen network over `rows`, every boundary's output written where it is wanted.
 
-    Batches are formed as the in-memory cache forms them (`frozen_prefix`): under an attention mask,
-    examples grouped by real length and each batch run only up to its longest real token; only the real
-    positions are written (the rest of a row stays zero, padding nothing reads). GPT-2 under the
-    reference's semantics runs the padded rows as they are.
+    Batches are formed as the in-memory cache forms them (`frozen_prefix`): examples grouped by the
+    positions the pooled output depends on (`stored_length`: the real tokens under an attention mask,
+    nothing after the pooled position under a causal mask) and each batch run only up to its longest;
+    only those positions are written (the rest of a row stays zero, positions nothing reads). Row i of
+    `rows` is written at `positions[i]` of the split's files.
     """
     final = model.final_stage
     for indices in _batches(model, rows, batch_size):
         ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
-        lengths = [len(rows[i]) if model.reference_padding else _real_length(model, rows[i]) for i in indices]
-        where = np.asarray(indices)
+        lengths = [stored_length(model, rows[i]) for i in indices]
+        where = np.asarray([positions[i] for i in indices])
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             hidden = model.embed(ids)
             for boundary in range(1, final + 2):
@@ -205,7 +207,7 @@ def _write_split(model, rows: list[torch.Tensor], files: dict, device, autocast_
                     hidden = model.run_stages(hidden, boundary - 1, boundary, input_ids=ids)
                 if boundary in files["hidden"]:
                     stored = _as_stored(hidden.to(dtype))
-                    for row, i, length in zip(stored, indices, lengths):
+                    for row, i, length in zip(stored, where, lengths):
                         files["hidden"][boundary][i, :length] = row[:length]
                 if boundary == final + 1:
                     # The final features as classify computes them (the last block at the pooled position
@@ -214,6 +216,27 @@ def _write_split(model, rows: list[torch.Tensor], files: dict, device, autocast_
                 else:
                     pooled = model.pool(hidden, ids)
                 files["pooled"][boundary - 1, where] = _as_stored(pooled.to(dtype))
+
+
+def _write_distinct_rows(model, tokens: dict[str, list[torch.Tensor]], files: dict, device, autocast_dtype, dtype,
+                         batch_size) -> None:
+    """Compute each distinct example once, in the in-memory cache's batches (`frozen_prefix.distinct_rows`,
+    split by split: the same bits), and copy it to where it repeats."""
+    new_rows, where = distinct_rows(tokens)
+    first_at: dict[int, tuple[str, int]] = {}
+    for split, indices in where.items():
+        for position, index in enumerate(indices):
+            first_at.setdefault(index, (split, position))
+    for split in tokens:
+        fresh = [position for position, index in enumerate(where[split]) if first_at[index] == (split, position)]
+        _write_split(model, new_rows[split], fresh, files[split], device, autocast_dtype, dtype, batch_size)
+    for split, indices in where.items():
+        for position, index in enumerate(indices):
+            source, at = first_at[index]
+            if (source, at) != (split, position):
+                files[split]["pooled"][:, position] = files[source]["pooled"][:, at]
+                for boundary, mapped in files[split]["hidden"].items():
+                    mapped[position] = files[source]["hidden"][boundary][at]
 
 
 def _as_stored(tensor: torch.Tensor) -> np.ndarray:
@@ -241,15 +264,16 @@ def build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | os.Path
     model.eval()
     begin = time.perf_counter()
     try:
-        for split, rows in tokens.items():
-            files = {"pooled": np.memmap(tmp / f"pooled_{split}.bin", dtype=stored, mode="w+",
-                                         shape=(num_boundaries, len(rows), hidden_size)),
-                     "hidden": {b: np.memmap(tmp / f"hidden_{b}_{split}.bin", dtype=stored, mode="w+",
-                                             shape=(len(rows), length, hidden_size)) for b in hidden_boundaries}}
-            _write_split(model, rows, files, device, autocast_dtype, dtype, batch_size)
-            for mapped in [files["pooled"], *files["hidden"].values()]:
+        files = {split: {"pooled": np.memmap(tmp / f"pooled_{split}.bin", dtype=stored, mode="w+",
+                                             shape=(num_boundaries, len(rows), hidden_size)),
+                         "hidden": {b: np.memmap(tmp / f"hidden_{b}_{split}.bin", dtype=stored, mode="w+",
+                                                 shape=(len(rows), length, hidden_size)) for b in hidden_boundaries}}
+                 for split, rows in tokens.items()}
+        _write_distinct_rows(model, tokens, files, device, autocast_dtype, dtype, batch_size)
+        for split_files in files.values():
+            for mapped in [split_files["pooled"], *split_files["hidden"].values()]:
                 mapped.flush()
-            del files
+        del files
         meta = {"key": key, "format": FORMAT, "complete": True, "dtype": str(dtype).replace("torch.", ""),
                 "sizes": {s: len(r) for s, r in tokens.items()}, "length": length, "hidden_size": hidden_size,
                 "num_boundaries": num_boundaries, "hidden_boundaries": sorted(hidden_boundaries),

@@ -96,10 +96,12 @@ class ActivationCache:
     stats: dict = field(default_factory=dict)  # the build's throughput (metrics.json's `cache` entry)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for rows in self.splits.values() for t in rows)
+        """Bytes held, a tensor shared by repeated examples counted once."""
+        distinct = {id(t): t for rows in self.splits.values() for t in rows}
+        return sum(t.numel() * t.element_size() for t in distinct.values())
 
     def batch(self, split: str, indices: torch.Tensor) -> torch.Tensor:
-        """The rows of `indices`; rows stored at their real length are zero-padded to the longest of them."""
+        """The rows of `indices`; rows stored cut to the positions the run reads are zero-padded to the longest."""
         rows = [self.splits[split][i] for i in indices.tolist()]
         if len({len(row) for row in rows}) == 1:
             return torch.stack(rows)
@@ -108,6 +110,12 @@ class ActivationCache:
 
 def _real_length(model: DecoderClassifier, row: torch.Tensor) -> int:
     return int(real_lengths(row[None], model.pad_token_id)[0])
+
+
+def stored_length(model: DecoderClassifier, row: torch.Tensor) -> int:
+    """The leading positions of one example the run reads (`DecoderClassifier.needed_length`): what the
+    build computes and the hidden cache stores."""
+    return model.needed_length(row[None])
 
 
 # The build's own batch size, chosen for throughput: as many rows as fit in this many positions (large
@@ -119,18 +127,15 @@ def _batches(model: DecoderClassifier, rows: list[torch.Tensor], batch_size: int
     """Example indices per batch of the cache build: at least `batch_size` rows, else up to
     `BUILD_TOKENS_PER_BATCH` positions.
 
-    Under an attention mask (every model but the reference's GPT-2) padding never changes a real token's
-    activations, so examples are sorted by real length and each batch runs only up to its longest real
-    token: the build costs the real tokens, not the padded ones. GPT-2 keeps the reference's padded inputs:
-    batches of equal length only (unpadded data goes one by one).
+    Examples are sorted by `stored_length` (the positions the pooled output depends on: under an attention
+    mask the real tokens, under a causal mask nothing after the pooled position) and each batch runs only
+    up to its longest: the build costs the positions the run reads, not the padded ones. GPT-2 under the
+    reference's semantics has no mask on padding: unpadded rows of different lengths go one by one.
     """
     order = list(range(len(rows)))
-    if model.reference_padding:
-        if len({len(r) for r in rows}) != 1:
-            return [[i] for i in order]
-        step = max(batch_size, BUILD_TOKENS_PER_BATCH // max(len(rows[0]), 1)) if rows else 1
-        return [order[begin:begin + step] for begin in range(0, len(order), step)]
-    lengths = [_real_length(model, row) for row in rows]
+    if model.reference_padding and len({len(r) for r in rows}) > 1:
+        return [[i] for i in order]
+    lengths = [stored_length(model, row) for row in rows]
     order.sort(key=lambda i: lengths[i])
     batches, current = [], []
     for i in order:  # ascending lengths: the newest row is the batch's longest
@@ -177,52 +182,89 @@ def _build_stats(model: DecoderClassifier, plan: CachePlan, tokens: int, example
     params = sum(p.numel() for modules in stages for module in modules for p in module.parameters())
     achieved = 2 * params * tokens / max(seconds, 1e-9) / 1e9
     peak = matmul_peak_gflops(dtype, device)
-    return {"examples_per_s": round(examples / max(seconds, 1e-9), 1), "tokens": tokens,
-            "gflops": round(achieved, 3), "matmul_peak_gflops": round(peak, 1),
+    return {"examples_per_s": float(f"{examples / max(seconds, 1e-9):.4g}"), "tokens": tokens,
+            "gflops": float(f"{achieved:.4g}"), "matmul_peak_gflops": round(peak, 1),
             "fraction_of_peak": round(achieved / peak, 3) if peak > 0 else None}
 
 
 def _trimmed_ids(model: DecoderClassifier, rows: list[torch.Tensor]) -> torch.Tensor:
-    """Rows cut (or padded) to the longest real length among them; reference padding: rows as they are."""
+    """The rows as one batch cut to the positions the run reads (`needed_length`); under an attention mask
+    rows of different lengths are first cut or padded to the longest real one."""
     if model.reference_padding:
-        return torch.stack(rows)
-    length = max(_real_length(model, row) for row in rows)
-    pad = torch.full((length,), model.pad_token_id, dtype=rows[0].dtype)
-    return torch.stack([torch.cat([row[:length], pad[:max(length - len(row), 0)]]) for row in rows])
+        ids = torch.stack(rows)
+    else:
+        length = max(_real_length(model, row) for row in rows)
+        pad = torch.full((length,), model.pad_token_id, dtype=rows[0].dtype)
+        ids = torch.stack([torch.cat([row[:length], pad[:max(length - len(row), 0)]]) for row in rows])
+    return ids[:, :model.needed_length(ids)]
+
+
+def distinct_rows(token_splits: dict[str, list[torch.Tensor]]) -> tuple[dict[str, list[torch.Tensor]],
+                                                                       dict[str, list[int]]]:
+    """Each split's rows not seen in an earlier split or earlier in it, and for every example the index of
+    its row among all those (concatenated in split order). The frozen prefix is a function of the token
+    ids alone, so a repeated example (the SMS split repeats 106 of its 1,494 messages) needs computing once."""
+    index_of: dict[bytes, int] = {}
+    new, where = {}, {}
+    for split, rows in token_splits.items():
+        new[split], where[split] = [], []
+        for row in rows:
+            key = row.numpy().tobytes()
+            if key not in index_of:
+                index_of[key] = len(index_of)
+                new[split].append(row)
+            where[split].append(index_of[key])
+    return new, where
 
 
 @torch.no_grad()
 def build_cache(model: DecoderClassifier, plan: CachePlan, token_splits: dict[str, list[torch.Tensor]],
                 device: torch.device, batch_size: int, autocast_dtype: torch.dtype | None) -> ActivationCache:
-    """Run the frozen prefix once over every example of every split; `cache.stats` says how fast."""
-    cache = ActivationCache(plan.start_stage, plan.kind)
+    """Run the frozen prefix once over every distinct example of every split; `cache.stats` says how fast.
+
+    Repeated examples share one stored tensor (`ActivationCache.nbytes` counts it once). Batches are formed
+    split by split, as the on-disk cache forms them, so both hold the same bits.
+    """
     was_training = model.training
     model.eval()
-    total = sum(len(rows) for rows in token_splits.values())
-    tokens, begin = 0, time.perf_counter()
-    with tqdm(total=total, desc="caching frozen activations", unit="ex", leave=False) as bar:
-        for split, rows in token_splits.items():
-            stored: list[torch.Tensor | None] = [None] * len(rows)
-            for indices in _batches(model, rows, batch_size):
-                ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
-                tokens += ids.numel()
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    if plan.kind == "pooled":
-                        out = model.pooled_features(model.embed(ids), 1, ids)
-                    else:
-                        out = model.run_stages(model.embed(ids), 1, plan.start_stage, input_ids=ids)
-                for i, row in zip(indices, out.to(plan.dtype).unbind(0)):
-                    # Under a mask only the real positions are kept (the rest is padding nothing reads).
-                    keep = row if plan.kind == "pooled" or model.reference_padding else row[:_real_length(model, rows[i])]
-                    stored[i] = keep.clone()  # own storage per row: exact byte count
-                bar.update(len(ids))  # tqdm shows ex/s
-            cache.splits[split] = stored
+    new_rows, where = distinct_rows(token_splits)
+    distinct = sum(len(rows) for rows in new_rows.values())
+    features, tokens, begin = [], 0, time.perf_counter()
+    with tqdm(total=distinct, desc="caching frozen activations", unit="ex", leave=False) as bar:
+        for rows in new_rows.values():
+            computed, count = _prefix_features(model, plan, rows, device, batch_size, autocast_dtype, bar)
+            features += computed
+            tokens += count
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - begin
     model.train(was_training)
-    cache.stats = _build_stats(model, plan, tokens, total, seconds, autocast_dtype or torch.float32, device)
+    cache = ActivationCache(plan.start_stage, plan.kind,
+                            {split: [features[j] for j in indices] for split, indices in where.items()})
+    cache.stats = _build_stats(model, plan, tokens, distinct, seconds, autocast_dtype or torch.float32, device)
+    cache.stats["repeated_examples"] = sum(len(rows) for rows in token_splits.values()) - distinct
     return cache
+
+
+def _prefix_features(model: DecoderClassifier, plan: CachePlan, rows: list[torch.Tensor], device: torch.device,
+                     batch_size: int, autocast_dtype: torch.dtype | None, bar: tqdm) -> tuple[list[torch.Tensor], int]:
+    """The frozen prefix's output for each row (in `rows`' order), and how many positions were computed."""
+    stored: list[torch.Tensor | None] = [None] * len(rows)
+    tokens = 0
+    for indices in _batches(model, rows, batch_size):
+        ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
+        tokens += ids.numel()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if plan.kind == "pooled":
+                out = model.pooled_features(model.embed(ids), 1, ids)
+            else:
+                out = model.run_stages(model.embed(ids), 1, plan.start_stage, input_ids=ids)
+        for i, row in zip(indices, out.to(plan.dtype).unbind(0)):
+            # Only the positions the run reads are kept (the rest of the batch is padding nothing reads).
+            keep = row if plan.kind == "pooled" else row[:stored_length(model, rows[i])]
+            stored[i] = keep.clone()  # own storage per row: exact byte count
+        bar.update(len(ids))  # tqdm shows ex/s
+    return stored, tokens
 
 
 def prepare(model: DecoderClassifier, tokens: dict[str, list[torch.Tensor]], device: torch.device,
@@ -233,8 +275,7 @@ def prepare(model: DecoderClassifier, tokens: dict[str, list[torch.Tensor]], dev
     Returns the cache (None: run uncached), the `cache` entry of metrics.json, and the build seconds.
     """
     frozen = frozen_prefix_stages(model.stage_modules())
-    lengths = [len(row) if model.reference_padding else _real_length(model, row)
-               for rows in tokens.values() for row in rows]
+    lengths = [stored_length(model, row) for rows in tokens.values() for row in rows]
     dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
     plan = plan_cache(model, frozen, lengths, model.hidden_size, dtype)
     if not plan.enabled:

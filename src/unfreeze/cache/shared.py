@@ -6,7 +6,7 @@ tokenizer and context length, the pooling, the precision and the device type) an
 read by every later run that freezes the same network: the rows and seeds of `unfreeze sweep`,
 `unfreeze suggest`, and classify runs of other presets. It is built in the same batches as the
 in-memory cache, and `DiskActivations` hands `classify.Forward` the same tensors the in-memory
-cache would (rows zero-padded past their real length), so a run's metrics are the same with it and
+cache would (rows zero-padded past the positions the run reads), so a run's metrics are the same with it and
 without it.
 """
 

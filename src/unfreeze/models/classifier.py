@@ -19,6 +19,10 @@ Padding and pooling (`reference_padding`):
   The real tokens are the positions up to the last one that is not the pad token, so an example gives
   the same logits alone and inside a padded batch.
 
+Only the positions pooling depends on run (`needed_length`): under the causal mask nothing after the
+furthest pooled position reaches it, so `first` runs one position and `flexible` up to the longest text
+(uncached, in the cache build and from the cache); `last` under the reference's padding runs them all.
+
 Pooling happens *before* the head. The reference applies the head at every position and then picks
 one (or averages); the head is affine, so picking/averaging first is the same function, and it is
 what allows caching only the pooled vector when only the head trains.
@@ -152,6 +156,20 @@ class DecoderClassifier(nn.Module):
         if self.token_pos == "flexible" or (self.token_pos == "last" and not self.average):
             return real_lengths(input_ids, self.pad_token_id) - 1
         return None if self.average else torch.zeros_like(input_ids[:, 0])
+
+    def needed_length(self, input_ids: torch.Tensor) -> int:
+        """How many leading positions of `input_ids` the pooled output depends on.
+
+        Under a causal mask no position after the furthest pooled one can reach it: `first` needs one,
+        `flexible` the longest text, `last` under the reference's padding every position. Mean pooling and
+        bidirectional attention read every position (under a mask: every real one).
+        """
+        positions = self.pooled_position(input_ids) if self.causal else None
+        if positions is not None and positions.numel():
+            return int(positions.max()) + 1
+        if self.reference_padding:
+            return input_ids.shape[1]
+        return int(real_lengths(input_ids, self.pad_token_id).max())
 
     def pooled_features(self, hidden: torch.Tensor, start: int, input_ids: torch.Tensor) -> torch.Tensor:
         """`pool(run_stages(hidden, start, input_ids=input_ids), input_ids)`, (batch, hidden).

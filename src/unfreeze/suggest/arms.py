@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from unfreeze.models.classifier import real_lengths
 from unfreeze.tasks.classify import IndexDataset
 
 
@@ -37,8 +36,7 @@ class CachedForward:
     def __call__(self, split: str, indices: torch.Tensor) -> torch.Tensor:
         index = indices.tolist()
         ids = torch.stack([self.tokens[split][i] for i in index]).to(self.device)
-        if not self.model.reference_padding:  # as classify's Forward: run only up to the longest real token
-            ids = ids[:, :int(real_lengths(ids, self.model.pad_token_id).max())]
+        ids = ids[:, :self.model.needed_length(ids)]  # as classify's Forward: only the positions pooling reads
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             if self.kind == "none":
                 return self.model(ids).float()

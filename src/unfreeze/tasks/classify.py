@@ -32,7 +32,7 @@ from unfreeze.files import (
     start_run_log,
 )
 from unfreeze.models import loading
-from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier, real_lengths
+from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier
 from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.offline import require_downloads
 from unfreeze.tasks.classify_config import ClassifyConfig
@@ -202,10 +202,9 @@ class Forward:
 
     def __call__(self, split: str, indices: torch.Tensor) -> torch.Tensor:
         ids = torch.stack([self.tokens[split][i] for i in indices.tolist()]).to(self.device)
-        if not self.model.reference_padding:
-            # Under an attention mask the padding after the batch's longest real example changes nothing:
-            # run only up to it (the cache stores real positions only).
-            ids = ids[:, :int(real_lengths(ids, self.model.pad_token_id).max())]
+        # Positions after the furthest one the pooling reads change nothing (causal mask; under an attention
+        # mask, padding): run only up to it. The cache stores the same positions.
+        ids = ids[:, :self.model.needed_length(ids)]
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             if self.cache is None:
                 return self.model(ids).float()

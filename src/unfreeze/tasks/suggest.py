@@ -19,7 +19,6 @@ from unfreeze.cache import disk
 from unfreeze.config import to_dict
 from unfreeze.errors import UsageError, require
 from unfreeze.files import atomic_write_json, check_output_path, run_logger
-from unfreeze.models.classifier import real_lengths
 from unfreeze.suggest import candidates as cand
 from unfreeze.suggest import cost, halving, output, signals
 from unfreeze.suggest.arms import Arm, CachedForward
@@ -103,8 +102,7 @@ def rgn_signal(setup: Setup, batch_size: int) -> list[float]:
 
     def batch(i):
         ids = torch.stack(tokens[i * batch_size:(i + 1) * batch_size]).to(setup.device)
-        if not model.reference_padding:  # padding after the longest real token changes nothing under a mask
-            ids = ids[:, :int(real_lengths(ids, model.pad_token_id).max())]
+        ids = ids[:, :model.needed_length(ids)]  # the positions the pooled output depends on
         target = torch.tensor(labels[i * batch_size:(i + 1) * batch_size], device=setup.device)
         return lambda: F.cross_entropy(model(ids).float(), target)
 
