@@ -108,6 +108,11 @@ def report(wall: float, seconds: dict, events, peak: float, metrics: dict) -> No
     print("| operators by kind | s | share of the run |\n|---|---|---|")
     for kind, value in sorted(by_kind.items(), key=lambda item: -item[1]):
         print(f"| {kind} | {value:.1f} | {value / wall:.0%} |")
+    others = sorted((e for e in events if op_kind(e.key) == "other operators" and not e.key.startswith(
+        ("unfreeze.", "Optimizer.", "ProfilerStep"))), key=lambda e: -e.self_cpu_time_total)[:8]
+    for event in others:
+        print(f"|   {event.key} ({event.count} calls) | {event.self_cpu_time_total / 1e6:.1f} | "
+              f"{event.self_cpu_time_total / 1e6 / wall:.0%} |")
     unaccounted = wall - sum(by_kind.values())
     print(f"| no operator (Python, batch assembly, logging) | {unaccounted:.1f} | {unaccounted / wall:.0%} |")
     matmul_s = by_kind["matrix products"]

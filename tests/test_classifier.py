@@ -180,3 +180,24 @@ def test_frozen_prefix_is_decided_from_the_parameters_each_stage_uses():
     trainable.apply_preset(model, "last_layer")
     model.body.h[0].attn.attn_dropout.p = 0.1  # active dropout makes the prefix non-deterministic
     assert frozen_prefix_stages(model.stage_modules()) == 1
+
+
+def test_gpt2_gets_the_fused_gelu_and_the_same_function():
+    """classify swaps GPT-2's composed `gelu_new` for the fused kernel of the same formula (profile_all.py)."""
+
+    from unfreeze.models import loading
+    from unfreeze.tasks.classify_config import ClassifyConfig
+    from unfreeze.tasks.classify_model import body_config
+
+    assert body_config(ClassifyConfig(weights="random")).activation_function == "gelu_pytorch_tanh"
+    shape = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
+    composed_config, fused_config = GPT2Config(**shape), GPT2Config(**shape)
+    loading.fused_activation(fused_config)
+    assert composed_config.activation_function == "gelu_new" and fused_config.activation_function == "gelu_pytorch_tanh"
+    torch.manual_seed(0)
+    composed = GPT2Model(composed_config).eval()
+    fused = GPT2Model(fused_config).eval()
+    fused.load_state_dict(composed.state_dict())
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).last_hidden_state, composed(ids).last_hidden_state, atol=1e-5, rtol=0)

@@ -36,6 +36,7 @@ def body_config(cfg: ClassifyConfig):
     overrides = loading.parse_model_config(cfg.model_config)
     config = loading.decoder_config(source, overrides, flag)
     loading.without_dropout(config)
+    loading.fused_activation(config)
     config._attn_implementation = "sdpa"  # the staged forward's masks are SDPA masks
     return config
 
