@@ -184,7 +184,6 @@ def test_frozen_prefix_is_decided_from_the_parameters_each_stage_uses():
 
 def test_gpt2_gets_the_fused_gelu_and_the_same_function():
     """classify swaps GPT-2's composed `gelu_new` for the fused kernel of the same formula (profile_all.py)."""
-
     from unfreeze.models import loading
     from unfreeze.tasks.classify_config import ClassifyConfig
     from unfreeze.tasks.classify_model import body_config
