@@ -40,6 +40,7 @@ ARCH = {"n_layer": 12, "n_embd": 768, "n_head": 12}
 PHASES = {"mean_loss": "periodic loss estimates", "accuracy": "per-epoch accuracies",
           "evaluate": "final evaluation", "train": "training (all of it)"}
 MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+LABELS = ("unfreeze.", "Optimizer.", "ProfilerStep")  # labels, not operators: their time is their children's
 
 
 def timed(name: str, seconds: dict, function):
@@ -100,7 +101,7 @@ def report(wall: float, seconds: dict, events, peak: float, metrics: dict) -> No
         print(f"| {name} | {value:.1f} | {value / wall:.0%} |")
     by_kind, flops = defaultdict(float), 0.0
     for event in events:
-        if event.key.startswith("unfreeze.") or event.key.startswith("Optimizer.") or event.key.startswith("ProfilerStep"):
+        if event.key.startswith(LABELS):
             continue  # labels, not operators: their time is their children's
         by_kind[op_kind(event.key)] += event.self_cpu_time_total / 1e6
         if event.key in MATMUL:
@@ -108,8 +109,8 @@ def report(wall: float, seconds: dict, events, peak: float, metrics: dict) -> No
     print("| operators by kind | s | share of the run |\n|---|---|---|")
     for kind, value in sorted(by_kind.items(), key=lambda item: -item[1]):
         print(f"| {kind} | {value:.1f} | {value / wall:.0%} |")
-    others = sorted((e for e in events if op_kind(e.key) == "other operators" and not e.key.startswith(
-        ("unfreeze.", "Optimizer.", "ProfilerStep"))), key=lambda e: -e.self_cpu_time_total)[:8]
+    others = sorted((e for e in events if op_kind(e.key) == "other operators" and not e.key.startswith(LABELS)),
+                    key=lambda e: -e.self_cpu_time_total)[:8]
     for event in others:
         print(f"|   {event.key} ({event.count} calls) | {event.self_cpu_time_total / 1e6:.1f} | "
               f"{event.self_cpu_time_total / 1e6 / wall:.0%} |")

@@ -130,8 +130,9 @@ def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
     """LoRA on every linear layer of `model` (in place); returns the adapted names.
 
     `seed` None draws the A matrices from torch's global generator in module order, as the reference's
-    `replace_linear_with_lora` does. Only the LoRA matrices stay trainable. `layout` (see the module docstring): "reference" wraps each
-    layer in a `LoRALayer` (three updates on GPT-2's fused `c_attn`), "peft" injects peft's LoRA.
+    `replace_linear_with_lora` does. Only the LoRA matrices stay trainable. `layout` (see the module
+    docstring): "reference" wraps each layer in a `LoRALayer` (three updates on GPT-2's fused `c_attn`),
+    "peft" injects peft's LoRA.
     """
     _check_layout(layout)
     targets = linear_layers(model)
