@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from unfreeze.data import sft_data
-from unfreeze.models.control_tokens import ControlTokenLM, register_control_tokens
-from unfreeze.models.loading import load_causal_lm
-from unfreeze.models.loading import load_tokenizer
-from unfreeze.models.pause_trainable import component_modules, set_trainable
+from unfreeze.models.control.tokens import ControlTokenLM, register_control_tokens
+from unfreeze.models.loading import ModelSource
+from unfreeze.models.tokenizers import load_tokenizer
+from unfreeze.models.trainable import apply_components, component_parameters
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PAUSE = "<|pause|>"
@@ -49,20 +49,20 @@ def batches(tokenizer, n_batches: int, batch_size: int, seed: int = 0) -> list[d
 def build(args, dtype: torch.dtype) -> ControlTokenLM:
     torch.manual_seed(0)
     tokenizer = load_tokenizer(str(SHARED / "gpt2_bpe"))
-    base = load_causal_lm("gpt2", random_init=True, overrides={
+    base = ModelSource("gpt2", weights="random", overrides={
         "n_layer": args.layers, "n_embd": args.width, "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0})
+        "attn_pdrop": 0.0}).load("causal_lm")
     model = ControlTokenLM.from_base(base, tokenizer, [PAUSE])
     model.add_lora(16, 32, 0.0)
     model.to(dtype)  # pure bf16: LoRA (fp32 from peft) and the new tensors too
-    set_trainable(model, COMPONENTS)
+    apply_components(model, COMPONENTS)
     return model
 
 
 def unchanged_shares(args, dtype: torch.dtype, data: list[dict]) -> dict[str, list[float]]:
     """Per component: for each step, the share of elements with a non-zero gradient whose value stayed."""
     model = build(args, dtype)
-    groups = {name: params for name, params in component_modules(model).items() if name in COMPONENTS}
+    groups = {name: params for name, params in component_parameters(model).items() if name in COMPONENTS}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     shares: dict[str, list[float]] = defaultdict(list)
     for step in range(args.steps):

@@ -28,8 +28,8 @@ import torch
 
 from unfreeze.config import config_from_mapping
 from unfreeze.data import sms_spam
-from unfreeze.tasks.classify import run_config
-from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.recipes.classify.recipe import run as run_config
+from unfreeze.recipes.classify.config import ClassifyConfig
 
 from common import matmul_peak_gflops  # benchmarks/common.py (the script folder is on sys.path)
 
@@ -69,7 +69,7 @@ def reduced_vs_full(presets: list[str], repeats: int = 5) -> list[dict]:
     with the last block at the pooled position only (`reduce_last_block`) and in full: median seconds."""
     from transformers import GPT2Config, GPT2Model
 
-    from unfreeze.cache.frozen_prefix import frozen_prefix_stages
+    from unfreeze.cache.memory import frozen_prefix_stages
     from unfreeze.models import trainable
     from unfreeze.models.classifier import DecoderClassifier
 

@@ -1,4 +1,4 @@
-"""Generated tokens per second of `unfreeze.generation.greedy_generate`, side by side in one run.
+"""Generated tokens per second of `unfreeze.models.generation.greedy_generate`, side by side in one run.
 
 Four decoders of the same random-weight GPT-2 (default: 6 layers, width 384, 6 heads, GPT-2's 50,257-token
 vocabulary, 1,024 positions), on one batch of left-padded prompts of unequal lengths, each generating exactly
@@ -33,7 +33,7 @@ def build_models(args):
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    from unfreeze.models.control_tokens import ControlTokenLM
+    from unfreeze.models.control.tokens import ControlTokenLM
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(args.seed)
@@ -82,8 +82,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
 
-    from unfreeze.generation import greedy_generate, left_pad, step_function
-    from unfreeze.models.loading import resolve_device
+    from unfreeze.models.generation import greedy_generate, left_pad, step_function
+    from unfreeze.resources import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,12 +32,12 @@ from unfreeze.config import config_from_mapping
 from unfreeze.data import sms_spam
 from unfreeze.errors import UsageError
 from unfreeze.files import run_logger
-from unfreeze.suggest.setup import prepare
-from unfreeze.suggest.signals import spearman
-from unfreeze.tasks.classify import run_config
-from unfreeze.tasks.classify_config import ClassifyConfig
-from unfreeze.tasks.suggest import suggest
-from unfreeze.tasks.suggest_config import SuggestConfig
+from unfreeze.recipes.suggest.setup import prepare
+from unfreeze.recipes.suggest.signals import spearman
+from unfreeze.recipes.classify.recipe import run as run_config
+from unfreeze.recipes.classify.config import ClassifyConfig
+from unfreeze.recipes.suggest.recipe import suggest
+from unfreeze.recipes.suggest.config import SuggestConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GPT2_SMALL = '{"n_layer": 12, "n_embd": 768, "n_head": 12}'
@@ -139,7 +139,7 @@ def main() -> int:
 
         begin = time.perf_counter()
         cfg = config_from_mapping(SuggestConfig, {**options, "candidates": args.candidates, "budget": args.budget,
-                                                  "seeds": args.seeds, "cache_dir": str(Path(tmp) / "features")})
+                                                  "seeds": args.seeds, "feature_cache_dir": str(Path(tmp) / "features")})
         setup = prepare(cfg, run_logger(None, "bench_suggest"))
         try:
             result = suggest(cfg, args.candidates.split(","), setup, begin, run_logger(None, "bench_suggest"))
@@ -149,7 +149,7 @@ def main() -> int:
             return 1
         suggest_s = time.perf_counter() - begin
 
-    from unfreeze.suggest.output import render_table
+    from unfreeze.recipes.suggest.output import render_table
 
     print("\n## the exhaustive sweep (mean of", args.seeds, "seeds)")
     print("| candidate | val acc | test acc (sd) | run s | wall s | trainable |\n|---|---|---|---|---|---|")

@@ -129,9 +129,9 @@ class BpeEncoder:
     """What the reference's SpamDataset calls (`tokenizer.encode(text) -> list[int]`), from local BPE files."""
 
     def __init__(self, folder: Path):
-        from unfreeze.models import loading
+        from unfreeze.models.tokenizers import load_tokenizer
 
-        self.tokenizer = loading.load_tokenizer(str(folder))
+        self.tokenizer = load_tokenizer(str(folder))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

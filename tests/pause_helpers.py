@@ -37,7 +37,7 @@ def tiny_base(seed: int = 0, vocab_size: int = 257):
 
 
 def tiny_model(seed: int = 0, control_tokens=(PAUSE,), detach_head: bool = True):
-    from unfreeze.models.control_tokens import ControlTokenLM
+    from unfreeze.models.control.tokens import ControlTokenLM
 
     return ControlTokenLM.from_base(tiny_base(seed), tiny_tokenizer(), list(control_tokens), detach_head)
 

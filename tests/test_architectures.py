@@ -12,12 +12,12 @@ import pytest
 import torch
 from transformers import AutoModel, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
-from unfreeze.cache.frozen_prefix import build_cache, frozen_prefix_stages, plan_cache
+from unfreeze.cache.memory import build_cache, frozen_prefix_stages, plan_cache
 from unfreeze.errors import UsageError
 from unfreeze.models import trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier
 from unfreeze.models.structure import read_structure
-from unfreeze.tasks.classify import Forward
+from unfreeze.training.loop import ClassifierInputs
 
 V, D, L, HEADS, KV, FF, C = 97, 32, 3, 4, 2, 48, 3  # vocabulary, width, blocks, heads, kv heads, MLP, classes
 HD = D // HEADS
@@ -206,8 +206,8 @@ def test_cached_equals_uncached_for_every_cacheable_preset(arch):
         cacheable.append(preset)
         cache = build_cache(model, plan, tokens, torch.device("cpu"), 2, None)
         with torch.no_grad():
-            cached = Forward(model, tokens, cache, torch.device("cpu"), None)("train", indices)
-            uncached = Forward(model, tokens, None, torch.device("cpu"), None)("train", indices)
+            cached = ClassifierInputs(model, tokens, cache, torch.device("cpu"), None)("train", indices)
+            uncached = ClassifierInputs(model, tokens, None, torch.device("cpu"), None)("train", indices)
         assert torch.allclose(cached, uncached, atol=1e-5), (preset, (cached - uncached).abs().max())
     expected = ["last_layer", "last_block", "last_two_blocks", "last_blocks:2"]  # last_blocks:3 = every block
     assert cacheable[:4] == expected and set(cacheable) - set(expected) <= {"bias"}, cacheable
@@ -254,8 +254,8 @@ def test_smollm2_gguf_learns_spam_through_the_cli(smollm2_gguf, shared_data, tmp
 @pytest.mark.parametrize("pooling", [{}, {"average_embeddings": True}, {"disable_causal_mask": True}])
 def test_classify_runs_a_llama_folder_cached_equal_to_uncached(spam_csv_dir, byte_tokenizer_dir, tmp_path, pooling):
     from unfreeze.config import config_from_mapping
-    from unfreeze.tasks.classify import run_config
-    from unfreeze.tasks.classify_config import ClassifyConfig
+    from unfreeze.recipes.classify.recipe import run as run_config
+    from unfreeze.recipes.classify.config import ClassifyConfig
 
     folder = tmp_path / "llama"
     config = make_config("llama")

@@ -266,7 +266,9 @@ def no_downloads(tmp_path, monkeypatch):
 def no_work(monkeypatch):
     """Bad input is caught before the work starts: reaching it fails the test (and never allocates the
     memory that, say, 10**12 copies of GSM8K would take)."""
-    from unfreeze.tasks import classify, eval_gsm8k, inject_pauses
+    from unfreeze.recipes.classify import recipe as classify
+    from unfreeze.recipes.eval_gsm8k import recipe as eval_gsm8k
+    from unfreeze.recipes.inject_pauses import recipe as inject_pauses
 
     def reached(*args, **kwargs):
         pytest.fail("the command started working on bad input")
@@ -323,12 +325,12 @@ def quick_classify(inputs, out: Path, *extra: str) -> list[str]:
 
 
 def test_overwrite_that_fails_while_training_keeps_the_old_results_and_logs_why(inputs, work, monkeypatch, capsys):
-    from unfreeze.tasks import classify as classify_task
+    from unfreeze.recipes.classify import recipe as classify_task
 
     def broken(*args, **kwargs):
         raise RuntimeError("the GPU fell off the bus")
 
-    monkeypatch.setattr(classify_task, "train", broken)
+    monkeypatch.setattr(classify_task.ClassifierTraining, "advance", broken)
     done = work / "done"
     with pytest.raises(RuntimeError):
         main(quick_classify(inputs, done, "--overwrite"))

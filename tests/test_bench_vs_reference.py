@@ -66,14 +66,15 @@ def test_classify_draws_the_references_lora_adapters(tiny, tmp_path, preset):
     from llms_from_scratch.appendix_e import LoRALayer as ReferenceLoRA
 
     from unfreeze.models.lora import LoRAUpdate
-    from unfreeze.tasks.classify_config import ClassifyConfig
-    from unfreeze.tasks.classify_model import build_trainable_model
+    from unfreeze.recipes.classify.config import ClassifyConfig
+    from unfreeze.recipes.classify.model import body_config, build_trainable_model, model_source
 
     hf_model, ref_cfg, state = tiny
     hf_model.save_pretrained(tmp_path / "model")
     cfg = ClassifyConfig(model_size=str(tmp_path / "model"), weights="pretrained", trainable_layers=preset,
                          lora_rank=4, lora_alpha=8, seed=bench.SEED)
-    ours, _ = build_trainable_model(cfg)
+    source = model_source(cfg)
+    ours, _ = build_trainable_model(cfg, source, body_config(source))
     ours_a = [m.A for m in ours.modules() if isinstance(m, LoRAUpdate)]
 
     reference = bench.reference_setup("lora", ref_cfg, state, lora_rank=4, lora_alpha=8)
@@ -82,5 +83,6 @@ def test_classify_draws_the_references_lora_adapters(tiny, tmp_path, preset):
     for index, (mine, theirs) in enumerate(zip(ours_a, reference_a)):
         assert torch.equal(mine, theirs), f"A matrix {index} differs"
     torch.manual_seed(0)  # another stream: the comparison above can fail
-    other, _ = build_trainable_model(ClassifyConfig(**{**vars(cfg), "seed": 7}))
+    other_cfg = ClassifyConfig(**{**vars(cfg), "seed": 7})
+    other, _ = build_trainable_model(other_cfg, source, body_config(source))
     assert not torch.equal(next(m.A for m in other.modules() if isinstance(m, LoRAUpdate)), ours_a[0])

@@ -8,8 +8,8 @@ import torch
 from transformers import GPT2Config
 
 from pause_helpers import tiny_model
-from unfreeze.cache import final_hidden, frozen_prefix, policy
-from unfreeze.cache.dropout import DROPOUT_ATTRIBUTES, active_dropout, set_config_dropout, set_dropout
+from unfreeze.cache import final_hidden, memory, policy
+from unfreeze.models.dropout import DROPOUT_ATTRIBUTES, active_dropout, set_config_dropout, set_dropout
 from unfreeze.data import sft_data
 from unfreeze.errors import UsageError
 from unfreeze.models.trainable import apply_components, apply_preset
@@ -78,7 +78,7 @@ def test_one_dropout_list_sets_and_finds_every_form_of_dropout():
 
 
 def test_classify_config_dropout_goes_through_the_same_list():
-    from unfreeze.models.loading import without_dropout
+    from unfreeze.models.model_config import without_dropout
 
     config = GPT2Config(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
     without_dropout(config)
@@ -102,7 +102,7 @@ def _classifier_tokens():
 def _classify(budget_gb, mode="auto"):
     model, tokens = _classifier_tokens()
     request = policy.CacheRequest(mode, budget_gb, "--cache_activations on", "--cache_budget_gb")
-    return frozen_prefix.prepare(model, tokens, CPU, None, request, batch_size=4, log=LOG)
+    return memory.prepare(model, tokens, CPU, None, request, batch_size=4, log=LOG)
 
 
 def test_classify_over_budget_stores_bf16_then_goes_uncached():

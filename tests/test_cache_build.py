@@ -5,35 +5,35 @@ import logging
 import torch
 
 from test_architectures import make_model, padded_batch
-from unfreeze.cache import frozen_prefix
+from unfreeze.cache import memory
 from unfreeze.cache.policy import CacheRequest
 from unfreeze.models import trainable
 
 
 def test_masked_batches_are_sorted_by_length_and_capped_by_tokens(monkeypatch):
-    monkeypatch.setattr(frozen_prefix, "BUILD_TOKENS_PER_BATCH", 20)
+    monkeypatch.setattr(memory, "BUILD_TOKENS_PER_BATCH", 20)
     model = make_model("llama")
     rows = list(padded_batch("llama", lengths=(10, 2, 6, 3, 9, 4, 2, 7)))
-    batches = frozen_prefix._batches(model, rows, 1)
-    lengths = [frozen_prefix._real_length(model, rows[i]) for batch in batches for i in batch]
+    batches = memory.build_batches(model, rows, 1)
+    lengths = [memory._real_length(model, rows[i]) for batch in batches for i in batch]
     assert lengths == sorted(lengths) and sorted(i for b in batches for i in b) == list(range(8))
-    assert all(len(b) * max(frozen_prefix._real_length(model, rows[i]) for i in b) <= 20 for b in batches)
+    assert all(len(b) * max(memory._real_length(model, rows[i]) for i in b) <= 20 for b in batches)
     assert len(batches) < 8  # short rows share a batch
 
 
 def test_reference_padding_batches_ignore_the_training_batch_size():
     model = make_model("gpt2")
     rows = list(padded_batch("gpt2", lengths=(10,) * 40))
-    assert [len(b) for b in frozen_prefix._batches(model, rows, 2)] == [40]  # 400 tokens: one batch
+    assert [len(b) for b in memory.build_batches(model, rows, 2)] == [40]  # 400 tokens: one batch
 
 
 def test_cache_entry_reports_throughput_and_the_matmul_peak(monkeypatch):
-    monkeypatch.setattr(frozen_prefix, "BUILD_TOKENS_PER_BATCH", 1)  # one row per batch: no padding computed
+    monkeypatch.setattr(memory, "BUILD_TOKENS_PER_BATCH", 1)  # one row per batch: no padding computed
     model = make_model("llama")
     trainable.apply_preset(model, "last_block")
     tokens = {"train": list(padded_batch("llama")), "validation": list(padded_batch("llama", seed=2))}
     request = CacheRequest("on", None, "--cache_activations on", "--cache_budget_gb")
-    cache, info, _ = frozen_prefix.prepare(model, tokens, torch.device("cpu"), None, request, 1,
+    cache, info, _ = memory.prepare(model, tokens, torch.device("cpu"), None, request, 1,
                                            logging.getLogger("test"))
     assert info["tokens"] == 2 * (10 + 6 + 3)  # the computed positions: here the real tokens
     assert info["examples_per_s"] > 0 and info["gflops"] > 0 and info["matmul_peak_gflops"] > 0
@@ -42,12 +42,12 @@ def test_cache_entry_reports_throughput_and_the_matmul_peak(monkeypatch):
 
 def test_bf16_warning_names_both_speeds_only_when_bf16_is_slower(monkeypatch):
     speeds = {torch.float32: 60.0, torch.bfloat16: 0.9}
-    monkeypatch.setattr(frozen_prefix, "matmul_peak_gflops", lambda dtype, device, **_: speeds[dtype])
-    line = frozen_prefix.slow_bf16_warning(torch.device("cpu"))
+    monkeypatch.setattr(memory, "matmul_peak_gflops", lambda dtype, device, **_: speeds[dtype])
+    line = memory.slow_bf16_warning(torch.device("cpu"))
     assert "0.9 GFLOP/s against 60.0 for fp32" in line and "--precision fp32" in line
-    assert frozen_prefix.slow_bf16_warning(torch.device("cuda")) is None  # GPUs: bf16 is the fast path
+    assert memory.slow_bf16_warning(torch.device("cuda")) is None  # GPUs: bf16 is the fast path
     speeds[torch.bfloat16] = 140.0  # a CPU with AMX or AVX512-BF16
-    assert frozen_prefix.slow_bf16_warning(torch.device("cpu")) is None
+    assert memory.slow_bf16_warning(torch.device("cpu")) is None
 
 
 def test_repeated_examples_are_computed_once_and_read_the_same_features():
@@ -56,13 +56,13 @@ def test_repeated_examples_are_computed_once_and_read_the_same_features():
     train = list(padded_batch("gpt2", lengths=(10,) * 3))
     validation = list(padded_batch("gpt2", lengths=(10,) * 2, seed=2))
     repeated = {"train": [*train, train[1]], "validation": [validation[0], train[1], validation[1]]}
-    plan = frozen_prefix.plan_cache(model, frozen_prefix.frozen_prefix_stages(model.stage_modules()), [10] * 7,
+    plan = memory.plan_cache(model, memory.frozen_prefix_stages(model.stage_modules()), [10] * 7,
                                     model.hidden_size, torch.float32)
-    cache = frozen_prefix.build_cache(model, plan, repeated, torch.device("cpu"), 1, None)
+    cache = memory.build_cache(model, plan, repeated, torch.device("cpu"), 1, None)
     assert cache.stats["tokens"] == 5 * 10 and cache.stats["repeated_examples"] == 2  # 5 distinct rows
     assert cache.splits["train"][3] is cache.splits["train"][1] is cache.splits["validation"][1]
     assert cache.nbytes() == 5 * 10 * model.hidden_size * 4
-    alone = frozen_prefix.build_cache(model, plan, {"train": train, "validation": validation},
+    alone = memory.build_cache(model, plan, {"train": train, "validation": validation},
                                       torch.device("cpu"), 1, None)
     for split, order in (("train", [0, 1, 2, 1]), ("validation", [0, None, 1])):
         for got, i in zip(cache.splits[split], order):
@@ -77,11 +77,11 @@ def test_disk_cache_computes_repeats_once_and_holds_the_in_memory_bits(tmp_path)
     trainable.apply_preset(model, "last_block")
     train = list(padded_batch("gpt2", lengths=(10, 7, 4)))
     tokens = {"train": [*train, train[1]], "validation": [train[2], *padded_batch("gpt2", lengths=(10, 5), seed=2)]}
-    start = frozen_prefix.frozen_prefix_stages(model.stage_modules())
-    plan = frozen_prefix.plan_cache(model, start, [10] * 6, model.hidden_size, torch.float32)
-    memory = frozen_prefix.build_cache(model, plan, tokens, torch.device("cpu"), 2, None)
+    start = memory.frozen_prefix_stages(model.stage_modules())
+    plan = memory.plan_cache(model, start, [10] * 6, model.hidden_size, torch.float32)
+    in_ram = memory.build_cache(model, plan, tokens, torch.device("cpu"), 2, None)
     stored = disk.build(model, tokens, tmp_path, "key", [plan.start_stage], torch.device("cpu"), None, batch_size=2)
-    for split, rows in memory.splits.items():
+    for split, rows in in_ram.splits.items():
         on_disk = stored.hidden(split, plan.start_stage, list(range(len(rows))))
         for position, row in enumerate(rows):
             assert torch.equal(on_disk[position, :len(row)], row), (split, position)

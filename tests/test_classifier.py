@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2Model
 
-from unfreeze.cache.frozen_prefix import frozen_prefix_stages
+from unfreeze.cache.memory import frozen_prefix_stages
 from unfreeze.models import lora as lora_lib
 from unfreeze.models import trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, GPT2Classifier
@@ -184,14 +184,14 @@ def test_frozen_prefix_is_decided_from_the_parameters_each_stage_uses():
 
 def test_gpt2_gets_the_fused_gelu_and_the_same_function():
     """classify swaps GPT-2's composed `gelu_new` for the fused kernel of the same formula (profile_all.py)."""
-    from unfreeze.models import loading
-    from unfreeze.tasks.classify_config import ClassifyConfig
-    from unfreeze.tasks.classify_model import body_config
+    from unfreeze.models import model_config
+    from unfreeze.recipes.classify.config import ClassifyConfig
+    from unfreeze.recipes.classify.model import body_config, model_source
 
-    assert body_config(ClassifyConfig(weights="random")).activation_function == "gelu_pytorch_tanh"
+    assert body_config(model_source(ClassifyConfig(weights="random"))).activation_function == "gelu_pytorch_tanh"
     shape = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
     composed_config, fused_config = GPT2Config(**shape), GPT2Config(**shape)
-    loading.fused_activation(fused_config)
+    model_config.fused_activation(fused_config)
     assert composed_config.activation_function == "gelu_new" and fused_config.activation_function == "gelu_pytorch_tanh"
     torch.manual_seed(0)
     composed = GPT2Model(composed_config).eval()

@@ -9,8 +9,8 @@ import pytest
 from unfreeze.cli import main
 from unfreeze.config import config_from_mapping
 from unfreeze.errors import UsageError
-from unfreeze.tasks.classify import run_config
-from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.recipes.classify.recipe import run as run_config
+from unfreeze.recipes.classify.config import ClassifyConfig
 
 TINY = '{"n_layer":3,"n_embd":32,"n_head":2,"n_positions":128}'
 
@@ -143,14 +143,15 @@ def test_pretrained_weights_from_a_local_folder(spam_csv_dir, byte_tokenizer_dir
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from unfreeze.tasks.classify_model import build_model
+    from unfreeze.recipes.classify.model import body_config, build_model, model_source
 
     torch.manual_seed(7)
     saved = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128))
     saved.save_pretrained(tmp_path / "gpt2-tiny")
     cfg = tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / "run", weights="pretrained",
                       model_size=str(tmp_path / "gpt2-tiny"), model_config=None, num_epochs=1)
-    model = build_model(cfg)
+    source = model_source(cfg)
+    model, _ = build_model(cfg, source, body_config(source))
     assert torch.equal(model.body.h[1].attn.c_attn.weight, saved.transformer.h[1].attn.c_attn.weight)
     assert model.body.config.resid_pdrop == 0.0  # dropout is off, as in the reference
     assert run_config(cfg)["total_params"] == sum(p.numel() for p in model.parameters())

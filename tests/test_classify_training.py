@@ -1,16 +1,11 @@
-"""`unfreeze classify`'s training loop: gradient accumulation is one step on the batches together."""
-
-import logging
+"""The classifier's training loop: gradient accumulation is one step on the batches together."""
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from test_classifier import tiny_classifier
-from unfreeze.config import config_from_mapping
 from unfreeze.models.trainable import apply_preset
-from unfreeze.tasks.classify import Forward, IndexDataset, train
-from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.training.loop import ClassifierInputs, ClassifierTraining, Schedule
 
 CPU = torch.device("cpu")
 # float64: in float32 the key biases (whose true gradient is zero: softmax ignores a shift shared by all
@@ -19,15 +14,17 @@ DTYPE = torch.float64
 
 
 def _train_on(examples: torch.Tensor, labels: list[int], batch_size: int, accumulation_steps: int, epochs: int):
-    """Train a fresh tiny classifier (everything trains) with classify's `train`; returns its weights."""
+    """Train a fresh tiny classifier (everything trains) with classify's loop; returns its weights.
+
+    The loader shuffles: a permutation of the same length from the same seed, so the k small batches of one
+    run are, in order, the examples of one large batch of the other."""
     model = tiny_classifier(seed=0).to(DTYPE)
     apply_preset(model, "all")
     tokens = {"train": list(examples), "validation": list(examples[:2])}
-    loaders = {"train": DataLoader(IndexDataset(labels), batch_size=batch_size, shuffle=False),
-               "validation": DataLoader(IndexDataset(labels[:2]), batch_size=2)}
-    cfg = config_from_mapping(ClassifyConfig, dict(accumulation_steps=accumulation_steps, num_epochs=epochs,
-                                                   lr=1e-2, eval_freq=1000, eval_iter=1, seed=0))
-    train(cfg, model, Forward(model, tokens, None, CPU, None), loaders, CPU, logging.getLogger("test"))
+    schedule = Schedule(num_epochs=epochs, batch_size=batch_size, accumulation_steps=accumulation_steps, lr=1e-2,
+                        eval_every=1000, eval_batches=1, seed=0)
+    ClassifierTraining(model, ClassifierInputs(model, tokens, None, CPU, None), {"train": labels, "validation": labels[:2]},
+                       schedule, CPU).advance()
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
 
-from unfreeze.cli import TASKS, main
+from unfreeze.cli import commands, main
 from unfreeze.config import config_from_mapping, parse_args, parse_overrides
 from unfreeze.errors import UsageError
-from unfreeze.tasks.classify_config import ClassifyConfig
-from unfreeze.tasks.sft import load_config
-from unfreeze.tasks.sft_config import SFTConfig
+from unfreeze.recipes.classify.config import ClassifyConfig
+from unfreeze.recipes.sft.recipe import load_config
+from unfreeze.recipes.sft.config import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,9 +25,9 @@ def _yaml(tmp_path: Path, text: str) -> Path:
 
 
 def test_yaml_then_flags_then_key_value_later_ones_win(tmp_path):
-    path = _yaml(tmp_path, "lr: 5.0e-5\nnum_epochs: 3\nmixed_precision: no\n")
+    path = _yaml(tmp_path, "lr: 5.0e-5\nnum_epochs: 3\nprompt_column: no\n")
     config = parse_args(SFTConfig, [str(path), "--lr", "1e-3", "num_epochs=2"], "unfreeze sft", positional=("config",))
-    assert (config.lr, config.num_epochs, config.mixed_precision) == (1e-3, 2, "no")  # YAML `no` stays text
+    assert (config.lr, config.num_epochs, config.prompt_column) == (1e-3, 2, "no")  # YAML `no` stays text
     # a key=value before the file still overrides it: the file is always read first
     config = parse_args(SFTConfig, ["lr=2e-3", str(path)], "unfreeze sft", positional=("config",))
     assert config.lr == 2e-3
@@ -88,8 +90,9 @@ def test_a_bad_value_reads_the_same_from_flags_yaml_and_sweep_set(tmp_path, caps
 
 
 def test_sweep_set_values_are_typed_by_the_commands_parser():
-    assert parse_overrides(SFTConfig, ["lr=1e-3", "lora=yes", "mixed_precision=no", "train_limit=null"]) == {
-        "lr": 1e-3, "lora": True, "mixed_precision": "no", "train_limit": None}
+    assert parse_overrides(SFTConfig, ["lr=1e-3", "lora=yes", "prompt_column=no", "train_limit=null"]) == {
+        "lr": 1e-3, "lora": True, "prompt_column": "no", "train_limit": None}
+    assert parse_overrides(SFTConfig, ["lora_r=4"]) == {"lora_rank": 4}  # the reference's name, read as ours
     with pytest.raises(UsageError, match="num_epochs='two' is not a valid int"):
         parse_overrides(ClassifyConfig, ["num_epochs=two"])
 
@@ -101,13 +104,13 @@ def test_mappings_are_checked_like_flags():
 
 
 def test_every_task_has_help_text_for_every_key(capsys):
-    for name, task in TASKS.items():
+    for name, task in commands().items():
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
-        for field in task.config.__dataclass_fields__:
-            assert f"--{field}" in text, (name, field)
+        for field in dataclasses.fields(task.config):
+            assert f"--{field.name}" in text, (name, field.name)
     assert "(type: int, default: 5)" in _help("classify", capsys)  # defaults are visible
 
 

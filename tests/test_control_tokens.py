@@ -10,7 +10,7 @@ import torch
 
 from pause_helpers import PAUSE, tiny_base, tiny_model, tiny_tokenizer
 from unfreeze.errors import UsageError
-from unfreeze.models.control_tokens import ControlTokenLM, IGNORE_INDEX
+from unfreeze.models.control.tokens import ControlTokenLM, IGNORE_INDEX
 from unfreeze.models.trainable import COMPONENTS, apply_components
 
 V = 257  # tiny vocabulary; the pause token gets id 257

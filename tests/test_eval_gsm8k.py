@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unfreeze.cli import main
-from unfreeze.tasks.eval_gsm8k import (
+from unfreeze.recipes.eval_gsm8k.recipe import (
     clean_completion,
     generate_and_score,
     is_correct,
@@ -209,7 +209,7 @@ def saved_model(tmp_path_factory) -> Path:
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from unfreeze.models.control_tokens import ControlTokenLM
+    from unfreeze.models.control.tokens import ControlTokenLM
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -295,7 +295,7 @@ def test_bad_input_is_one_error_line_and_no_metrics(case, saved_model, test_file
 
 def test_rerun_into_a_finished_evaluation_needs_overwrite_and_replaces_only_on_success(
         saved_model, test_file, tmp_path, monkeypatch, capsys):
-    from unfreeze.tasks import eval_gsm8k
+    from unfreeze.recipes.eval_gsm8k import recipe as eval_gsm8k
 
     out = tmp_path / "run"
     assert main(eval_args(saved_model, test_file, out, "--limit", "1")) == 0
@@ -323,7 +323,7 @@ def test_rerun_into_a_finished_evaluation_needs_overwrite_and_replaces_only_on_s
 
 
 def test_failure_after_the_evaluation_started_ends_its_log(saved_model, test_file, tmp_path, monkeypatch):
-    from unfreeze.tasks import eval_gsm8k
+    from unfreeze.recipes.eval_gsm8k import recipe as eval_gsm8k
 
     def broken(*args, **kwargs):
         raise RuntimeError("generation crashed")
@@ -336,17 +336,20 @@ def test_failure_after_the_evaluation_started_ends_its_log(saved_model, test_fil
     assert not (out / "metrics.json").exists()
 
 
-def test_sft_passes_write_metrics_false_and_keeps_its_own_metrics(saved_model, test_file, tmp_path):
-    from unfreeze.tasks.eval_gsm8k import EvalConfig, evaluate_model_folder
+def test_evaluate_writes_nothing_the_caller_owns_the_folder(saved_model, test_file, tmp_path):
+    """`evaluate` (what `unfreeze sft` calls when it tests) returns the records and metrics; the caller writes them."""
+    from unfreeze.lifecycle import run_folder
+    from unfreeze.recipes.eval_gsm8k.recipe import EvalConfig, evaluate
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text('{"owner": "sft"}')
     config = EvalConfig(model=str(saved_model), data=str(test_file), out=str(out), limit=1, batch_size=1,
                         max_new_tokens=4)
-    metrics = evaluate_model_folder(config, write_metrics=False, progress=False)
+    with run_folder("sft", str(out), overwrite=True) as folder:
+        records, metrics = evaluate(config, folder, progress=False)
     assert json.loads((out / "metrics.json").read_text()) == {"owner": "sft"}
-    assert metrics["num_questions"] == 1 and (out / "test_results.json").exists()
+    assert metrics["num_questions"] == 1 and len(records) == 1 and not (out / "test_results.json").exists()
 
 
 # --- a model saved by `unfreeze sft`, on the real GSM8K test set ------------------------------------------------

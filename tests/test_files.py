@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -127,54 +126,6 @@ def _finished(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text('{"old": 1}')
     (out / "run.log").write_text("old log\n")
-
-
-def test_staged_run_replaces_files_only_on_success(tmp_path):
-    out = tmp_path / "run"
-    _finished(out)
-    with files.staged_run(out) as staging:
-        assert not staging.exists() and staging.parent == out.parent
-        staging.mkdir()
-        (staging / "run.log").write_text("new log\n")
-        (staging / "metrics.json").write_text('{"new": 1}')
-        (staging / "final").mkdir()
-        (staging / "final" / "w.bin").write_text("w")
-    assert (out / "metrics.json").read_text() == '{"new": 1}'
-    assert (out / "run.log").read_text() == "old log\nnew log\n" and (out / "final" / "w.bin").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
-
-
-def test_staged_run_failure_keeps_the_old_results_and_logs_the_error_if_it_started(tmp_path):
-    out = tmp_path / "run"
-    _finished(out)
-    with pytest.raises(UsageError):
-        with files.staged_run(out):
-            raise UsageError("--limit must be at least 1")  # rejected before writing anything
-    assert (out / "run.log").read_text() == "old log\n"
-    with pytest.raises(RuntimeError), files.staged_run(out) as staging:
-        staging.mkdir()
-        (staging / "run.log").write_text("generating\n")
-        (staging / "test_results.json").write_text("[]")
-        raise RuntimeError("disk full")
-    assert (out / "metrics.json").read_text() == '{"old": 1}' and not (out / "test_results.json").exists()
-    log = (out / "run.log").read_text()
-    assert log.startswith("old log\ngenerating\n") and "FAILED: RuntimeError: disk full" in log
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    with pytest.raises(UsageError), files.staged_run(tmp_path / "absent"):
-        raise UsageError("bad")
-    assert not (tmp_path / "absent").exists()
-
-
-def test_append_failure_only_when_the_run_wrote_its_log(tmp_path):
-    log = tmp_path / "run.log"
-    log.write_text("earlier attempt\n")
-    _age(log, 60)
-    assert not files.append_failure(log, UsageError("bad"), since=time.time())
-    assert log.read_text() == "earlier attempt\n"
-    since = time.time() - 1
-    log.write_text("earlier attempt\nthis attempt\n")
-    assert files.append_failure(log, KeyboardInterrupt(), since=since)
-    assert log.read_text().splitlines()[-1].endswith("INTERRUPTED: no results written")
 
 
 def test_cut_json_is_one_line_naming_the_file(tmp_path):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from unfreeze.generation import (
+from unfreeze.models.generation import (
     Generation,
     apply_pause_temperature,
     greedy_generate,
@@ -44,7 +44,7 @@ def word_tokenizer():
 
 def tiny_pause_model(pause_bias: float = -2.0, seed: int = 0):
     """The tiny LM + one pause token; the head's bias sets how often it pauses (-2: about a third)."""
-    from unfreeze.models.control_tokens import ControlTokenLM
+    from unfreeze.models.control.tokens import ControlTokenLM
 
     model = ControlTokenLM.from_base(tiny_lm(seed), word_tokenizer(), control_tokens=["<|pause|>"])
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_pause_model_padded_batch_equals_each_prompt_alone(pause_model):
 
 
 def test_pause_model_without_control_tokens_decodes_like_the_plain_lm(lm):
-    from unfreeze.models.control_tokens import ControlTokenLM
+    from unfreeze.models.control.tokens import ControlTokenLM
 
     plain = ControlTokenLM.from_base(lm, word_tokenizer(), control_tokens=[])
     prompts = prompts_of_lengths(4, 8)

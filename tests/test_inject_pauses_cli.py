@@ -129,7 +129,7 @@ def test_tokenizer_folder_and_existing_target(tmp_path, data):
 
 def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     from unfreeze import files
-    from unfreeze.tasks import inject_pauses
+    from unfreeze.recipes.inject_pauses import recipe as inject_pauses
 
     calls = []
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from test_architectures import PAD, make_model, padded_batch
-from unfreeze.cache import frozen_prefix
+from unfreeze.cache import memory
 from unfreeze.cache.policy import CacheRequest
 from unfreeze.models import trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID
-from unfreeze.tasks.classify import Forward
+from unfreeze.training.loop import ClassifierInputs
 
 POOLINGS = {"last": {}, "first": {"token_pos": "first"}, "flexible": {"token_pos": "flexible"},
             "mean": {"average": True}}
@@ -55,13 +55,13 @@ def test_first_token_cache_stores_one_position_and_equals_the_whole_input(arch, 
     ids = _ids(arch)
     tokens = {"train": list(ids)}
     request = CacheRequest("on", None, "--cache_activations on", "--cache_budget_gb")
-    cache, info, _ = frozen_prefix.prepare(model, tokens, torch.device("cpu"), None, request, 2,
+    cache, info, _ = memory.prepare(model, tokens, torch.device("cpu"), None, request, 2,
                                            logging.getLogger("test"))
     assert info["tokens"] == 3  # one position per example was computed
     if preset == "last_block":
         assert [len(row) for row in cache.splits["train"]] == [1, 1, 1]
-    cached = Forward(model, tokens, cache, torch.device("cpu"), None)
-    uncached = Forward(model, tokens, None, torch.device("cpu"), None)
+    cached = ClassifierInputs(model, tokens, cache, torch.device("cpu"), None)
+    uncached = ClassifierInputs(model, tokens, None, torch.device("cpu"), None)
     with torch.no_grad():
         whole = model(ids)
         indices = torch.arange(3)

@@ -13,8 +13,9 @@ import pytest
 from unfreeze import offline
 from unfreeze.config import config_from_mapping
 from unfreeze.errors import UsageError
-from unfreeze.tasks.classify import check_downloads
-from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.offline import require_downloads
+from unfreeze.recipes.classify.inputs import downloads
+from unfreeze.recipes.classify.config import ClassifyConfig
 
 ALL_FLAGS = ("--data PATH/SMSSpamCollection", "--model_size FOLDER (or --weights random)", "--tokenizer FOLDER")
 
@@ -36,7 +37,7 @@ def test_unreachable_network_names_every_missing_download_in_one_line(empty_cach
     probed = []
     monkeypatch.setattr(offline, "reachable", lambda url, timeout=3.0: probed.append(url) or False)
     with pytest.raises(UsageError) as caught:
-        check_downloads(ClassifyConfig(out=str(empty_caches / "x")))
+        require_downloads(downloads(ClassifyConfig(out=str(empty_caches / "x"))))
     message = str(caught.value)
     assert "\n" not in message and message.startswith("offline (no connection within 3 s)")
     assert all(flag in message for flag in ALL_FLAGS), message
@@ -47,7 +48,7 @@ def test_hf_hub_offline_fails_without_probing(empty_caches, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(offline, "reachable", lambda *a, **k: pytest.fail("probed although HF_HUB_OFFLINE=1"))
     with pytest.raises(UsageError, match="HF_HUB_OFFLINE is set") as caught:
-        check_downloads(ClassifyConfig(weights="random"))  # the tokenizer and the data are still needed
+        require_downloads(downloads(ClassifyConfig(weights="random")))  # the tokenizer and the data are still needed
     message = str(caught.value)
     assert "--tokenizer FOLDER" in message and "--data" in message and "--model_size" not in message
 
@@ -56,7 +57,7 @@ def test_local_inputs_need_no_network(empty_caches, monkeypatch, tmp_path):
     monkeypatch.setattr(offline, "reachable", lambda *a, **k: pytest.fail("probed for local inputs"))
     (tmp_path / "tok").mkdir()
     cfg = ClassifyConfig(weights="random", data=str(tmp_path / "SMSSpamCollection"), tokenizer=str(tmp_path / "tok"))
-    check_downloads(cfg)  # gpt2-small's architecture is known: no config download either
+    require_downloads(downloads(cfg))  # gpt2-small's architecture is known: no config download either
 
 
 def _cache_hub_file(hub: str, repo: str, filename: str) -> None:
@@ -77,7 +78,7 @@ def test_cached_downloads_switch_the_hub_libraries_offline_instead_of_retrying(e
     (empty_caches / "unfreeze-cache" / "sms_spam").mkdir(parents=True)
     (empty_caches / "unfreeze-cache" / "sms_spam" / "SMSSpamCollection").write_text("ham\thi\n")
     monkeypatch.setattr(offline, "reachable", lambda *a, **k: False)
-    check_downloads(ClassifyConfig())
+    require_downloads(downloads(ClassifyConfig()))
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
 
 

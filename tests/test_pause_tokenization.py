@@ -14,12 +14,12 @@ from unfreeze.data.sft_data import (
     reference_tokenization_changes,
 )
 from unfreeze.errors import UsageError
-from unfreeze.models.control_tokens import (
+from unfreeze.models.control.tokens import (
     ControlTokenLM,
     register_control_tokens,
     registered_tokenization,
 )
-from unfreeze.tasks.eval_gsm8k import clean_completion, predicted_answer
+from unfreeze.recipes.eval_gsm8k.recipe import clean_completion, predicted_answer
 
 PAUSE = "<|pause|>"
 EOT = "<|endoftext|>"
@@ -31,7 +31,7 @@ def gpt2_tokenizer():
     """GPT-2's real BPE (the reference's effect is about its merges); skipped when the files are absent."""
     if not (BPE / "encoder.json").exists() and not (BPE / "vocab.json").exists():
         pytest.skip("../shared/data/gpt2_bpe not present")
-    from unfreeze.models.loading import load_tokenizer
+    from unfreeze.models.tokenizers import load_tokenizer
 
     return load_tokenizer(str(BPE), flag="tokenizer")
 

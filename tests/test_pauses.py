@@ -94,7 +94,7 @@ def test_round_trip_is_exact_and_counts_are_reported(variable):
 
 
 def test_round_trip_with_tokenizer_and_pauses_only_at_token_boundaries(tiny_tokenizer_dir):
-    from unfreeze.tasks.inject_pauses import load_pause_tokenizer
+    from unfreeze.recipes.inject_pauses.recipe import load_pause_tokenizer
 
     tokenizer = load_pause_tokenizer(str(tiny_tokenizer_dir), P)
     texts = ["Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 24", "héllo 日本語 wörld", "", " lead and trail "]

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from test_architectures import make_model, padded_batch
-from unfreeze.cache import frozen_prefix
+from unfreeze.cache import memory
 from unfreeze.cache.policy import CacheRequest
 from unfreeze.models import reduced_block, trainable
-from unfreeze.tasks.classify import Forward
+from unfreeze.training.loop import ClassifierInputs
 
 POOLINGS = {"last": {}, "first": {"token_pos": "first"}, "flexible": {"token_pos": "flexible"},
             "mean": {"average": True}}
@@ -57,10 +57,10 @@ def _setup(arch, preset, pooling, cached):
     cache = None
     if cached:
         request = CacheRequest("on", None, "--cache_activations on", "--cache_budget_gb")
-        cache, info, _ = frozen_prefix.prepare(model, tokens, torch.device("cpu"), None, request, 2,
+        cache, info, _ = memory.prepare(model, tokens, torch.device("cpu"), None, request, 2,
                                                logging.getLogger("test"))
         assert cache is not None, info
-    return model, Forward(model, tokens, cache, torch.device("cpu"), None)
+    return model, ClassifierInputs(model, tokens, cache, torch.device("cpu"), None)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
@@ -114,10 +114,10 @@ def test_bf16_paths_keep_fp32_master_copies(arch, preset, cached):
     cache = None
     if cached:
         request = CacheRequest("on", None, "--cache_activations on", "--cache_budget_gb")
-        cache, info, _ = frozen_prefix.prepare(model, tokens, torch.device("cpu"), torch.bfloat16, request, 2,
+        cache, info, _ = memory.prepare(model, tokens, torch.device("cpu"), torch.bfloat16, request, 2,
                                                logging.getLogger("test"))
         assert cache is not None and info["dtype"] == "bfloat16", info
-    forward = Forward(model, tokens, cache, torch.device("cpu"), torch.bfloat16)
+    forward = ClassifierInputs(model, tokens, cache, torch.device("cpu"), torch.bfloat16)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     before = {name: p.detach().clone() for name, p in params.items()}
     optimizer = torch.optim.AdamW(params.values(), lr=1e-2, fused=True)

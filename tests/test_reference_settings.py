@@ -15,7 +15,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 @pytest.mark.parametrize("path", sorted((EXPERIMENTS / "pause").glob("*.yaml")), ids=lambda p: p.name)
 def test_pause_configs_generate_like_the_reference(path):
-    from unfreeze.tasks.sft_config import SFTConfig
+    from unfreeze.recipes.sft.config import SFTConfig
 
     config = config_from_mapping(SFTConfig, yaml.safe_load(path.read_text()), str(path))
     assert config.test_max_length == 1024 and config.test_batch_size == 8

@@ -156,7 +156,7 @@ def test_format_value(value, fmt, std, expected):
 
 def test_model_column_shows_model_over_model_size():
     """A run with --model is reported under its model (a .gguf by file name), not the unused --model_size."""
-    from unfreeze.cli import TASKS
+    from unfreeze.registry import TASKS
     from unfreeze.report import option_value
 
     column = next(vars(c) for c in TASKS["classify"].columns if c.label == "Model")

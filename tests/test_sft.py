@@ -18,8 +18,9 @@ from pause_helpers import (GPT2_BPE, GSM8K, PAUSE, insert_pauses_between_tokens,
 from unfreeze.cli import main as cli_main
 from unfreeze.data import sft_data
 from unfreeze.errors import UsageError
-from unfreeze.tasks.sft import load_config, run_config
-from unfreeze.tasks.sft_config import SFTConfig
+from unfreeze.recipes.sft.recipe import load_config
+from unfreeze.recipes.sft.recipe import run as run_config
+from unfreeze.recipes.sft.config import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2}  # vocab_size follows the tokenizer
@@ -34,7 +35,7 @@ def _without(ids, drop):
 
 def test_dropping_pauses_gives_the_original_tokens_tiny_tokenizer():
     tokenizer = tiny_tokenizer()
-    from unfreeze.models.control_tokens import register_control_tokens
+    from unfreeze.models.control.tokens import register_control_tokens
 
     (pause_id,) = register_control_tokens(tokenizer, [PAUSE], len(tokenizer))
     for with_pause, plain in zip(toy_rows(50, pauses=True), toy_rows(50, pauses=False)):
@@ -48,8 +49,8 @@ def test_dropping_pauses_gives_the_original_tokens_tiny_tokenizer():
 @pytest.mark.skipif(not (GPT2_BPE.is_dir() and GSM8K.is_dir()), reason="../shared/data not present")
 def test_dropping_pauses_gives_the_original_tokens_gpt2_bpe_on_gsm8k():
     """Pauses inserted between BPE tokens (as inject-pauses does); prompt + answer tokenised apart."""
-    from unfreeze.models.control_tokens import register_control_tokens
-    from unfreeze.models.loading import load_tokenizer
+    from unfreeze.models.control.tokens import register_control_tokens
+    from unfreeze.models.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(str(GPT2_BPE))
     (pause_id,) = register_control_tokens(tokenizer, [PAUSE], 50257)
@@ -77,7 +78,7 @@ def test_dropping_pauses_gives_the_original_tokens_with_a_word_prefix_tokenizer(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from unfreeze.models.control_tokens import register_control_tokens
+    from unfreeze.models.control.tokens import register_control_tokens
 
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
@@ -144,12 +145,20 @@ def test_data_files_rows_and_split(tmp_path):
 
 def test_config_overrides_and_unknown_keys(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("lr: 1.0e-4\nlora: false\nmixed_precision: no\n")
+    path.write_text("lr: 1.0e-4\nlora: false\nprompt_column: no\nlora_r: 4\n")
     config = load_config(str(path), ["lora=true", "lr=3e-4", "pause_token=null", "test_limit=5"], out="o")
     assert (config.lora, config.lr, config.pause_token, config.test_limit, config.out) == (True, 3e-4, None, 5, "o")
-    assert config.mixed_precision == "no"
-    config = load_config(str(path), ["mixed_precision=no", 'model_config={"n_layer": 2}', "pause_token=<|x|>"])
-    assert (config.mixed_precision, config.model_config, config.pause_token) == ("no", '{"n_layer": 2}', "<|x|>")
+    assert config.prompt_column == "no" and config.lora_rank == 4  # YAML `no` stays text; lora_r is lora_rank
+    config = load_config(str(path), ["prompt_column=no", 'model_config={"n_layer": 2}', "pause_token=<|x|>",
+                                     "gradient_accumulation_steps=3"])
+    assert (config.prompt_column, config.model_config, config.pause_token) == ("no", '{"n_layer": 2}', "<|x|>")
+    assert config.accumulation_steps == 3  # the reference's name for it
+    with pytest.raises(UsageError, match="mixed_precision was replaced by precision"):
+        load_config(str(path), ["mixed_precision=bf16"])
+    both = tmp_path / "both.yaml"
+    both.write_text("lora_r: 4\nlora_rank: 8\n")
+    with pytest.raises(UsageError, match="lora_r and lora_rank in config file .* are the same option"):
+        load_config(str(both))
     with pytest.raises(UsageError, match="unknown key.*learning_rate"):
         load_config(str(path), ["learning_rate=1"])
     with pytest.raises(UsageError, match="not key=value"):
@@ -193,7 +202,7 @@ def _tiny_config(tmp_path: Path, data: Path, **overrides) -> Path:
 
 
 def test_sft_end_to_end_writes_metrics_last_and_a_loadable_model(tmp_path, pause_data, capsys):
-    from unfreeze.models.control_tokens import ControlTokenLM
+    from unfreeze.models.control.tokens import ControlTokenLM
 
     out = tmp_path / "run"
     assert cli_main(["sft", str(_tiny_config(tmp_path, pause_data)), "eval_at_start=true", "--out", str(out)]) == 0
@@ -224,14 +233,14 @@ def test_step_1_lora_merged_then_step_2_from_its_folder(tmp_path, pause_data):
     step1 = tmp_path / "step1"
     config = SFTConfig(**{**yaml.safe_load(_tiny_config(tmp_path, plain).read_text()), "pause_token": None,
                           "unfreeze_pause_embedding": False, "unfreeze_pause_head": False, "lora": True,
-                          "merge_lora": True, "lora_r": 4, "out": str(step1)})
+                          "merge_lora": True, "lora_rank": 4, "out": str(step1)})
     metrics = run_config(config)
     assert metrics["eval_pause_loss"] == 0.0 and all(".lora_" in name for name in metrics["trainable_tensors"])
     assert not (step1 / "final" / "adapter").exists()  # merged
     assert json.loads((step1 / "final" / "control_tokens.json").read_text())["control_tokens"] == []
     step2 = tmp_path / "step2"
     path = _tiny_config(tmp_path, pause_data, model=str(step1 / "final"), weights="pretrained",
-                        model_config=None, tokenizer=None, unfreeze_pause_embedding=False, lora=True, lora_r=4)
+                        model_config=None, tokenizer=None, unfreeze_pause_embedding=False, lora=True, lora_rank=4)
     metrics = run_config(load_config(str(path), out=str(step2)))
     assert "pause_head.weight" in metrics["trainable_tensors"]
     assert "control_embeddings" not in metrics["trainable_tensors"]
@@ -242,25 +251,25 @@ def test_test_metrics_are_merged_and_metrics_json_comes_last(tmp_path, pause_dat
     """`test: true` calls the GSM8K evaluation on <out>/final (a stub here) before metrics.json exists."""
     import types
 
-    from unfreeze.tasks.eval_gsm8k import EvalConfig
+    from unfreeze.recipes.eval_gsm8k.recipe import EvalConfig
 
     calls = []
 
-    def evaluate_model_folder(config, **kwargs):
-        calls.append((config.model, config.data, config.limit, config.batch_size, config.max_new_tokens, kwargs))
+    def evaluate(config, folder, **kwargs):
+        calls.append((config.model, config.data, config.limit, config.batch_size, config.max_new_tokens))
         assert (Path(config.model) / "control_tokens.json").exists()
         assert not (Path(config.out) / "metrics.json").exists()
-        return {"test_accuracy": 0.25, "num_correct": 1}
+        return [{"question": "q"}], {"test_accuracy": 0.25, "num_correct": 1}
 
-    stub = types.ModuleType("unfreeze.tasks.eval_gsm8k")
-    stub.evaluate_model_folder = evaluate_model_folder
-    stub.EvalConfig = EvalConfig
-    monkeypatch.setitem(sys.modules, "unfreeze.tasks.eval_gsm8k", stub)
+    stub = types.ModuleType("unfreeze.recipes.eval_gsm8k.recipe")
+    stub.evaluate, stub.EvalConfig, stub.RESULTS_FILE = evaluate, EvalConfig, "test_results.json"
+    monkeypatch.setitem(sys.modules, "unfreeze.recipes.eval_gsm8k.recipe", stub)
     out = tmp_path / "run"
     path = _tiny_config(tmp_path, pause_data, test=True, test_limit=3, max_new_tokens=7, test_batch_size=2,
                         train_limit=12)
     metrics = run_config(load_config(str(path), out=str(out)))
-    assert calls == [(str(out / "final"), str(pause_data / "test.json"), 3, 2, 7, {"write_metrics": False})]
+    assert calls == [(str(out / "final"), str(pause_data / "test.json"), 3, 2, 7)]
+    assert json.loads((out / "test_results.json").read_text()) == [{"question": "q"}]
     assert metrics["test_accuracy"] == 0.25 and metrics["test_num_correct"] == 1
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
@@ -270,9 +279,10 @@ def test_test_metrics_are_merged_and_metrics_json_comes_last(tmp_path, pause_dat
     (["unfreeze_pause_embedding=false", "unfreeze_pause_head=false"], "nothing left to train"),
     (["pause_token=null"], "need a control token"),
     (["lora_target_modules=q_proj"], "lora_target_modules"),
-    (["model=MISSING/final", "weights=pretrained", "model_config=null"], "folder does not exist"),
+    (["model=MISSING/final", "weights=pretrained", "model_config=null"], "final: no such folder"),
     (["report_to=comet"], "not one of"),
-    (["precision=bf16-pure", "mixed_precision=bf16"], "remove mixed_precision=bf16"),
+    (["precision=bf16-pure", "mixed_precision=bf16"], "mixed_precision was replaced by precision"),
+    (["dtype=bfloat16"], "dtype was replaced by precision"),
     (["keep=first"], "not one of"),
 ])
 def test_bad_input_exits_2_without_metrics(tmp_path, pause_data, capsys, overrides, message):
@@ -367,7 +377,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, pause_data):
 def test_pause_loss_falls_on_pause_injected_gsm8k(tmp_path):
     """`unfreeze sft` on a few hundred real GSM8K rows with random pauses between tokens, a tiny random
     GPT-2 and the byte-level tokenizer (a 50k-token LM head would dominate the run time on 2 CPU cores)."""
-    from unfreeze.models.control_tokens import register_control_tokens
+    from unfreeze.models.control.tokens import register_control_tokens
 
     tokenizer = tiny_tokenizer()
     (pause_id,) = register_control_tokens(tokenizer, [PAUSE], len(tokenizer))

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from unfreeze.cache import final_hidden
-from unfreeze.cache.dropout import set_dropout
+from unfreeze.models.dropout import set_dropout
 from unfreeze.models.trainable import apply_components
-from unfreeze.tasks.sft import load_config, run_config
+from unfreeze.recipes.sft.recipe import load_config
+from unfreeze.recipes.sft.recipe import run as run_config
 
 from pause_helpers import tiny_model
 from test_sft import _tiny_config  # (pause_data is a conftest fixture)

@@ -16,11 +16,12 @@ from pause_helpers import save_tiny_tokenizer, tiny_tokenizer
 from unfreeze.cli import main as cli_main
 from unfreeze.data import sft_data
 from unfreeze.errors import UsageError
-from unfreeze.models.control_tokens import IGNORE_INDEX
-from unfreeze.tasks.eval_gsm8k import EvalConfig
-from unfreeze.tasks.sft import load_config, run_config
-from unfreeze.tasks.sft_config import SFTConfig
-from unfreeze.tasks.sft_setup import load_data
+from unfreeze.models.control.tokens import IGNORE_INDEX
+from unfreeze.recipes.eval_gsm8k.recipe import EvalConfig
+from unfreeze.recipes.sft.recipe import load_config
+from unfreeze.recipes.sft.recipe import run as run_config
+from unfreeze.recipes.sft.config import SFTConfig
+from unfreeze.recipes.sft.setup import load_data
 
 TEMPLATE = "Instruction: {prompt}\nResponse:"
 TINY_MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 2}
@@ -170,13 +171,13 @@ def _config(tmp_path: Path, data: Path, **overrides) -> Path:
 def test_custom_columns_train_and_the_test_step_gets_the_template(tmp_path, monkeypatch):
     calls = []
 
-    def evaluate_model_folder(config, **kwargs):
+    def evaluate(config, folder, **kwargs):
         calls.append(config.prompt_template)
-        return {"test_accuracy": 0.0}
+        return [], {"test_accuracy": 0.0}
 
-    stub = types.ModuleType("unfreeze.tasks.eval_gsm8k")
-    stub.evaluate_model_folder, stub.EvalConfig = evaluate_model_folder, EvalConfig
-    monkeypatch.setitem(sys.modules, "unfreeze.tasks.eval_gsm8k", stub)
+    stub = types.ModuleType("unfreeze.recipes.eval_gsm8k.recipe")
+    stub.evaluate, stub.EvalConfig, stub.RESULTS_FILE = evaluate, EvalConfig, "test_results.json"
+    monkeypatch.setitem(sys.modules, "unfreeze.recipes.eval_gsm8k.recipe", stub)
     data = write_jsonl(tmp_path / "custom" / "train.jsonl", instruction_rows(24))
     out = tmp_path / "run"
     path = _config(tmp_path, data, eval_at_start=True, test=True, test_data="unused.jsonl")
@@ -222,9 +223,9 @@ def test_eval_gsm8k_refuses_a_bad_template_before_any_work(tmp_path, capsys):
 
 
 def test_eval_gsm8k_generates_from_the_templated_prompt(monkeypatch):
-    import unfreeze.generation as generation
+    import unfreeze.models.generation as generation
     from pause_helpers import tiny_model
-    from unfreeze.tasks.eval_gsm8k import generate_and_score
+    from unfreeze.recipes.eval_gsm8k.recipe import generate_and_score
 
     seen = []
 

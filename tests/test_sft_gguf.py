@@ -43,9 +43,9 @@ def test_smollm2_gguf_continues_the_capital_of_france_with_paris(smollm2_gguf, t
     """Loaded as `unfreeze eval-gsm8k --model x.gguf` loads it (dequantised, quantizer gone: savable) and decoded
     by its greedy decoder through the wrapper's distribution; its tokenizer saves to a folder (as sft's final/
     does) that reloads to the same ids."""
-    from unfreeze.generation import greedy_generate, step_function
-    from unfreeze.models.loading import load_tokenizer
-    from unfreeze.tasks.eval_gsm8k import load_model
+    from unfreeze.models.generation import greedy_generate, step_function
+    from unfreeze.models.tokenizers import load_tokenizer
+    from unfreeze.recipes.eval_gsm8k.recipe import load_model
 
     model = load_model(Path(smollm2_gguf), "cpu")
     hf_model, tokenizer = model.hf_model, model.tokenizer

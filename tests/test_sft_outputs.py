@@ -10,7 +10,7 @@ from test_sft import _tiny_config
 
 from unfreeze.cli import main
 from unfreeze.errors import UsageError
-from unfreeze.models.control_tokens import MARKER_FILE, TENSORS_FILE, ControlTokenLM
+from unfreeze.models.control.tokens import MARKER_FILE, TENSORS_FILE, ControlTokenLM
 
 
 def _interrupt_tokenizer_save(model: ControlTokenLM, monkeypatch) -> None:
@@ -76,22 +76,22 @@ def test_rerunning_into_a_finished_out_keeps_metrics_unless_overwrite(tmp_path, 
 
 
 def test_a_failed_sft_run_records_its_error_in_run_log(tmp_path, pause_data, monkeypatch):
-    from unfreeze.tasks import sft
+    from unfreeze.recipes.sft import recipe as sft
 
-    def broken_fit(*_args, **_kwargs):
+    def broken_training(*_args, **_kwargs):
         raise RuntimeError("the optimizer exploded")
 
-    monkeypatch.setattr(sft, "fit", broken_fit)
+    monkeypatch.setattr(sft.SFTTraining, "advance", broken_training)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        sft.run_config(sft.load_config(str(_tiny_config(tmp_path, pause_data)), out=str(out)))
+        sft.run(sft.load_config(str(_tiny_config(tmp_path, pause_data)), out=str(out)))
     assert "the optimizer exploded" in (out / "run.log").read_text()
     assert not (out / "metrics.json").exists()
 
 
 def test_negative_learning_rate_is_a_usage_error(tmp_path, pause_data):
-    from unfreeze.tasks import sft
+    from unfreeze.recipes.sft import recipe as sft
 
     with pytest.raises(UsageError, match="lr"):
-        sft.run_config(sft.load_config(str(_tiny_config(tmp_path, pause_data)), ["lr=-1"], out=str(tmp_path / "r")))
+        sft.run(sft.load_config(str(_tiny_config(tmp_path, pause_data)), ["lr=-1"], out=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())

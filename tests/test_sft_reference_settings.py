@@ -9,7 +9,8 @@ from safetensors import safe_open
 
 from test_sft import _tiny_config  # (pause_data is a conftest fixture)
 from unfreeze.errors import UsageError
-from unfreeze.tasks.sft import load_config, run_config
+from unfreeze.recipes.sft.recipe import load_config
+from unfreeze.recipes.sft.recipe import run as run_config
 from unfreeze.training.checkpoints import latest_checkpoint
 from unfreeze.training.precision import resolve
 
@@ -57,15 +58,11 @@ def test_precision_decides_the_dtype_of_trained_tensors_and_adam_states(tmp_path
         assert {handle.get_tensor(name).dtype for name in handle.keys()} == {trained_in}
 
 
-def test_the_older_keys_name_a_precision_and_contradictions_are_errors():
-    assert resolve(None, "float32", "bf16").name == "bf16-mixed"  # the experiment files' `mixed_precision: bf16`
-    assert resolve(None, "float32", "no").name == "fp32"
-    assert resolve(None, "bfloat16", "no").name == "dtype=bfloat16, mixed_precision=no"  # LoRA stays fp32 there
-    pure = resolve("bf16-pure", "bfloat16", "no")
-    assert (pure.weights, pure.autocast, pure.cast_everything) == ("bfloat16", "no", True)
-    with pytest.raises(UsageError, match="remove mixed_precision=bf16"):
-        resolve("bf16-pure", "float32", "bf16")
-    with pytest.raises(UsageError, match="remove dtype=bfloat16"):
-        resolve("fp32", "bfloat16", "no")
-    with pytest.raises(UsageError, match="precision='fp16' is not one of"):
+def test_one_precision_vocabulary():
+    assert resolve("fp32").autocast_dtype is None and resolve("fp32").weights == torch.float32
+    mixed = resolve("bf16-mixed")
+    assert (mixed.weights, mixed.autocast_dtype, mixed.cast_everything) == (torch.float32, torch.bfloat16, False)
+    pure = resolve("bf16-pure")
+    assert (pure.weights, pure.autocast_dtype, pure.cast_everything) == (torch.bfloat16, None, True)
+    with pytest.raises(UsageError, match="precision='fp16' is not one of: fp32, bf16-mixed, bf16-pure"):
         resolve("fp16")

@@ -13,7 +13,8 @@ import pytest
 from pause_helpers import toy_rows, write_rows
 from test_sft import _tiny_config  # (pause_data is a conftest fixture)
 from unfreeze.cli import main as cli_main
-from unfreeze.tasks.sft import load_config, run_config
+from unfreeze.recipes.sft.recipe import load_config
+from unfreeze.recipes.sft.recipe import run as run_config
 from unfreeze.training.checkpoints import complete_checkpoints
 
 # 36 training examples / 4 per batch = 9 optimizer steps per epoch, 3 epochs; dropout 0.1 (GPT-2's

@@ -11,8 +11,8 @@ import pytest
 from torch import nn
 
 from unfreeze.config import config_from_mapping
-from unfreeze.tasks.classify import run_config
-from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.recipes.classify.recipe import run as run_config
+from unfreeze.recipes.classify.config import ClassifyConfig
 
 TINY = '{"n_layer":3,"n_embd":32,"n_head":2,"n_positions":128}'
 LOG = logging.getLogger("test_shared_cache")

@@ -15,10 +15,10 @@ import torch
 
 from pause_helpers import tiny_model
 from unfreeze.config import config_from_mapping
-from unfreeze.models.control_tokens import IGNORE_INDEX
+from unfreeze.models.control.tokens import IGNORE_INDEX
 from unfreeze.models.trainable import apply_components
-from unfreeze.tasks.classify import run_config
-from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.recipes.classify.recipe import run as run_config
+from unfreeze.recipes.classify.config import ClassifyConfig
 
 LOSS_TOLERANCE = 1e-4  # float noise seen between 1 and 2 threads: below 1e-7
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2Model
 
-from unfreeze.cache import disk, frozen_prefix
+from unfreeze.cache import disk, memory
 from unfreeze.errors import UsageError
 from unfreeze.models.classifier import GPT2Classifier
 
@@ -65,20 +65,20 @@ def test_stored_values_equal_the_in_memory_cache_and_the_uncached_path(tmp_path,
     cache, built = disk.get_or_build(model, tokens, tmp_path, [2, 3], "fp32", CPU, batch_size=4)
     assert built and cache.boundaries == [2, 3]
     for start in (2, 3):
-        plan = frozen_prefix.CachePlan(start, "hidden", "test")
-        memory = frozen_prefix.build_cache(model, plan, tokens, CPU, 4, None)
+        plan = memory.CachePlan(start, False, "test")
+        in_ram = memory.build_cache(model, plan, tokens, CPU, 4, None)
         for split, rows in tokens.items():
             index = list(range(len(rows)))
-            stored, in_memory = cache.hidden(split, start, index), torch.stack(memory.splits[split])
+            stored, in_memory = cache.hidden(split, start, index), torch.stack(in_ram.splits[split])
             # both keep only the positions pooling reads (`needed_length`: 9 of 12 for flexible pooling)
             assert torch.equal(stored[:, :in_memory.shape[1]], in_memory)
             assert not stored[:, in_memory.shape[1]:].any()
             ids = torch.stack(rows)
-            ids = ids[:, :model.needed_length(ids)]  # as every reader runs them (classify.Forward, suggest's arms)
+            ids = ids[:, :model.needed_length(ids)]  # as every reader runs them (training.loop.ClassifierInputs)
             resumed = model.head(model.pooled_features(stored[:, :ids.shape[1]], start, ids))
             assert torch.equal(resumed, model(ids))  # the uncached path, bit for bit
-    pooled_plan = frozen_prefix.CachePlan(model.final_stage + 1, "pooled", "test")
-    pooled = frozen_prefix.build_cache(model, pooled_plan, tokens, CPU, 4, None)
+    pooled_plan = memory.CachePlan(model.final_stage + 1, True, "test")
+    pooled = memory.build_cache(model, pooled_plan, tokens, CPU, 4, None)
     for split in tokens:
         assert torch.equal(cache.pooled(split, model.final_stage + 1), torch.stack(pooled.splits[split]))
         ids = torch.stack(tokens[split])
@@ -88,10 +88,10 @@ def test_stored_values_equal_the_in_memory_cache_and_the_uncached_path(tmp_path,
 def test_bf16_cache_equals_the_in_memory_bf16_cache(tmp_path):
     model, tokens = frozen(tiny()), token_splits()
     cache, _ = disk.get_or_build(model, tokens, tmp_path, [3], "bf16", CPU, batch_size=4)
-    memory = frozen_prefix.build_cache(model, frozen_prefix.CachePlan(3, "hidden", "t", torch.bfloat16),
+    in_ram = memory.build_cache(model, memory.CachePlan(3, False, "t", torch.bfloat16),
                                        tokens, CPU, 4, torch.bfloat16)
     assert cache.dtype == torch.bfloat16
-    assert torch.equal(cache.hidden("train", 3, range(10)), torch.stack(memory.splits["train"]))
+    assert torch.equal(cache.hidden("train", 3, range(10)), torch.stack(in_ram.splits["train"]))
 
 
 def test_a_second_run_reuses_the_cache_without_a_forward_pass(tmp_path):
@@ -218,8 +218,7 @@ def ragged_tokens(seed=3, length=11, sizes=(9, 5, 6), pad=0) -> dict[str, list[t
 def test_disk_cache_equals_memory_cache_and_uncached_on_every_architecture(tmp_path, arch):
     """Disk cache = in-memory cache (bit for bit, stored real positions) = the uncached path, through the
     forward that candidates and classify train with (each batch cut to its longest real token)."""
-    from unfreeze.suggest.arms import CachedForward
-    from unfreeze.tasks.classify import Forward
+    from unfreeze.training.loop import ClassifierInputs
 
     model = masked_model(arch)
     pad = model.pad_token_id
@@ -229,19 +228,19 @@ def test_disk_cache_equals_memory_cache_and_uncached_on_every_architecture(tmp_p
     assert built
     for start in (2, 3, final + 1):
         kind = "pooled" if start == final + 1 else "hidden"
-        memory = frozen_prefix.build_cache(model, frozen_prefix.CachePlan(start, kind, "t"), tokens, CPU, 4, None)
+        in_ram = memory.build_cache(model, memory.CachePlan(start, kind == "pooled", "t"), tokens, CPU, 4, None)
         for split, rows in tokens.items():
             index = list(range(len(rows)))
             if kind == "pooled":
-                assert torch.equal(cache.pooled(split, start), torch.stack(memory.splits[split]))
+                assert torch.equal(cache.pooled(split, start), torch.stack(in_ram.splits[split]))
             else:
                 stored = cache.hidden(split, start, index)
-                for i, row in enumerate(memory.splits[split]):  # the real positions, zeros after them
+                for i, row in enumerate(in_ram.splits[split]):  # the real positions, zeros after them
                     assert torch.equal(stored[i, :len(row)], row) and not stored[i, len(row):].any()
             for batch in (torch.tensor(index[:4]), torch.tensor(index[-3:])):
-                on_disk = CachedForward(model, tokens, cache, start, CPU, None)(split, batch)
-                in_memory = Forward(model, tokens, memory, CPU, None)(split, batch)
-                uncached = Forward(model, tokens, None, CPU, None)(split, batch)
+                on_disk = ClassifierInputs(model, tokens, cache.reader(start), CPU, None)(split, batch)
+                in_memory = ClassifierInputs(model, tokens, in_ram, CPU, None)(split, batch)
+                uncached = ClassifierInputs(model, tokens, None, CPU, None)(split, batch)
                 assert torch.equal(on_disk, in_memory), (arch, start, split)
                 assert torch.allclose(on_disk, uncached, atol=1e-5), (arch, start, (on_disk - uncached).abs().max())
 

@@ -24,7 +24,7 @@ def test_suggest_ranks_candidates_on_smollm2(smollm2_gguf, shared_data, tmp_path
     done = subprocess.run([sys.executable, "-m", "unfreeze", "suggest", "--model", str(smollm2_gguf), "--data", str(data),
                            "--candidates", "last_layer,last_block,last_blocks:2", "--num_epochs", "1", "--batch_size", "8",
                            "--context_length", "48", "--budget", "300s", "--seeds", "1", "--out", str(out),
-                           "--cache_dir", str(tmp_path / "features"), "--write_sweep", str(tmp_path / "top.yaml")],
+                           "--feature_cache_dir", str(tmp_path / "features"), "--write_sweep", str(tmp_path / "top.yaml")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank  candidate" in done.stdout and "pick:" in done.stdout

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from unfreeze.errors import UsageError
-from unfreeze.suggest import cost, halving, signals
+from unfreeze.recipes.suggest import cost, halving, signals
 
 
 class Scripted:
@@ -106,7 +106,7 @@ def test_survivors_per_round():
 
 def test_cost_model_counts_classify_passes():
     shape = cost.RunShape(epochs=2, batch_size=8, sizes={"train": 100, "validation": 20, "test": 30},
-                          eval_freq=5, eval_iter=2)
+                          eval_every=5, eval_batches=2)
     assert shape.steps_per_epoch == 12 and shape.steps == 24
     # periodic: ceil(24/5) = 5 passes x (2 train + 2 val batches); per epoch: 2 x (2 + 2); final: 150 examples
     assert shape.forward_examples() == (5 * 4 + 2 * 4) * 8 + 150

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from unfreeze.cli import TASKS, Column, Task, main, register_task
-from unfreeze.config import config_from_mapping
+from unfreeze.cli import main
+from unfreeze.registry import TASKS, Column, Task, register_task
+from unfreeze.config import config_from_mapping, option
 from unfreeze.files import atomic_write_json
 from unfreeze.sweep.spec import load_sweep, select_rows
-from unfreeze.tasks.classify_config import ClassifyConfig
+from unfreeze.recipes.classify.config import ClassifyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -45,11 +46,11 @@ class FakeConfig:
     """raise KeyboardInterrupt (as Ctrl-C would)"""
     log: str | None = None
     """file that gets one line per started run"""
-    model: str | None = None
+    model: str | None = option(None, path=True, init_subdir="final")
     """where to start from (set by init_from)"""
-    seed: int = 0
+    seed: int = option(0, role="seed")
     """seed"""
-    out: str | None = None
+    out: str | None = option(None, path=True, role="out")
     """run folder"""
 
 
@@ -83,8 +84,6 @@ FAKE = Task(
         Column("Score", "score", "metric", "float4"),
         Column("Trainable params", "trainable_params", "metric", "int"),
     ),
-    init_option="model",
-    init_subdir="final",
 )
 
 
@@ -161,9 +160,9 @@ def test_spam_sweep_published_numbers_match_the_seed_table():
 
 def test_pause_sweep_file_rows_resolve_to_sft_options():
     try:
-        from unfreeze.tasks.sft_config import SFTConfig
+        from unfreeze.recipes.sft.config import SFTConfig
     except ImportError as err:
-        pytest.skip(f"unfreeze.tasks.sft is not available yet ({err}); the pause sweep cannot be checked")
+        pytest.skip(f"unfreeze.recipes.sft.recipe is not available yet ({err}); the pause sweep cannot be checked")
     sweep = load_sweep(ROOT / "experiments" / "pause_warmup.yaml")
     assert sweep.command.name == "sft"
     assert len(sweep.rows) == 21  # the table's 20, and the mis-set row as its name means (unpublished)
@@ -182,9 +181,9 @@ def test_pause_sweep_file_rows_resolve_to_sft_options():
 
     quick = load_sweep(ROOT / "experiments" / "pause_warmup.yaml",
                        overrides=parse_overrides(["model=gpt2", "weights=random", "tokenizer=tok",
-                                                  "mixed_precision=no", "test_limit=4", "train_limit=null"]))
+                                                  "prompt_column=no", "test_limit=4", "train_limit=null"]))
     assert quick.row("step1_sft").options["weights"] == "random"
-    assert quick.row("sft").options["mixed_precision"] == "no"  # not YAML's False
+    assert quick.row("sft").options["prompt_column"] == "no"  # not YAML's False
     assert quick.row("sft").options["test_limit"] == 4 and quick.row("sft").options["train_limit"] is None
     assert "weights" not in quick.row("sft").options and "model" not in quick.row("sft").options
 
@@ -196,7 +195,7 @@ AS_RUN = {AS_NAMED: ("sft_fr_pembed_unfr_lm_head_embed_peft_as_run", (True, Fals
 
 
 def test_pause_sweep_matches_the_seed_tables():
-    pytest.importorskip("unfreeze.tasks.sft", reason="unfreeze.tasks.sft is not available yet")
+    pytest.importorskip("unfreeze.recipes.sft.recipe", reason="unfreeze.recipes.sft.recipe is not available yet")
     seeds = list((SHARED / "seeds").glob("003_*.txt"))
     if not seeds:
         pytest.skip("../shared/seeds/003_*.txt not present")
@@ -478,7 +477,7 @@ def _tiny_spam_folder(folder: Path) -> Path:
 
 
 def test_real_classify_sweep_runs_and_reports(tmp_path, capsys):
-    pytest.importorskip("unfreeze.tasks.classify", reason="classify.py not written yet")
+    pytest.importorskip("unfreeze.recipes.classify.recipe", reason="classify.py not written yet")
     tokenizer = SHARED / "data" / "gpt2_bpe"
     if not (tokenizer / "encoder.json").is_file():
         pytest.skip("../shared/data/gpt2_bpe not present (offline tokenizer)")

@@ -73,9 +73,46 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _help_texts(cls: type) -> dict[str, str]:
+    """Each field's docstring, the base classes' included (a subclass's own win)."""
     import docstring_parser
 
-    return {p.arg_name: (p.description or "") for p in docstring_parser.parse_from_object(cls).params}
+    texts: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        texts.update({p.arg_name: (p.description or "") for p in docstring_parser.parse_from_object(klass).params})
+    return texts
+
+
+# --- names kept for compatibility ------------------------------------------------------------------------
+#
+# One idea has one name across the tasks (lora_rank, accumulation_steps, eval_every, precision). A config
+# class may still accept other names for some of its keys -- the reference's, where a seed's command line
+# or config files use them -- in a class attribute `ALIASES = {"old": "new"}`: wherever a key is written
+# (flag, key=value, YAML file, sweep row, --set), the old name is read as the new one.
+
+
+def aliases(cls: type) -> dict[str, str]:
+    return dict(getattr(cls, "ALIASES", {}))
+
+
+def _canonical(cls: type, key: str) -> str:
+    """The option's one name; a retired key is a UsageError saying what replaced it."""
+    retired = getattr(cls, "RETIRED", {})
+    if key in retired:
+        raise UsageError(retired[key])
+    return aliases(cls).get(key, key)
+
+
+def canonical_mapping(cls: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`values` with every alias renamed; an option given under both names is a UsageError."""
+    renamed: dict[str, Any] = {}
+    given: dict[str, str] = {}  # canonical name -> the name it was given under
+    for key, value in values.items():
+        name = _canonical(cls, key)
+        if name in renamed:
+            first, second = sorted((given[name], key), key=lambda k: k == name)
+            raise UsageError(f"{first} and {second} in {where} are the same option; keep one ({name})")
+        renamed[name], given[name] = value, key
+    return renamed
 
 
 _PARSERS: dict[tuple[type, str], ArgumentParser] = {}
@@ -156,7 +193,8 @@ def normalize_argv(cls: type, argv: Sequence[str], positional: Sequence[str] = (
     while i < len(tokens):
         token = tokens[i]
         if token.startswith("-"):
-            name = token.lstrip("-").split("=", 1)[0].replace("-", "_")
+            name = _canonical(cls, token.lstrip("-").split("=", 1)[0].replace("-", "_"))
+            token = f"--{name}{token[len(token.split('=', 1)[0]):]}" if token.startswith("--") else token
             out.append(f"--{name}+{token[len(token.split('=', 1)[0]):]}" if name in lists else token)
             following = tokens[i + 1] if i + 1 < len(tokens) else None
             if name in flags:  # `--flag` alone, or `--flag false`
@@ -167,7 +205,7 @@ def normalize_argv(cls: type, argv: Sequence[str], positional: Sequence[str] = (
                 out.append(tokens[i + 1])
                 i += 1
         elif match := KEY_VALUE.match(token):  # an unknown key is named by the parser
-            out.append(f"--{match.group(1)}={match.group(2)}")
+            out.append(f"--{_canonical(cls, match.group(1))}={match.group(2)}")
         elif pending:
             name = pending.pop(0)
             (front if name == "config" else out).extend([f"--{name}", token])
@@ -182,9 +220,9 @@ def parse_args(cls: type[T], argv: Sequence[str], prog: str, positional: Sequenc
     """Flags, `--config FILE` / a positional YAML file, and `key=value` -> `cls` (UsageError on bad input)."""
     parser = parser_for(cls, prog, description)
     argv = normalize_argv(cls, argv, positional)
-    for flag, value in zip(argv, argv[1:]):
+    for index, flag in enumerate(argv[:-1]):
         if flag == "--config":
-            _check_yaml_file(value)
+            argv[index + 1] = _config_file(cls, argv[index + 1])
     try:
         return _to_config(cls, parser.parse_args(argv))
     except UsageError:
@@ -193,23 +231,28 @@ def parse_args(cls: type[T], argv: Sequence[str], prog: str, positional: Sequenc
         raise UsageError(_one_line(err, cls)) from None
 
 
-def _check_yaml_file(path: str) -> None:
-    """A config file that exists but is not a YAML mapping is named before jsonargparse reads it."""
+def _config_file(cls: type, path: str) -> str:
+    """A config file for jsonargparse: one that is not a YAML mapping is named here first; one that uses
+    alias names is handed over as YAML text with the names made canonical (jsonargparse reads either)."""
     try:
         data = load_yaml(open(path, encoding="utf-8").read())
     except OSError:
-        return  # jsonargparse says that it does not exist
+        return path  # jsonargparse says that it does not exist
     except yaml.YAMLError as err:
         raise UsageError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a mapping of keys to values")
+    if not set(data) & {*aliases(cls), *getattr(cls, "RETIRED", {})}:
+        return path
+    return yaml.safe_dump(canonical_mapping(cls, data, f"config file {path}"), sort_keys=False)
 
 
 def config_from_mapping(cls: type[T], values: Mapping[str, Any], where: str = "config") -> T:
     """`cls` from a mapping (YAML rows, sweep settings); unknown keys and bad types are UsageErrors."""
     parser = parser_for(cls)
+    values = canonical_mapping(cls, values, where)
     try:
-        return _to_config(cls, parser.parse_object(dict(values)))
+        return _to_config(cls, parser.parse_object(values))
     except Exception as err:  # noqa: BLE001 - see parse_args
         raise UsageError(_one_line(err, cls, where)) from None
 
@@ -223,6 +266,7 @@ def parse_overrides(cls: type, items: Sequence[str], where: str = "the overrides
         if not match:
             raise UsageError(f"{item!r} in {where}: expected key=value, e.g. num_epochs=1")
         key, text = match.groups()
+        key = _canonical(cls, key)
         if key not in {f.name for f in dataclasses.fields(cls)}:
             raise UsageError(f"unknown key(s) {key} in {where}; valid keys: {_valid_keys(cls)}")
         try:
@@ -234,3 +278,42 @@ def parse_overrides(cls: type, items: Sequence[str], where: str = "the overrides
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+# --- what a field means to the rest of the tool, declared on the field itself --------------------------
+#
+# `unfreeze sweep` must know which options name files (made absolute, so a run does not depend on the
+# directory it is started from), which one receives the run folder and which the seed, and which option an
+# `init_from` row's dependency fills. Declaring that on the field (`option(...)`) instead of in a list of
+# names elsewhere means a new path option cannot miss its path handling: the registry reads it from here.
+
+_META = "unfreeze"
+
+
+def option(default: Any = dataclasses.MISSING, *, path: bool = False, role: str | None = None,
+           init_subdir: str | None = None, replaced_by_init: bool = False,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with the tool's metadata.
+
+    path: the value names a file or folder (sweeps make it absolute when it exists);
+    role: "out" (the run folder) or "seed" (the run's seed), set by the sweep for every run;
+    init_subdir: this option takes a dependency's output (`init_from`), namely `<run folder>/<init_subdir>`;
+    replaced_by_init: dropped for `init_from` rows (the dependency's output brings it).
+    """
+    meta = {"path": path, "role": role, "init_subdir": init_subdir, "replaced_by_init": replaced_by_init}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={_META: meta})
+    return dataclasses.field(default=default, metadata={_META: meta})
+
+
+def field_meta(cls: type, name: str) -> dict[str, Any]:
+    """The tool's metadata of field `name` of `cls` (all off for a plain field)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get(_META, {"path": False, "role": None, "init_subdir": None, "replaced_by_init": False})
+    raise KeyError(name)
+
+
+def fields_where(cls: type, key: str, value: Any = True) -> tuple[str, ...]:
+    """Names of the fields of `cls` whose metadata `key` equals `value` (e.g. every path option)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if field_meta(cls, f.name).get(key) == value)

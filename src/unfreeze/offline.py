@@ -136,16 +136,3 @@ def require_downloads(downloads: Sequence[Download]) -> None:
     if hub_down:
         go_offline()
 
-
-def gsm8k_download(location: str | None, fix: str) -> list[Download]:
-    """What loading GSM8K from `location` fetches: nothing for a local path, else the hub (or GitHub)."""
-    from unfreeze.data.gsm8k import GITHUB_URL, HUB_ID
-
-    if location is not None and str(location) != HUB_ID:
-        return []
-    from huggingface_hub import constants
-
-    datasets_cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(constants.HF_HOME, "datasets")
-    cached = (os.path.isdir(os.path.join(constants.HF_HUB_CACHE, "datasets--" + HUB_ID.replace("/", "--")))
-              or os.path.isdir(os.path.join(datasets_cache, HUB_ID.replace("/", "___"))))
-    return [Download("GSM8K", (hub_endpoint(), GITHUB_URL.format(split="test")), cached, fix)]

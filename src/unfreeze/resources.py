@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+import torch
+
+from unfreeze.errors import UsageError
+
 
 def free_memory_bytes() -> int | None:
     """Physical memory available now (None where the OS does not say, e.g. not POSIX)."""
@@ -11,3 +15,21 @@ def free_memory_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device that is not there is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps was requested but MPS is not available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or mps") from None

@@ -6,6 +6,6 @@ its input: its outputs can be computed once per example and reused in every step
     policy.py         how much memory a cache may take (a quarter of what is free unless set); over the
                       budget: a bf16 copy where the recipe accepts one, else no cache
     dropout.py        the one list of dropout settings: set them, find the active ones
-    frozen_prefix.py  `unfreeze classify`: the activations where the frozen prefix ends (or pooled features)
+    memory.py         `unfreeze classify`: the activations where the frozen prefix ends (or pooled features)
     final_hidden.py   `unfreeze sft`: the final hidden states, when only heads on top of them train
 """

@@ -8,7 +8,7 @@ One forward pass over every example stores
 
 Boundary `b` is the input of stage `b` (the output of stages `0 .. b-1`, see `models/classifier.py`):
 `b = 1` is the embeddings' output, `b = final_stage` the last block's, `b = final_stage + 1` the final
-norm's. The stored values are computed exactly as `cache/frozen_prefix.py` computes them (same stage
+norm's. The stored values are computed exactly as `cache/memory.py` computes them (same stage
 calls, same autocast, same storage dtype), so a run started from them equals the in-memory cache and
 the uncached path.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unfreeze.cache.frozen_prefix import _batches, _trimmed_ids, distinct_rows, stored_length
+from unfreeze.cache.memory import build_batches, trimmed_ids, distinct_rows, stored_length
 from unfreeze.errors import UsageError
 
 FORMAT = 2  # bump when the layout changes: old caches then never match
@@ -130,6 +130,30 @@ class DiskCache:
     def nbytes(self) -> int:
         return sum(f.stat().st_size for f in self.folder.iterdir())
 
+    def reader(self, start_stage: int) -> "DiskReader":
+        """The activations a run starting at `start_stage` reads (`cache.protocol.ActivationReader`):
+        pooled vectors past the final norm, else the hidden states stored at that boundary."""
+        if start_stage <= self.meta["num_boundaries"] - 1 and start_stage not in self.boundaries:
+            raise KeyError(f"boundary {start_stage} is not stored (stored: {self.boundaries})")
+        return DiskReader(self, start_stage)
+
+
+@dataclass
+class DiskReader:
+    """One boundary of a `DiskCache`, read as the loop reads any cache."""
+
+    cache: DiskCache
+    start_stage: int
+
+    def rows(self, split: str, indices) -> torch.Tensor:
+        index = [int(i) for i in indices]
+        if self.start_stage >= self.cache.meta["num_boundaries"]:  # past the final norm: pooled vectors
+            return self.cache.pooled(split, self.start_stage, index)
+        return self.cache.hidden(split, self.start_stage, index)
+
+    def nbytes(self) -> int:
+        return self.cache.nbytes()
+
 
 def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=()) -> DiskCache | None:
     """The complete cache `key` if it holds `boundaries`; None otherwise (never a partial build)."""
@@ -187,15 +211,15 @@ def _write_split(model, rows: list[torch.Tensor], positions: list[int], files: d
                  batch_size) -> None:
     """One pass of the frozen network over `rows`, every boundary's output written where it is wanted.
 
-    Batches are formed as the in-memory cache forms them (`frozen_prefix`): examples grouped by the
+    Batches are formed as the in-memory cache forms them (`memory`): examples grouped by the
     positions the pooled output depends on (`stored_length`: the real tokens under an attention mask,
     nothing after the pooled position under a causal mask) and each batch run only up to its longest;
     only those positions are written (the rest of a row stays zero, positions nothing reads). Row i of
     `rows` is written at `positions[i]` of the split's files.
     """
     final = model.final_stage
-    for indices in _batches(model, rows, batch_size):
-        ids = _trimmed_ids(model, [rows[i] for i in indices]).to(device)
+    for indices in build_batches(model, rows, batch_size):
+        ids = trimmed_ids(model, [rows[i] for i in indices]).to(device)
         lengths = [stored_length(model, rows[i]) for i in indices]
         where = np.asarray([positions[i] for i in indices])
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -220,7 +244,7 @@ def _write_split(model, rows: list[torch.Tensor], positions: list[int], files: d
 
 def _write_distinct_rows(model, tokens: dict[str, list[torch.Tensor]], files: dict, device, autocast_dtype, dtype,
                          batch_size) -> None:
-    """Compute each distinct example once, in the in-memory cache's batches (`frozen_prefix.distinct_rows`,
+    """Compute each distinct example once, in the in-memory cache's batches (`memory.distinct_rows`,
     split by split: the same bits), and copy it to where it repeats."""
     new_rows, where = distinct_rows(tokens)
     first_at: dict[int, tuple[str, int]] = {}
@@ -300,7 +324,7 @@ def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | 
     under `cache_dir`) are left out; the candidates starting there then run their prefix each step.
     """
     key = cache_key(model, tokens, precision, device)
-    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    autocast_dtype = torch.bfloat16 if precision != "fp32" else None
     sizes = {split: len(rows) for split, rows in tokens.items()}
     length = max(len(r) for rows in tokens.values() for r in rows)
     dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32

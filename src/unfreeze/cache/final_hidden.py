@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unfreeze.cache import policy
-from unfreeze.cache.dropout import active_dropout
+from unfreeze.models.dropout import active_dropout
 
 
 @dataclass

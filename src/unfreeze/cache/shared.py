@@ -1,11 +1,11 @@
 """`unfreeze classify --feature_cache_dir`: the frozen prefix's activations from the shared on-disk cache.
 
-The in-memory cache (`frozen_prefix`) is built by every run anew; the on-disk one (`disk`) is keyed by
+The in-memory cache (`memory`) is built by every run anew; the on-disk one (`disk`) is keyed by
 everything its values depend on (the frozen network's weights, every split's token ids, so data,
 tokenizer and context length, the pooling, the precision and the device type) and so is built once and
 read by every later run that freezes the same network: the rows and seeds of `unfreeze sweep`,
 `unfreeze suggest`, and classify runs of other presets. It is built in the same batches as the
-in-memory cache, and `DiskActivations` hands `classify.Forward` the same tensors the in-memory
+in-memory cache, and its reader (`disk.DiskReader`) hands the training loop the same tensors the in-memory
 cache would (rows zero-padded past the positions the run reads), so a run's metrics are the same with it and
 without it.
 """
@@ -18,27 +18,12 @@ import time
 import torch
 
 from unfreeze.cache import disk
-from unfreeze.cache.frozen_prefix import frozen_prefix_stages, plan_cache
-
-
-class DiskActivations:
-    """`ActivationCache`'s reading side (`kind`, `start_stage`, `batch`) over a `DiskCache` boundary."""
-
-    def __init__(self, cache: disk.DiskCache, start_stage: int, kind: str):
-        self.cache, self.start_stage, self.kind = cache, start_stage, kind
-
-    def batch(self, split: str, indices: torch.Tensor) -> torch.Tensor:
-        index = indices.tolist()
-        if self.kind == "pooled":
-            return self.cache.pooled(split, self.start_stage, index)
-        return self.cache.hidden(split, self.start_stage, index)
-
-    def nbytes(self) -> int:
-        return self.cache.nbytes()
+from unfreeze.cache.memory import frozen_prefix_stages, plan_cache
 
 
 def prepare(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str, precision: str, device: torch.device,
-            batch_size: int, log: logging.Logger) -> tuple[DiskActivations | None, dict | None, float]:
+            batch_size: int, log: logging.Logger,
+            budget_gb: float | None = None) -> tuple[disk.DiskReader | None, dict | None, float]:
     """The shared cache at the model's frozen boundary, reused or built.
 
     Returns (None, None, 0) where it does not apply (nothing but the embeddings is frozen, or examples of
@@ -48,17 +33,18 @@ def prepare(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str, precis
     frozen = frozen_prefix_stages(model.stage_modules())
     if frozen <= 1 or len({len(r) for rows in tokens.values() for r in rows}) != 1:
         return None, None, 0.0
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if precision != "fp32" else torch.float32
     plan = plan_cache(model, frozen, [1], model.hidden_size, dtype)
-    boundaries = [plan.start_stage] if plan.kind == "hidden" else []
+    boundaries = [] if plan.pooled else [plan.start_stage]
     begin = time.perf_counter()
-    cache, built = disk.get_or_build(model, tokens, cache_dir, boundaries, precision, device, batch_size=batch_size)
+    budget = budget_gb * 2**30 if budget_gb is not None else None
+    cache, built = disk.get_or_build(model, tokens, cache_dir, boundaries, precision, device, budget, batch_size)
     seconds = time.perf_counter() - begin if built else 0.0
-    if plan.kind == "hidden" and plan.start_stage not in cache.boundaries:
+    if not plan.pooled and plan.start_stage not in cache.boundaries:
         return None, None, 0.0  # over the disk budget: the in-memory cache decides
     info = {"kind": plan.kind, "start_stage": plan.start_stage, "dtype": cache.meta["dtype"],
             "bytes": cache.nbytes(), "build_s": round(seconds, 3), "reason": plan.reason,
             "shared": {"folder": str(cache.folder), "built": built}}
     log.info(f"shared feature cache {'built' if built else 'reused'}: {cache.folder} "
              f"({info['bytes'] / 2**20:.1f} MiB, {plan.reason})")
-    return DiskActivations(cache, plan.start_stage, plan.kind), info, seconds
+    return cache.reader(plan.start_stage), info, seconds

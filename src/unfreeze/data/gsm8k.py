@@ -151,3 +151,17 @@ def load_gsm8k_split(location: str | None, split: str, *, flag: str = "--dataset
     if location is None or str(location) == HUB_ID:
         return download_split(split, flag)
     return read_rows(split_file(location, split, flag), flag)
+
+
+def gsm8k_download(location: str | None, fix: str) -> list:
+    """What loading GSM8K from `location` fetches: nothing for a local path, else the hub (or GitHub)."""
+    if location is not None and str(location) != HUB_ID:
+        return []
+    from huggingface_hub import constants
+
+    from unfreeze.offline import Download, hub_endpoint
+
+    datasets_cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(constants.HF_HOME, "datasets")
+    cached = (os.path.isdir(os.path.join(constants.HF_HUB_CACHE, "datasets--" + HUB_ID.replace("/", "--")))
+              or os.path.isdir(os.path.join(datasets_cache, HUB_ID.replace("/", "___"))))
+    return [Download("GSM8K", (hub_endpoint(), GITHUB_URL.format(split="test")), cached, fix)]

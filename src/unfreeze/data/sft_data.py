@@ -30,7 +30,7 @@ import torch
 
 from unfreeze.data import gsm8k
 from unfreeze.errors import UsageError
-from unfreeze.models.control_tokens import IGNORE_INDEX  # the label the model's loss skips
+from unfreeze.models.control.tokens import IGNORE_INDEX  # the label the model's loss skips
 
 PROMPT_TEMPLATE = gsm8k.PROMPT_TEMPLATE  # the PauseToken reference's GSM8K prompt, the default
 
@@ -132,7 +132,7 @@ def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int,
                 template: str = PROMPT_TEMPLATE) -> EncodedSet:
     """Every row encoded (`tokenization`: "exact" or "reference", see `encode_answer`; `template`: the
     prompt format)."""
-    from unfreeze.models.control_vocab import check_pause_tokenization
+    from unfreeze.models.control.vocab import check_pause_tokenization
 
     if check_pause_tokenization(tokenization) == "reference":
         check_reference_tokenizer(tokenizer, control_tokens)
@@ -151,7 +151,7 @@ def encode_rows(tokenizer: Any, rows: Sequence[dict], max_length: int,
 
 def check_reference_tokenizer(tokenizer: Any, control_tokens: Sequence[str]) -> None:
     """The reference tokenisation is the tokenizer's own: each control token must strip both sides."""
-    from unfreeze.models.control_vocab import registered_tokenization
+    from unfreeze.models.control.vocab import registered_tokenization
 
     for token in control_tokens:
         found = registered_tokenization(tokenizer, token)

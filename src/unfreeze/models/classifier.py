@@ -6,7 +6,7 @@ The network is the sequence of stages
 
 followed by pooling (one position, the last real token, or the mean) and the head. Running stages
 explicitly (instead of the base model's `forward`) is what lets `unfreeze` start the forward pass at
-any stage from cached activations (see `unfreeze.cache.frozen_prefix`): `features(ids)` equals
+any stage from cached activations (see `unfreeze.cache.memory`): `features(ids)` equals
 `run_stages(embed(ids), 1, ..., input_ids=ids)`, bit for bit. The stages are read from the model's
 modules by `unfreeze.models.structure`.
 

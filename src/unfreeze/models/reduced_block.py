@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unfreeze.cache.dropout import active_dropout
+from unfreeze.models.dropout import active_dropout
 
 # (hidden (batch, length, width), positions (batch,), key_mask (batch, length) or None, rotary (cos, sin) or None)
 Reducer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple | None], torch.Tensor]

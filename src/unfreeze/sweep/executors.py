@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unfreeze.cli import Task
+from unfreeze.registry import Task
 from unfreeze.config import config_from_mapping, to_dict
 from unfreeze.errors import UsageError
 from unfreeze.files import atomic_write_json, read_json

@@ -2,7 +2,7 @@
 
 A sweep file is YAML (format in docs/sweep.md):
 
-    command: classify            # a task of the registry (`unfreeze.cli.TASKS`) that has columns
+    command: classify            # a task of the registry (`unfreeze.registry.TASKS`) that has columns
     settings: {num_epochs: 5}    # options shared by every row
     seeds: [123]                 # default seeds (--seeds overrides)
     resources: {num_gpus: 1}     # what one run asks of a Ray cluster (--backend ray only)
@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from unfreeze import config as config_system
-from unfreeze.cli import TASKS, Task
+from unfreeze.registry import Task, sweepable
 from unfreeze.config import config_from_mapping, load_yaml
 from unfreeze.errors import UsageError
 
@@ -153,10 +153,10 @@ def load_sweep(
     if unknown:
         raise UsageError(f"unknown key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(TOP_KEYS))}")
     name = data.get("command")
-    sweepable = [task for task in TASKS if TASKS[task].columns]
-    if name not in sweepable:
-        raise UsageError(f"{path}: unknown command {name!r}; a sweep runs one of: {', '.join(sweepable)}")
-    command = TASKS[name]
+    tasks = sweepable()
+    if name not in tasks:
+        raise UsageError(f"{path}: unknown command {name!r}; a sweep runs one of: {', '.join(tasks)}")
+    command = tasks[name]
     overrides = dict(overrides or {})
     for key in overrides:
         reserved = key.rpartition(":")[2]

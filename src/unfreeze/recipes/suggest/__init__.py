@@ -1,0 +1,12 @@
+"""`unfreeze suggest`: which parameters to train, at a fraction of the exhaustive sweep's cost.
+
+    config.py      its options: classify's (`ClassifierOptions`) and the search's
+    recipe.py      setup -> signals -> a few measured steps of every candidate -> successive halving -> outputs
+    setup.py       data, tokens and the base model, through classify's own functions
+    candidates.py  candidate names (classify presets), their bounds, where their frozen prefix ends
+    arms.py        a candidate: classify's training loop (`training.loop`), run in rounds
+    halving.py     successive halving over arms within a time budget (pure, tested on scripted arms)
+    cost.py        time and peak memory of a full run, predicted from measured steps
+    signals.py     cheap per-layer signals: linear probes on the cached pooled features, relative gradient norms
+    output.py      the ranked table, suggestion.json, the PNG and the sweep file of the top candidates
+"""

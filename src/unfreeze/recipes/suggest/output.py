@@ -1,0 +1,107 @@
+"""What `unfreeze suggest` hands back: the ranked table, suggestion.json, a PNG, and a sweep file."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import yaml
+
+from unfreeze.config import fields_where, to_dict
+from unfreeze.files import atomic_write_text
+from unfreeze.recipes.classify.config import ClassifyConfig
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of an accuracy measured on n examples."""
+    if n <= 0 or math.isnan(accuracy):
+        return (0.0, 1.0)
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def rank_key(row: dict) -> tuple:
+    """Further rounds first, then validation accuracy, validation loss, predicted time."""
+    return (-row["evidence"]["rounds"], -row["predicted_val_acc"], row["evidence"]["val_loss"],
+            row["predicted_time_s"])
+
+
+def _size(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def render_table(rows: list[dict]) -> str:
+    """The terminal table, one line per candidate, best first."""
+    header = ("rank", "candidate", "val acc (95% CI)", "trainable", "time (full)", "peak mem", "evidence")
+    lines = [header]
+    for row in rows:
+        ev = row["evidence"]
+        low, high = row["interval"]
+        lines.append((str(row["rank"]), row["name"], f"{row['predicted_val_acc']:.3f} ({low:.2f}-{high:.2f})",
+                      f"{row['trainable_params']:,}", f"{row['predicted_time_s']:.1f}s", _size(row["predicted_peak_bytes"]),
+                      f"{ev['steps']}/{ev['total_steps']} steps, round {ev['rounds']}, probe {ev['probe']:.2f}, "
+                      f"rgn {ev['rgn_share']:.2f}, cache {ev['cache']}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Predicted validation accuracy (with its interval) against predicted time of a full run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row in rows:
+        low, high = row["interval"]
+        acc = row["predicted_val_acc"]
+        ax.errorbar(row["predicted_time_s"], acc, yerr=[[acc - low], [high - acc]], fmt="o",
+                    color="C3" if row["rank"] == 1 else "C0", capsize=3)
+        ax.annotate(row["name"], (row["predicted_time_s"], acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("predicted time of a full run (s, log)")
+    ax.set_ylabel("predicted validation accuracy")
+    ax.set_title("unfreeze suggest: accuracy vs cost (red: the pick)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def row_name(candidate: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", candidate)
+
+
+def sweep_text(rows: list[dict], classify_cfg: ClassifyConfig, seeds: list[int], top: int) -> str:
+    """A sweep file of the `top` best candidates that classify can run, with the options suggest used."""
+    defaults, used = to_dict(ClassifyConfig()), to_dict(classify_cfg)
+    settings = {k: v for k, v in used.items() if v != defaults[k] and k not in ("seed", "out", "trainable_layers")}
+    for key in fields_where(ClassifyConfig, "path"):  # the file may be run from another folder
+        if isinstance(settings.get(key), str) and os.path.exists(settings[key]):
+            settings[key] = os.path.abspath(settings[key])
+    # Every candidate is a classify preset (checked by classify's own parser when the file is run).
+    body = {
+        "command": "classify",
+        "description": "the top candidates of unfreeze suggest, to confirm with full runs",
+        "seeds": seeds,
+        "settings": settings,
+        "rows": [{"name": row_name(r["name"]), "label": f"suggest rank {r['rank']}",
+                  "options": {"trainable_layers": r["name"]}} for r in rows[:top]],
+    }
+    note = "# written by unfreeze suggest; confirm with: unfreeze sweep FILE --out runs/confirm"
+    return note + "\n" + yaml.safe_dump(body, sort_keys=False)
+
+
+def write_sweep(path: str, text: str) -> Path:
+    return atomic_write_text(path, text)
