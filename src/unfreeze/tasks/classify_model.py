@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from unfreeze.errors import UsageError
-from unfreeze.models import loading, trainable
+from unfreeze.models import loading, lora, trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier
 from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.models.structure import check_staged_forward, read_structure
@@ -52,6 +52,8 @@ def check_structure(cfg: ClassifyConfig, config) -> None:
         raise UsageError(f"{model_source(cfg)[1]}: cannot build a {getattr(config, 'model_type', '?')} base model "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
     trainable.preset_blocks(cfg.trainable_layers, len(read_structure(body).blocks))
+    if cfg.trainable_layers in ("lora", "lora_alternative"):
+        lora.check_rank(body, cfg.lora_rank, "--lora_rank")
 
 
 def load_body(cfg: ClassifyConfig, config):
