@@ -15,6 +15,7 @@ from torch import nn
 
 from unfreeze.cache.dropout import set_config_dropout
 from unfreeze.errors import UsageError
+from unfreeze.models import folder_check
 from unfreeze.resources import free_memory_bytes
 
 # The reference script's size names -> Hugging Face hub ids and architectures (GPT-2 paper, Table 2).
@@ -40,18 +41,13 @@ def looks_local(source: str) -> bool:
     return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
 
 
-def check_model_folder(source: str, flag: str = "--model_size") -> None:
-    """A local model source must be a folder with a config.json (checked before anything loads)."""
+def check_model_folder(source: str, flag: str = "--model_size", weights: bool = False) -> None:
+    """A local model source must be a folder with a config.json, and complete weights when `weights` (checked
+    before anything loads)."""
     if source in GPT2_SIZES or not looks_local(source):
         return
-    folder = Path(source).expanduser()
-    if not folder.exists():
-        raise UsageError(f"{flag} {source}: no such folder (a model folder, a hub id, or one of {', '.join(GPT2_SIZES)})")
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {source} is a file; pass the folder that holds config.json and the weights")
-    if not (folder / "config.json").is_file():
-        raise UsageError(f"{flag} {source} is not a model folder (no config.json); pass a folder saved by "
-                         "save_pretrained")
+    folder_check.check_model_folder(source, flag, weights, f"copy the weight files into it, or pass {flag} "
+                                    f"with another folder (or --weights random)")
 
 
 def hub_downloads(model_size: str, weights: str, tokenizer: str | None, flag: str = "--model_size") -> list:
@@ -60,6 +56,8 @@ def hub_downloads(model_size: str, weights: str, tokenizer: str | None, flag: st
 
     downloads = []
     model_id = resolve_model_id(model_size)
+    if looks_local(model_id) and weights == "pretrained" and not model_id.lower().endswith(".gguf"):
+        check_model_folder(model_id, flag, weights=True)  # a folder without (complete) weights: said before work
     if not looks_local(model_id):
         if weights == "pretrained":
             weights_cached = hub_file_cached(model_id, ("model.safetensors", "model.safetensors.index.json",

@@ -35,6 +35,7 @@ from unfreeze.files import (
     run_logger,
     staged_run,
 )
+from unfreeze.models.folder_check import check_model_folder
 from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.offline import gsm8k_download, require_downloads
 
@@ -218,8 +219,8 @@ def evaluate_model_folder(config: EvalConfig, *, write_metrics: bool = True, pro
     folder = Path(config.model).expanduser()
     if is_gguf(config.model):
         split_source(config.model)  # a missing file or the missing gguf package: one line, before the data
-    else:
-        require(folder.is_dir(), f"--model {config.model}: no such folder")
+    else:  # a file that is no .gguf, a folder without config.json or with missing or cut weights: said here
+        check_model_folder(config.model, "--model", weights=True)
     rows = load_questions(config.data, config.limit)  # missing fields fail here, before the (slow) model load
     train_rows = load_gsm8k_split(config.train_stats, "train", flag="--train_stats") if config.train_stats else None
     target = resolve_device(config.device)
