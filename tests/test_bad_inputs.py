@@ -78,7 +78,8 @@ def _repeated_columns(root: Path, rows) -> None:
 
     texts, labels = [t for _, t in rows], [int(label == "spam") for label, _ in rows]
     (root / "two_texts.csv").write_text("Text,Label,Text\n" + "".join(f"{t},{l},x\n" for t, l in zip(texts, labels)))
-    (root / "two_labels.tsv").write_text("Label\tText\tLabel\n" + "".join(f"{l}\t{t}\t0\n" for t, l in zip(texts, labels)))
+    (root / "two_labels.tsv").write_text("Label\tText\tLabel\n"
+                                         + "".join(f"{l}\t{t}\t0\n" for t, l in zip(texts, labels)))
     (root / "two_texts.jsonl").write_text("".join(f'{{"Text": "{t}", "Label": {l}, "Text": "x"}}\n'
                                                   for t, l in zip(texts, labels)))
     pq.write_table(pa.table([pa.array(texts), pa.array(labels), pa.array(texts)], names=["Text", "Label", "Text"]),
@@ -107,9 +108,9 @@ def inputs(tmp_path_factory) -> SimpleNamespace:
         gsm=_gsm8k(root / "gsm8k"), empty=str(root / "empty"), a_file=str(root / "a_file"),
         model_without_tokenizer=str(root / "model_without_tokenizer"), config_only=str(root / "config_only"),
         cut_weights=str(root / "cut_weights"), missing_shard=str(root / "missing_shard"),
-        **{name: str(root / file) for name, file in (("two_texts_csv", "two_texts.csv"), ("two_labels_tsv", "two_labels.tsv"),
-                                                     ("two_texts_jsonl", "two_texts.jsonl"), ("fractions", "fractions.csv"),
-                                                     ("two_texts_parquet", "two_texts.parquet"))},
+        two_texts_csv=str(root / "two_texts.csv"), two_labels_tsv=str(root / "two_labels.tsv"),
+        two_texts_jsonl=str(root / "two_texts.jsonl"), two_texts_parquet=str(root / "two_texts.parquet"),
+        fractions=str(root / "fractions.csv"),
     )
 
 

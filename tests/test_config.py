@@ -132,8 +132,8 @@ def test_an_abbreviated_key_is_not_guessed(capsys):
      "precision='fp33': invalid choice, not one of: bf16-pure, bf16-mixed, fp32 (or null for the default)"),
     (ClassifyConfig, ["--balance", "maybe"], "balance='maybe' is not a valid bool; use true or false (or null for"),
     (ClassifyConfig, ["--trainable_layers", "blocks:"], "trainable_layers='blocks:': invalid choice, not one of: last"),
-    (ClassifyConfig, ["--cache_budget_gb", "lots"], "cache_budget_gb='lots' is not a valid float; use a number (or null"),
-    (SFTConfig, ["train_limit=two"], "train_limit='two' is not a valid int; use a whole number (or null for the default)"),
+    (ClassifyConfig, ["--cache_budget_gb", "lots"], "cache_budget_gb='lots' is not a valid float; use a number"),
+    (SFTConfig, ["train_limit=two"], "train_limit='two' is not a valid int; use a whole number (or null for the"),
     (ClassifyConfig, ["--precision", "fp33"], "precision='fp33': invalid choice, not one of: fp32, bf16"),
 ])
 def test_a_bad_value_of_any_type_is_one_plain_line_naming_key_value_and_choices(cls, argv, expected):

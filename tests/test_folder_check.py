@@ -16,7 +16,8 @@ from unfreeze.models.folder_check import check_model_folder
 def tiny_gpt2(folder: Path, **save) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=64)).save_pretrained(folder, **save)
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=64)
+    GPT2LMHeadModel(config).save_pretrained(folder, **save)
     return folder
 
 
@@ -81,7 +82,8 @@ def test_a_sharded_folder_names_its_missing_and_its_cut_shards(tmp_path):
     folder = tiny_gpt2(tmp_path, max_shard_size="8KB")
     shards = sorted(folder.glob("model-*.safetensors"))
     shards[-1].unlink()
-    refused(folder, f"model.safetensors.index.json names {len(shards)} weight file(s), but {shards[-1].name} is missing")
+    refused(folder, f"model.safetensors.index.json names {len(shards)} weight file(s), but {shards[-1].name} "
+                    "is missing")
     folder = tiny_gpt2(tmp_path / "cut", max_shard_size="8KB")
     shard = sorted(folder.glob("model-*.safetensors"))[0]
     cut(shard, shard.stat().st_size // 2)

@@ -300,14 +300,16 @@ FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
 def two_class_frame(labels) -> pd.DataFrame:
-    return pd.DataFrame({"Text": [f"message number {i}" for i in range(40)], "Label": [labels[i % 2] for i in range(40)]})
+    return pd.DataFrame({"Text": [f"message number {i}" for i in range(40)],
+                         "Label": [labels[i % 2] for i in range(40)]})
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
 @pytest.mark.parametrize("labels,classes", [((1.0, 0.0), ("0", "1")), ((True, False), ("False", "True")),
                                             ((1, 0), ("0", "1"))])
 def test_labels_become_the_same_classes_in_every_format(tmp_path, suffix, labels, classes):
-    splits = labelled.load_splits(write(two_class_frame(labels), tmp_path / f"data{suffix}"), DataOptions(balance=False))
+    path = write(two_class_frame(labels), tmp_path / f"data{suffix}")
+    splits = labelled.load_splits(path, DataOptions(balance=False))
     assert splits.class_names == classes
     frames = pd.concat([splits.train, splits.validation, splits.test])
     class_of = {text: splits.class_names[label] for text, label in zip(frames["Text"], frames["Label"])}
@@ -317,7 +319,8 @@ def test_labels_become_the_same_classes_in_every_format(tmp_path, suffix, labels
 def test_spellings_of_one_label_in_a_csv_are_one_class(tmp_path):
     rows = [("1", "x"), ("1.0", "x"), (" 1 ", "x"), ("01", "x"), ("0", "y"), ("0.0", "y"), ("-0", "y")] * 4
     path = tmp_path / "numbers.csv"
-    pd.DataFrame({"Label": [l for l, _ in rows], "Text": [f"{t} {i}" for i, (_, t) in enumerate(rows)]}).to_csv(path, index=False)
+    frame = pd.DataFrame({"Label": [l for l, _ in rows], "Text": [f"{t} {i}" for i, (_, t) in enumerate(rows)]})
+    frame.to_csv(path, index=False)
     assert labelled.load_splits(str(path), DataOptions(balance=False)).class_names == ("0", "1")
     words = tmp_path / "words.jsonl"
     words.write_text("".join(json.dumps({"text": f"t{i}", "label": v}) + "\n"

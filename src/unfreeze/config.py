@@ -150,7 +150,7 @@ def _one_line(err: BaseException, cls: type, where: str | None = None, given: Ma
 
 
 def _value_and_reason(text: str) -> tuple[str | None, str]:
-    """`'middle': invalid choice ...` -> ("middle", "invalid choice ..."); a reason without the value -> (None, text)."""
+    """`'middle': invalid choice ...` -> ("middle", "invalid choice ..."); without the value -> (None, text)."""
     match = re.fullmatch(r"""(['"])(?P<value>.*?)\1: (?P<why>.*)""", text)
     return (match.group("value"), match.group("why")) if match else (None, text)
 

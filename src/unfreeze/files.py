@@ -6,6 +6,7 @@
 * `prepare_run_folder` checks an output folder before any work: a folder we can write in, and not a
   finished run unless `--overwrite` is given; it also clears the temporary files that a killed earlier
   process left there.
+* `run_lock` holds an output folder for one run at a time (a second process is refused with one line).
 * A run's log is held in memory while its inputs are checked (a rejected command writes nothing), goes to
   `run.log` once the run starts, and ends with the error when the run fails.
 """
