@@ -55,15 +55,46 @@ def _gsm8k(folder: Path) -> str:
     return str(folder)
 
 
+def _model_folders(root: Path) -> None:
+    """A tiny GPT-2 saved whole (weights, no tokenizer), with its config only, with its weights cut short,
+    and sharded with one shard missing."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=64)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(root / "model_without_tokenizer")
+    config.save_pretrained(root / "config_only")
+    model.save_pretrained(root / "cut_weights")
+    weights = root / "cut_weights" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    model.save_pretrained(root / "missing_shard", max_shard_size="50KB")
+    sorted((root / "missing_shard").glob("model-*.safetensors"))[-1].unlink()
+
+
+def _repeated_columns(root: Path, rows) -> None:
+    """Labelled data with a column (or a JSON field) named twice, and labels with a fraction."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts, labels = [t for _, t in rows], [int(label == "spam") for label, _ in rows]
+    (root / "two_texts.csv").write_text("Text,Label,Text\n" + "".join(f"{t},{l},x\n" for t, l in zip(texts, labels)))
+    (root / "two_labels.tsv").write_text("Label\tText\tLabel\n"
+                                         + "".join(f"{l}\t{t}\t0\n" for t, l in zip(texts, labels)))
+    (root / "two_texts.jsonl").write_text("".join(f'{{"Text": "{t}", "Label": {l}, "Text": "x"}}\n'
+                                                  for t, l in zip(texts, labels)))
+    pq.write_table(pa.table([pa.array(texts), pa.array(labels), pa.array(texts)], names=["Text", "Label", "Text"]),
+                   root / "two_texts.parquet")
+    (root / "fractions.csv").write_text("Label,Text\n" + "".join(f"{l + 0.5},{t}\n" for t, l in zip(texts, labels)))
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> SimpleNamespace:
-    from transformers import GPT2Config
-
     root = tmp_path_factory.mktemp("inputs")
     rows = make_spam_rows(80)
     (root / "empty").mkdir()
     (root / "a_file").write_text("not a folder")
-    GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128).save_pretrained(root / "model_without_tokenizer")
+    _model_folders(root)
+    _repeated_columns(root, rows)
     empty_texts = _spam_csvs(root / "empty_texts", [(label, "") for label, _ in rows])
     bad_labels = Path(_spam_csvs(root / "bad_labels", rows))
     (bad_labels / "train.csv").write_text("Label,Text\nham,hello\nspam,WIN\n", encoding="utf-8")
@@ -75,7 +106,11 @@ def inputs(tmp_path_factory) -> SimpleNamespace:
         few=_collection(root / "few.txt", make_spam_rows(8)),
         no_tabs=_text(root / "no_tabs.txt", ("a message without any tab character " * 20 + "\n") * 3),
         gsm=_gsm8k(root / "gsm8k"), empty=str(root / "empty"), a_file=str(root / "a_file"),
-        model_without_tokenizer=str(root / "model_without_tokenizer"),
+        model_without_tokenizer=str(root / "model_without_tokenizer"), config_only=str(root / "config_only"),
+        cut_weights=str(root / "cut_weights"), missing_shard=str(root / "missing_shard"),
+        two_texts_csv=str(root / "two_texts.csv"), two_labels_tsv=str(root / "two_labels.tsv"),
+        two_texts_jsonl=str(root / "two_texts.jsonl"), two_texts_parquet=str(root / "two_texts.parquet"),
+        fractions=str(root / "fractions.csv"),
     )
 
 
@@ -134,6 +169,14 @@ def inject(i, w, *extra, data=True):
 def evaluate(i, w, *extra, data=True):
     return ["eval-gsm8k", "--model", i.model_without_tokenizer, *(["--data", i.gsm] if data else []),
             "--out", str(w / "ev"), *extra]
+
+
+def pretrained(i, w, folder, *extra):
+    return classify(i, w, "--weights", "pretrained", "--model_config", "null", "--model", folder, *extra)
+
+
+def sft(i, w, *extra):
+    return ["sft", str(REPO / "experiments" / "pause" / "sft.yaml"), *extra, "--out", str(w / "sft")]
 
 
 def sweep(i, w, *extra):
@@ -229,6 +272,37 @@ CASES = {
     "eval negative temperature": (lambda i, w: evaluate(i, w, "--pause_temperature", "-1"), "--pause_temperature"),
     "eval model missing": (lambda i, w: evaluate(i, w, "--model", str(i.root / "gone")), "--model"),
     "eval offline gsm8k": (lambda i, w: evaluate(i, w, data=False), "--data"),
+    # issue 22, item 4: a LoRA rank the layers cannot use
+    "lora rank beyond the width": (lambda i, w: classify(i, w, "--trainable_layers", "lora", "--lora_rank", "1000"),
+                                   "--lora_rank 1000 exceeds the width of layer h.0.attn.c_attn (32 in, 96 out)"),
+    "merged lora rank one beyond": (lambda i, w: classify(i, w, "--trainable_layers", "lora_alternative",
+                                                          "--lora_rank", "33"), "use --lora_rank 32 or less"),
+    # issue 22, item 5: a column twice; labels that are no class
+    "csv with two Text columns": (lambda i, w: classify(i, w, "--data", i.two_texts_csv), "two columns are named 'Text'"),
+    "tsv with two Label columns": (lambda i, w: classify(i, w, "--data", i.two_labels_tsv), "named 'Label'"),
+    "jsonl row with two Text fields": (lambda i, w: classify(i, w, "--data", i.two_texts_jsonl), "named 'Text'"),
+    "parquet with two Text columns": (lambda i, w: classify(i, w, "--data", i.two_texts_parquet), "named 'Text'"),
+    "labels with a fraction": (lambda i, w: classify(i, w, "--data", i.fractions), "a number with a fraction"),
+    # issue 22, item 6: a model folder that cannot be loaded is named, not blamed on the network
+    "model folder without weights": (lambda i, w: pretrained(i, w, i.config_only), "has config.json but no weights"),
+    "model folder with cut weights": (lambda i, w: pretrained(i, w, i.cut_weights),
+                                      "model.safetensors is truncated or corrupt"),
+    "model folder missing a shard": (lambda i, w: pretrained(i, w, i.missing_shard), "is missing; copy every shard"),
+    "eval model without weights": (lambda i, w: evaluate(i, w, "--model", i.config_only), "no weights"),
+    "eval model with cut weights": (lambda i, w: evaluate(i, w, "--model", i.cut_weights), "truncated or corrupt"),
+    # issue 22, item 8: union-typed keys read like the others
+    "sft precision fp33": (lambda i, w: sft(i, w, "precision=fp33"),
+                           "precision='fp33': invalid choice, not one of: fp32, bf16-mixed, bf16-pure"),
+    "sft train_limit a word": (lambda i, w: sft(i, w, "train_limit=two"), "train_limit='two' is not a valid int"),
+    "balance maybe": (lambda i, w: classify(i, w, "--balance", "maybe"), "balance='maybe' is not a valid bool; use true"),
+    "trainable layers blocks colon": (lambda i, w: classify(i, w, "--trainable_layers", "blocks:"),
+                                      "trainable_layers='blocks:': invalid choice"),
+    "cache budget a word": (lambda i, w: classify(i, w, "--cache_budget_gb", "lots"), "cache_budget_gb='lots'"),
+    "eval limit a word": (lambda i, w: evaluate(i, w, "--limit", "many"), "limit='many' is not a valid int"),
+    "inject seed a word": (lambda i, w: inject(i, w, "--seed", "abc"), "seed='abc' is not a valid int"),
+    # issue 22, item 9: a file that is neither a folder nor a .gguf
+    "eval model is a csv file": (lambda i, w: evaluate(i, w, "--model", i.two_texts_csv),
+                                 "is a file (.csv), not a model folder or a .gguf file"),
     # sweep
     "sweep out is a file": (lambda i, w: sweep(i, w, "--out", i.a_file), "--out"),
     "sweep out under a file": (lambda i, w: sweep(i, w, "--out", i.a_file + "/sw"), "--out"),
@@ -307,7 +381,7 @@ class _AnyPath(SimpleNamespace):
 def test_enough_cases_across_the_commands():
     commands = [build(_AnyPath(), Path("w"))[0] for build, _ in CASES.values()]
     assert len(commands) >= 45
-    assert set(commands) == {"classify", "inject-pauses", "eval-gsm8k", "sweep", "report"}
+    assert set(commands) == {"classify", "inject-pauses", "eval-gsm8k", "sweep", "report", "sft"}
 
 
 def test_a_quoted_file_is_cut_to_a_readable_length(inputs, work, capsys):
@@ -349,3 +423,54 @@ def test_overwrite_that_succeeds_replaces_the_results(inputs, work):
     # and the next plain rerun is refused again, leaving the new result as it is
     assert main(quick_classify(inputs, done)) == 2
     assert json.loads((done / "metrics.json").read_text()) == metrics
+
+
+# --- issue 22, item 4 in sft: its LoRA rank is checked when the adapter is added --------------------------
+
+
+def _sft_with_rank(inputs, tmp_path: Path, pause_data: Path, rank: int) -> list[str]:
+    import yaml
+    from pause_helpers import PAUSE
+
+    values = {"model": "gpt2", "weights": "random", "model_config": TINY, "tokenizer": inputs.tok,
+              "data": str(pause_data), "pause_token": PAUSE, "lora": True, "lora_rank": rank, "batch_size": 4,
+              "max_length": 128, "test": False}
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return ["sft", str(path), "--out", str(tmp_path / "work" / "sft")]
+
+
+def test_sft_lora_r_beyond_the_width_is_one_line_exit_2(inputs, tmp_path, pause_data, capsys):
+    assert main(_sft_with_rank(inputs, tmp_path, pause_data, 1000)) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("unfreeze sft: error: lora_rank 1000 exceeds the width of layer transformer.h.0.attn.c_attn "
+                           "(32 in, 96 out)") and last.endswith("use lora_rank 32 or less") and "Traceback" not in err
+
+
+def test_sft_lora_r_beyond_the_width_says_only_that_and_writes_nothing(inputs, tmp_path, pause_data, capsys):
+    (tmp_path / "work").mkdir()
+    assert main(_sft_with_rank(inputs, tmp_path, pause_data, 1000)) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+# --- the same cases through the real command line: a new process, its exit status and its stderr ---------
+
+REAL_CLI = ["lora rank beyond the width", "csv with two Text columns", "model folder with cut weights",
+            "sft precision fp33", "eval model is a csv file"]  # one of each item of issue 22 this file grew by
+
+
+@pytest.mark.parametrize("case", REAL_CLI)
+def test_the_real_command_line_is_one_line_exit_2_and_writes_nothing(case, inputs, work, no_downloads):
+    import subprocess
+    import sys
+
+    build, fragment = CASES[case]
+    argv = build(inputs, work)
+    before = snapshot(work)
+    result = subprocess.run([sys.executable, "-m", "unfreeze", *argv], capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"unfreeze {argv[0]}: error:") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr and snapshot(work) == before

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from unfreeze.cli import commands, main
-from unfreeze.config import config_from_mapping, parse_args, parse_overrides
+from unfreeze.config import JSONARGPARSE_TEXTS, config_from_mapping, parse_args, parse_overrides
 from unfreeze.errors import UsageError
 from unfreeze.recipes.classify.config import ClassifyConfig
 from unfreeze.recipes.sft.recipe import load_config
@@ -123,3 +123,112 @@ def _help(name: str, capsys) -> str:
 def test_an_abbreviated_key_is_not_guessed(capsys):
     assert main(["classify", "--num_epoch", "2"]) == 2  # not silently read as --num_epochs
     assert "unknown key(s) --num_epoch" in capsys.readouterr().err
+
+
+# --- union-typed keys read like every other key (issue 22, item 8) ---------------------------------------
+
+
+@pytest.mark.parametrize("cls,argv,expected", [
+    (SFTConfig, ["precision=fp33"], "precision='fp33': invalid choice, not one of: fp32, bf16-mixed, bf16-pure"),
+    (SFTConfig, ["resume=maybe"], "resume='maybe' is not a valid bool; use true or false (or null for"),
+    (ClassifyConfig, ["--balance", "maybe"], "balance='maybe' is not a valid bool; use true or false (or null for"),
+    (ClassifyConfig, ["--trainable_layers", "blocks:"], "trainable_layers='blocks:': invalid choice, not one of: last"),
+    (ClassifyConfig, ["--cache_budget_gb", "lots"], "cache_budget_gb='lots' is not a valid float; use a number"),
+    (SFTConfig, ["train_limit=two"], "train_limit='two' is not a valid int; use a whole number (or null for the"),
+    (ClassifyConfig, ["--precision", "fp33"], "precision='fp33': invalid choice, not one of: fp32, bf16-mixed, bf16"),
+])
+def test_a_bad_value_of_any_type_is_one_plain_line_naming_key_value_and_choices(cls, argv, expected):
+    with pytest.raises(UsageError) as raised:
+        parse_args(cls, argv, "unfreeze")
+    message = str(raised.value)
+    assert expected in message and "\n" not in message, message
+    for internal in ("Union", "Subtypes", "Parser key", "Not of type", "<class", "typing."):
+        assert internal not in message, message
+
+
+def test_union_typed_keys_read_the_same_from_flags_yaml_rows_and_sweep_set(tmp_path, capsys):
+    assert main(["classify", "--balance", "maybe"]) == 2
+    assert main(["classify", "--config", str(_yaml(tmp_path, "balance: maybe\n"))]) == 2
+    assert main(["sweep", str(ROOT / "experiments/spam_additional.yaml"), "--set", "balance=maybe",
+                 "--out", str(tmp_path / "sw")]) == 2
+    messages = capsys.readouterr().err.strip().splitlines()
+    assert len(messages) == 3 and all("balance='maybe' is not a valid bool" in m for m in messages), messages
+    assert "(with --set); use true or false" in messages[2]
+    with pytest.raises(UsageError, match=r"precision='fp33' in row x: invalid choice, not one of: fp32, bf16-mixed"):
+        config_from_mapping(SFTConfig, {"precision": "fp33"}, "row x")
+    assert not (tmp_path / "sw").exists()
+
+
+# --- the jsonargparse texts that config.py reads (issue 21, item 7) --------------------------------------
+# jsonargparse reports bad input as text only; config.py takes the key and the value from that text. Each
+# test below makes the error with jsonargparse itself (not through config.py), so an upgrade that changes
+# a text fails here, by name, instead of letting a multi-line message reach the user.
+
+
+class Shade(str):
+    """A registered type whose deserializer explains itself, as classify's TrainableLayers does."""
+
+
+def _shade(value) -> Shade:
+    if value not in ("light", "dark"):
+        raise ValueError(f"{str(value)!r}: not a shade")
+    return Shade(value)
+
+
+@dataclasses.dataclass
+class Pinned:
+    mode: Literal["a", "b"] = "a"
+    limit: int | None = None
+    count: int = 1
+    shade: Shade = Shade("light")
+
+
+def _jsonargparse_text(argv=None, mapping=None) -> str:
+    from jsonargparse import ArgumentParser
+    from jsonargparse.typing import register_type
+
+    register_type(Shade, serializer=str, deserializer=_shade)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Pinned, nested_key=None, as_group=False)
+    parser.add_argument("--config", action="config")
+    with pytest.raises(Exception) as raised:
+        parser.parse_object(mapping) if mapping is not None else parser.parse_args(argv)
+    return " ".join(part.strip() for part in str(raised.value).splitlines() if part.strip())
+
+
+def _pinned(name: str, text: str) -> dict:
+    match = JSONARGPARSE_TEXTS[name].search(text)
+    assert match, f"jsonargparse's text changed ({name}): {text!r}; update unfreeze.config.JSONARGPARSE_TEXTS"
+    return match.groupdict()
+
+
+def test_jsonargparse_text_of_an_unknown_flag():
+    assert _pinned("unrecognized", _jsonargparse_text(["--bogus", "1"])) == {"key": "--bogus"}
+
+
+def test_jsonargparse_text_of_an_unknown_mapping_key():
+    assert _pinned("not_accepted", _jsonargparse_text(mapping={"bogus": 1})) == {"key": "bogus"}
+
+
+def test_jsonargparse_text_of_a_missing_config_file(tmp_path):
+    path = tmp_path / "gone.yaml"
+    assert _pinned("missing_config", _jsonargparse_text(["--config", str(path)])) == {"path": f"'{path}'"}
+
+
+def test_jsonargparse_text_names_the_key_of_a_bad_value():
+    assert _pinned("parser_key", _jsonargparse_text(["--count", "x"])) == {"key": "count"}
+    assert _pinned("parser_key", _jsonargparse_text(["--limit", "x"])) == {"key": "limit"}  # a union too
+
+
+def test_jsonargparse_text_of_a_registered_types_own_message():
+    assert _pinned("custom_type", _jsonargparse_text(["--shade", "grey"])) == {"why": "'grey': not a shade"}
+
+
+@pytest.mark.parametrize("argv", [["--count", "x"], ["--mode", "x"], ["--limit", "x"]])  # plain, Literal, union
+def test_jsonargparse_text_gives_the_value_as_it_read_it(argv):
+    assert _pinned("value", _jsonargparse_text(argv)) == {"value": "x"}
+
+
+def test_a_registered_types_bad_value_from_a_yaml_file_is_named_as_written(tmp_path):
+    with pytest.raises(UsageError, match=r"^trainable_layers='middle': invalid choice, not one of: last_layer"):
+        parse_args(ClassifyConfig, ["--config", str(_yaml(tmp_path, "trainable_layers: middle\n"))], "unfreeze")

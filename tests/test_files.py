@@ -133,3 +133,75 @@ def test_cut_json_is_one_line_naming_the_file(tmp_path):
     path.write_text('{"test_acc": 0.')
     with pytest.raises(UsageError, match=r"metrics\.json is not valid JSON .*; rerun it"):
         files.read_json_or_explain(path, "rerun it")
+
+
+# --- one run per output folder (issue 22, item 1): two real processes -------------------------------------
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from unfreeze.errors import UsageError
+from unfreeze.files import run_lock
+
+folder, mode = Path(sys.argv[1]), sys.argv[2]
+try:
+    with run_lock(folder, "classify"):
+        print("locked", flush=True)
+        if mode == "hold":
+            time.sleep(300)
+        elif mode == "write":
+            (folder / "metrics.json").write_text("{}")
+        elif mode == "fail":
+            raise RuntimeError("failed before writing anything")
+except UsageError as err:
+    print(f"unfreeze classify: error: {err}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def _lock_run(folder: Path, mode: str):
+    """One process that takes the run lock of `folder`, then holds it, writes, fails or just ends."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", LOCK_HOLDER, str(folder), mode], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_folder_and_a_killed_holder_blocks_nobody(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out), "hold"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "locked", first.stderr.read()
+        second = _lock_run(out, "write")
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and "locked" not in second.stdout and len(lines) == 1, second.stderr
+        assert f"another classify run is writing into {out} (pid {first.pid}, started " in lines[0]
+        assert lines[0].endswith("wait for it or choose another --out") and "Traceback" not in second.stderr
+        assert not (out / "metrics.json").exists()  # the refused run wrote nothing
+    finally:
+        first.send_signal(signal.SIGKILL)  # no cleanup runs: only the kernel releases the lock
+        first.wait(timeout=30)
+        first.stdout.close()
+        first.stderr.close()
+    third = _lock_run(out, "write")
+    assert third.returncode == 0 and third.stdout.strip() == "locked", third.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]  # the lock file goes with its holder
+
+
+@pytest.mark.parametrize("mode,code", [("nothing", 0), ("fail", 1)])
+def test_a_run_that_ends_before_writing_leaves_no_folder_behind(tmp_path, mode, code):
+    result = _lock_run(tmp_path / "new" / "deeper" / "run", mode)
+    assert result.returncode == code and result.stdout.strip() == "locked", result.stderr
+    assert list(tmp_path.iterdir()) == []  # the folders it created (parents too) are gone
+    existing = tmp_path / "done"
+    existing.mkdir()
+    (existing / "metrics.json").write_text('{"test_acc": 0.9}')
+    before = {p.name: p.read_bytes() for p in existing.iterdir()}
+    assert _lock_run(existing, mode).returncode == code
+    assert {p.name: p.read_bytes() for p in existing.iterdir()} == before  # an existing folder stays as it was

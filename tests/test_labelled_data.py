@@ -293,3 +293,69 @@ def test_scores_against_hand_computed_values():
     assert math.isnan(scoring.accuracy(scoring.confusion_matrix([], [], 2)))
     lines = scoring.report_lines(scoring.split_scores(true, predicted, ["a", "b", "c"]), ["a", "b", "c"], "test")
     assert lines[0] == "test: accuracy 66.67%, macro-F1 0.6556"
+
+
+# --- one class per label value, whatever the format; no column twice (issue 22, item 5) ------------------
+FORMATS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+
+
+def two_class_frame(labels) -> pd.DataFrame:
+    return pd.DataFrame({"Text": [f"message number {i}" for i in range(40)],
+                         "Label": [labels[i % 2] for i in range(40)]})
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("labels,classes", [((1.0, 0.0), ("0", "1")), ((True, False), ("False", "True")),
+                                            ((1, 0), ("0", "1"))])
+def test_labels_become_the_same_classes_in_every_format(tmp_path, suffix, labels, classes):
+    path = write(two_class_frame(labels), tmp_path / f"data{suffix}")
+    splits = labelled.load_splits(path, DataOptions(balance=False))
+    assert splits.class_names == classes
+    frames = pd.concat([splits.train, splits.validation, splits.test])
+    class_of = {text: splits.class_names[label] for text, label in zip(frames["Text"], frames["Label"])}
+    assert (class_of["message number 0"], class_of["message number 1"]) == (classes[1], classes[0])
+
+
+def test_spellings_of_one_label_in_a_csv_are_one_class(tmp_path):
+    rows = [("1", "x"), ("1.0", "x"), (" 1 ", "x"), ("01", "x"), ("0", "y"), ("0.0", "y"), ("-0", "y")] * 4
+    path = tmp_path / "numbers.csv"
+    frame = pd.DataFrame({"Label": [l for l, _ in rows], "Text": [f"{t} {i}" for i, (_, t) in enumerate(rows)]})
+    frame.to_csv(path, index=False)
+    assert labelled.load_splits(str(path), DataOptions(balance=False)).class_names == ("0", "1")
+    words = tmp_path / "words.jsonl"
+    words.write_text("".join(json.dumps({"text": f"t{i}", "label": v}) + "\n"
+                             for i, v in enumerate(["true", "TRUE", True, "False", "false", False] * 4)))
+    assert labelled.load_splits(str(words), DataOptions(balance=False)).class_names == ("False", "True")
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_a_label_with_a_fraction_is_refused_in_every_format(tmp_path, suffix):
+    path = write(two_class_frame((0.5, 1.0)), tmp_path / f"data{suffix}")
+    with pytest.raises(UsageError, match=r"row 1's label \('Label'\) is 0.5, a number with a fraction"):
+        labelled.load_splits(path, DataOptions(balance=False))
+
+
+def _with_repeated_column(path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts, labels = [f"message {i}" for i in range(30)], [i % 2 for i in range(30)]
+    if path.suffix in (".csv", ".tsv"):
+        sep = "," if path.suffix == ".csv" else "\t"
+        path.write_text(sep.join(["Text", "Label", "Text"]) + "\n"
+                        + "".join(sep.join([t, str(l), "other"]) + "\n" for t, l in zip(texts, labels)))
+    elif path.suffix == ".parquet":
+        pq.write_table(pa.table([pa.array(texts), pa.array(labels), pa.array(texts)], names=["Text", "Label", "Text"]),
+                       path)
+    else:
+        rows = [f'{{"Text": "{t}", "Label": {l}, "Text": "other"}}' for t, l in zip(texts, labels)]
+        path.write_text("[" + ",".join(rows) + "]" if path.suffix == ".json" else "\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_two_columns_of_one_name_are_refused_naming_the_column_and_the_file(tmp_path, suffix):
+    path = _with_repeated_column(tmp_path / f"data{suffix}")
+    with pytest.raises(UsageError) as raised:
+        labelled.load_splits(path, DataOptions(balance=False))
+    assert f"--data {path}: two " in str(raised.value) and "named 'Text'; rename one" in str(raised.value)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from typing import Any, Mapping, Sequence, TypeVar
 
@@ -143,31 +144,87 @@ def _valid_keys(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls))
 
 
-def _one_line(err: BaseException, cls: type, where: str | None = None) -> str:
-    """jsonargparse's multi-line messages as one line that names the key, the value and the fix."""
+# jsonargparse (4.53) reports bad input as text only, no structured error; these are the pieces of that text
+# the messages are rebuilt from. tests/test_config.py pins each against jsonargparse itself, so an upgrade that
+# changes one fails there instead of letting its multi-line text through.
+JSONARGPARSE_TEXTS = {
+    "unrecognized": re.compile(r"unrecognized arguments: (?P<key>\S+)"),  # a flag (parse_args)
+    "not_accepted": re.compile(r"Option '(?P<key>[^']+)' is not accepted"),  # a mapping's key (parse_object)
+    "missing_config": re.compile(r'Parser key "config": File does not exist: (?P<path>.*)$'),
+    "parser_key": re.compile(r'Parser key "(?P<key>[^"]+)":'),  # which key a bad value belongs to
+    "custom_type": re.compile(r"Not of type \w+: (?P<why>.*)$"),  # a registered type's own ValueError text
+    "value": re.compile(r"(?:Got|Given) value: (?P<value>.*)$"),  # the value, as jsonargparse read it
+}
+_NOT_GIVEN = object()
+
+
+def _one_line(err: BaseException, cls: type, where: str | None = None, given: Mapping[str, Any] | None = None) -> str:
+    """jsonargparse's multi-line messages as one line that names the key, the value and the valid values.
+
+    Only the key and the value are taken from jsonargparse's text; what is valid comes from the field's type.
+    `given`: the values as the user wrote them, by key (jsonargparse shows some after YAML parsing, e.g.
+    `blocks:` as a mapping).
+    """
     text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
     place = f" in {where}" if where else ""
-    unknown = re.search(r"unrecognized arguments: (\S+)", text) or re.search(r"Option '([^']+)' is not accepted", text)
+    found = {name: pattern.search(text) for name, pattern in JSONARGPARSE_TEXTS.items()}
+    unknown = found["unrecognized"] or found["not_accepted"]
     if unknown:
-        key = unknown.group(1).split("=", 1)[0]
+        key = unknown.group("key").split("=", 1)[0]
         return f"unknown key(s) {key}{place}; valid keys: {_valid_keys(cls)}"
-    missing = re.search(r'Parser key "config": File does not exist: (.*)$', text)
-    if missing:
-        return f"config file {missing.group(1)} does not exist"
-    custom = re.search(r'Parser key "([^"]+)": Not of type \w+: (\'[^\']*\'): (.*)$', text)
-    if custom:  # a registered type's own message, "'value': why" (e.g. classify's TrainableLayers)
-        key, value, why = custom.groups()
-        return f"{key}={value}{place}: {why}"
-    wrong = re.search(r'Parser key "([^"]+)": Expected a (.*?)\. Got value: (.*)$', text)
-    if wrong:
-        key, expected, value = wrong.groups()
-        choices = re.fullmatch(r"typing\.Literal\[(.*)\]", expected)
-        if choices:
-            options = choices.group(1).replace("'", "")
-            return f"{key}={value!r}{place}: invalid choice, not one of: {options}"
-        kind = re.sub(r"<class '(\w+)'>", r"\1", expected)
-        return f"{key}={value!r} is not a valid {kind}{place}"
-    return text + place
+    if found["missing_config"]:
+        return f"config file {found['missing_config'].group('path')} does not exist"
+    key = found["parser_key"].group("key") if found["parser_key"] else None
+    if key is None or key not in _field_types(cls):
+        return text + place
+    value = (given or {}).get(key, _NOT_GIVEN)
+    if found["custom_type"]:  # our deserializers' messages start with the value they saw, then say why
+        seen, why = _value_and_reason(found["custom_type"].group("why"))
+        return f"{key}={seen if value is _NOT_GIVEN else value!r}{place}: {why}"
+    if value is _NOT_GIVEN:
+        value = found["value"].group("value") if found["value"] else None
+    return _bad_value(cls, key, value, place)
+
+
+def _value_and_reason(text: str) -> tuple[str | None, str]:
+    """`'middle': invalid choice ...` -> ("middle", "invalid choice ..."); without the value -> (None, text)."""
+    match = re.fullmatch(r"""(['"])(?P<value>.*?)\1: (?P<why>.*)""", text)
+    return (match.group("value"), match.group("why")) if match else (None, text)
+
+
+_VALID = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+
+
+def _bad_value(cls: type, key: str, value: Any, place: str) -> str:
+    """`key=value` is not of the field's type: say which values it takes (null too, where the type allows it)."""
+    field_type = _field_types(cls)[key]
+    union = typing.get_origin(field_type) in (typing.Union, types.UnionType)
+    members = typing.get_args(field_type) if union else (field_type,)
+    options = [member for member in members if member is not type(None)]
+    default = {f.name: f.default for f in dataclasses.fields(cls)}.get(key)
+    nullable = len(options) < len(members)
+    null = (" (or null for the default)" if default is None else " (or null)") if nullable else ""
+    if len(options) == 1 and typing.get_origin(options[0]) is typing.Literal:
+        choices = ", ".join(str(choice) for choice in typing.get_args(options[0]))
+        return f"{key}={value!r}{place}: invalid choice, not one of: {choices}{null}"
+    said = [_VALID.get(option, getattr(option, "__name__", str(option))) for option in options]
+    kinds = " or ".join(getattr(option, "__name__", str(option)) for option in options)
+    return f"{key}={value!r} is not a valid {kinds}{place}; use {' or '.join(said)}{null}"
+
+
+def _raw_values(argv: Sequence[str]) -> dict[str, str]:
+    """The value of each `--key value` / `--key=value` in a normalised argv, as typed (the last one wins)."""
+    values: dict[str, str] = {}
+    for index, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name, equals, value = token[2:].partition("=")
+        name = name.rstrip("+").replace("-", "_")
+        if equals:
+            values[name] = value
+        elif index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+            values[name] = argv[index + 1]
+    return values
 
 
 def _to_config(cls: type[T], namespace: Namespace) -> T:
@@ -228,7 +285,7 @@ def parse_args(cls: type[T], argv: Sequence[str], prog: str, positional: Sequenc
     except UsageError:
         raise
     except Exception as err:  # jsonargparse's ArgumentError/TypeError/ValueError: the user's input
-        raise UsageError(_one_line(err, cls)) from None
+        raise UsageError(_one_line(err, cls, given=_raw_values(argv))) from None
 
 
 def _config_file(cls: type, path: str) -> str:
@@ -254,7 +311,7 @@ def config_from_mapping(cls: type[T], values: Mapping[str, Any], where: str = "c
     try:
         return _to_config(cls, parser.parse_object(values))
     except Exception as err:  # noqa: BLE001 - see parse_args
-        raise UsageError(_one_line(err, cls, where)) from None
+        raise UsageError(_one_line(err, cls, where, given=values)) from None
 
 
 def parse_overrides(cls: type, items: Sequence[str], where: str = "the overrides") -> dict[str, Any]:
@@ -272,7 +329,7 @@ def parse_overrides(cls: type, items: Sequence[str], where: str = "the overrides
         try:
             values[key] = parser.parse_args(normalize_argv(cls, [f"{key}={text}"]))[key]
         except Exception as err:  # noqa: BLE001 - see parse_args
-            raise UsageError(_one_line(err, cls, where)) from None
+            raise UsageError(_one_line(err, cls, where, given={key: text})) from None
     return values
 
 

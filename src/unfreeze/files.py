@@ -6,6 +6,7 @@
 * `prepare_run_folder` checks an output folder before any work: a folder we can write in, and not a
   finished run unless `--overwrite` is given; it also clears the temporary files that a killed earlier
   process left there.
+* `run_lock` holds an output folder for one run at a time (a second process is refused with one line).
 * A run's log is held in memory while its inputs are checked (a rejected command writes nothing), goes to
   `run.log` once the run starts, and ends with the error when the run fails.
 """
@@ -195,6 +196,78 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
+# --- one run per output folder -------------------------------------------------------------------
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path, what: str, flag: str = "--out") -> Iterator[Path]:
+    """Hold `folder` for one run of `what` (e.g. "classify") until the block ends; a second process is refused.
+
+    The lock is `flock` on `<folder>/.lock`: the kernel drops it when the holder exits, however it ends
+    (SIGKILL included), so a killed run never blocks the next. The file names the holder (pid, start time)
+    for the refusal, and is removed on release; a folder this call created (parents included) is removed
+    too if the run left nothing in it, so a run refused or failed before it wrote leaves no trace.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield folder
+        return
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    handle = None
+    try:
+        handle = _locked_file(folder, fcntl, what, flag)
+        yield folder
+    finally:
+        if handle is not None:
+            (folder / LOCK_NAME).unlink(missing_ok=True)  # while still held: no one can take a removed file
+            handle.close()
+        for path in created:  # deepest first; rmdir removes only empty folders
+            try:
+                path.rmdir()
+            except OSError:
+                break
+
+
+def _locked_file(folder: Path, fcntl, what: str, flag: str):
+    """The open lock file of `folder`, locked by this process, with the holder's details written in it."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666), "r+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(handle.read())
+            handle.close()
+            raise UsageError(f"another {holder.get('what', 'unfreeze')} run is writing into {folder} (pid "
+                             f"{holder.get('pid', 'unknown')}, started {holder.get('started', 'at an unknown time')}); "
+                             f"wait for it or choose another {flag}") from None
+        try:  # the file may have been released and removed between our open and our lock: lock the new one
+            current = os.stat(folder / LOCK_NAME).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    handle.truncate(0)
+    handle.write(json.dumps({"what": what, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+    handle.flush()
+    return handle
+
+
+def _holder(text: str) -> dict:
+    """The holder's details from its lock file (empty in the instant between its lock and its write)."""
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 # --- run logs -------------------------------------------------------------------------------------
 
 
@@ -270,9 +343,3 @@ def close_logger(logger: logging.Logger) -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-
-
-@contextlib.contextmanager
-def run_lock(folder: Path, what: str = "a run", flag: str = "--out") -> Iterator[None]:
-    """One run per output folder at a time (placeholder until the lock lands: see tests/test_files.py)."""
-    yield

@@ -39,6 +39,8 @@ LABEL_COLUMNS = ("Label", "label", "labels", "class")  # likewise without --labe
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
 SMS_SUFFIXES = ("", ".txt")  # the collection's own name has none; a reader error on other suffixes says more
 INTEGER = re.compile(r"[+-]?\d+")
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # how a CSV cell spells 1, 1.0, .5 or 1e3
+BOOLEAN_TEXTS = ("true", "false")  # in any case: the classes "True" and "False", as a JSON or Parquet boolean
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def pick_column(frame: pd.DataFrame, chosen: str | None, fallbacks: tuple[str, .
 def select_columns(frame: pd.DataFrame, source: str, options: DataOptions) -> pd.DataFrame:
     """(Text, Label) with texts as non-empty strings and labels as int or str; errors name the first bad row."""
     frame = frame.rename(columns=str)
+    tables.refuse_repeated_names(frame.columns, source)  # e.g. a hub dataset's columns 1 and "1"
     text_column = pick_column(frame, options.text_column, TEXT_COLUMNS, "--text_column", source)
     label_column = pick_column(frame, options.label_column, LABEL_COLUMNS, "--label_column", source)
     if text_column == label_column:
@@ -186,16 +189,25 @@ def _missing(value) -> bool:
 
 
 def label_value(value, column: str, source: str, row: int) -> int | str:
-    """A label as an int (integers, integral floats, digit strings) or a stripped string."""
+    """A label as the same class in every format (docs/classify-data.md, "Labels"): a whole number is an int
+    (1, 1.0, "1", "1.0" alike), a boolean the text "False"/"True" (true, "TRUE", "false" alike), anything else
+    the stripped text. A number with a fraction is refused: it is a measurement, not a class."""
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
+    if isinstance(value, str) and value.strip():
+        stripped = value.strip()
+        if stripped.lower() in BOOLEAN_TEXTS:
+            return stripped.capitalize()
+        if not NUMBER.fullmatch(stripped):
+            return stripped
+        value = int(stripped) if INTEGER.fullmatch(stripped) else float(stripped)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real) and not _missing(value) and float(value).is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip():
-        stripped = value.strip()
-        return int(stripped) if INTEGER.fullmatch(stripped) else stripped
+    if isinstance(value, numbers.Real) and not _missing(value) and math.isfinite(value):
+        raise UsageError(f"--data {source}: row {row + 1}'s label ({column!r}) is {value:g}, a number with a fraction; "
+                         "labels are classes: strings or whole numbers (bin the values first for a numeric target)")
     what = "is empty" if _missing(value) or isinstance(value, str) else f"is {tables.quote(value)}"
     raise UsageError(f"--data {source}: row {row + 1}'s label ({column!r}) {what}; labels must be strings or "
                      "integers, one per row")

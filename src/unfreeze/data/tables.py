@@ -5,13 +5,18 @@ checking their values is `unfreeze.data.labelled`'s job. Every failure is one Us
 names `--data` and the file.
 
 CSV and TSV are read with every column as text (`dtype=str`), so that a text like "007" stays "007"
-and integer labels with a missing value do not turn into floats; `labelled` turns all-integer labels
-back into integers. JSON is parsed with the `json` module for the same reason (pandas' `read_json`
-guesses dates and numbers).
+and integer labels with a missing value do not turn into floats; `labelled` turns labels into the same
+classes whatever the format (docs/classify-data.md). JSON is parsed with the `json` module for the same
+reason (pandas' `read_json` guesses dates and numbers).
+
+Two columns of one name are refused in every format: pandas would rename the second CSV column to
+`name.1` and train on the first without a word, and JSON would keep the last value.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import re
 from pathlib import Path
@@ -49,8 +54,13 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UsageError(f"--data {path}: unsupported file type {path.suffix or '(no suffix)'}; use {FORMATS_SAID}")
     try:
         if kind in ("CSV", "TSV"):
-            frame = pd.read_csv(path, sep="," if kind == "CSV" else "\t", dtype=str)
+            separator = "," if kind == "CSV" else "\t"
+            refuse_repeated_names(_header(path, separator), path)
+            frame = pd.read_csv(path, sep=separator, dtype=str)
         elif kind == "Parquet":
+            import pyarrow.parquet
+
+            refuse_repeated_names(pyarrow.parquet.read_schema(path).names, path)
             frame = pd.read_parquet(path)
         else:
             frame = _read_json(path)
@@ -58,21 +68,53 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UsageError(f"--data {path}: the file is empty; expected a header line and one row per example") from None
     except UsageError:
         raise
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, ImportError) as err:
+    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError, ValueError, OSError, ImportError) as err:
         raise UsageError(f"--data {path}: unreadable {kind} file ({quote(err)})") from None
     if frame.empty:
         raise UsageError(f"--data {path}: the file has no rows")
     return frame
 
 
+def refuse_repeated_names(columns, path: Path, what: str = "columns") -> None:
+    """One line naming the first column name that occurs twice (unnamed CSV columns do not count)."""
+    seen: set[str] = set()
+    for name in map(str, columns):
+        if name in seen and name.strip():
+            raise UsageError(f"--data {path}: two {what} are named {name!r}; rename one of them (columns are "
+                             "chosen by name, so the file is ambiguous)")
+        seen.add(name)
+
+
+def _header(path: Path, separator: str) -> list[str]:
+    """The first row of a CSV/TSV file as the csv module reads it (pandas' parser reads the same quoting)."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return next((row for row in csv.reader(handle, delimiter=separator) if row), [])  # pandas skips blank lines
+
+
 def _read_json(path: Path) -> pd.DataFrame:
-    rows = parse_json_rows(path.read_text(encoding="utf-8"), str(path), flag="--data")
+    text = path.read_text(encoding="utf-8")
+    rows = parse_json_rows(text, str(path), flag="--data")
     if not isinstance(rows, list):
         raise UsageError(f"--data {path}: expected JSON Lines or a JSON array of objects, found a single value")
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise UsageError(f"--data {path}: row {number} is not a JSON object")
+    _refuse_repeated_keys(text, path)
     return pd.DataFrame.from_records(rows)
+
+
+def _refuse_repeated_keys(text: str, path: Path) -> None:
+    """A row with two fields of one name: `json` keeps the last silently, so the text is read again, this time
+    with a hook that sees every key (the rows are known to parse)."""
+    stripped = text.lstrip()
+    pieces = [stripped] if stripped.startswith("[") else [line for line in text.splitlines() if line.strip()]
+
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        refuse_repeated_names([key for key, _ in pairs], path, "fields of a row")
+        return dict(pairs)
+
+    for piece in pieces:
+        json.loads(piece, object_pairs_hook=unique)
 
 
 def split_files(folder: Path) -> dict[str, Path]:

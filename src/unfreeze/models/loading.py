@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from unfreeze.errors import UsageError
-from unfreeze.models import model_config
+from unfreeze.models import folder_check, model_config
 from unfreeze.models.dropout import set_config_dropout
 from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.models.tokenizers import load_tokenizer, offline_error
@@ -38,19 +38,15 @@ def looks_local(source: str) -> bool:
     return Path(text).expanduser().exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
 
 
-def check_model_folder(source: str, flag: str = "--model_size") -> None:
-    """A local model source must be a folder with a config.json (checked before anything loads)."""
+def check_model_folder(source: str, flag: str = "--model_size", weights: bool = False,
+                       random_flag: str = "--weights random") -> None:
+    """A local model source is a folder with a config.json, and complete weights when `weights` (checked from
+    file names and headers before anything loads: `folder_check`); a hub id or GPT-2 size name passes."""
     if source in model_config.GPT2_SIZES or not looks_local(source):
         return
-    folder = Path(source).expanduser()
-    if not folder.exists():
-        raise UsageError(f"{flag} {source}: no such folder (a model folder, a hub id, or one of "
-                         f"{', '.join(model_config.GPT2_SIZES)})")
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {source} is a file; pass the folder that holds config.json and the weights")
-    if not (folder / "config.json").is_file():
-        raise UsageError(f"{flag} {source} is not a model folder (no config.json); pass a folder saved by "
-                         "save_pretrained")
+    folder_check.check_model_folder(source, flag, weights,
+                                    f"copy the weight files into it, or pass {flag} with another folder "
+                                    f"(or {random_flag})")
 
 
 @dataclass(frozen=True)
@@ -86,8 +82,9 @@ class ModelSource:
             raise UsageError(f"{self.flag} is empty; give a hub id, a folder or a .gguf file")
         if is_gguf(self.name):
             split_source(self.name, self.flag)
-        else:
-            check_model_folder(self.location, self.flag)
+        else:  # a folder without (complete) weights is named here when the run needs them
+            check_model_folder(self.location, self.flag, weights=not self.random,
+                               random_flag=self.setting("weights", "random"))
         if not self.random:
             changed = sorted(k for k in self.overrides if not k.endswith(("dropout", "pdrop")))
             if changed:

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
+
+from unfreeze.errors import UsageError
 
 LAYOUTS = ("reference", "peft")
 
@@ -66,6 +69,38 @@ def _reference_a_init(weight: torch.Tensor, rank: int, generator: torch.Generato
     bound = math.sqrt(3.0) * nn.init.calculate_gain("leaky_relu", math.sqrt(5)) / math.sqrt(rank)
     with torch.no_grad():
         weight.uniform_(-bound, bound, generator=generator)
+
+
+def block_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The linear layers inside the model's repeated blocks (any nn.ModuleList), by qualified name; all of its
+    linear layers when it has no such list. A classification head, whose width is the number of classes,
+    sits outside the blocks: the reference gives its 2-output head a rank-16 update, so it is not bounded."""
+    inside = {name for list_name, module in model.named_modules() if isinstance(module, nn.ModuleList)
+              for name, _ in module.named_modules(prefix=list_name)}
+    layers = {name: model.get_submodule(name) for name in linear_layers(model)}
+    blocks = {name: layer for name, layer in layers.items() if name in inside}
+    return blocks or layers
+
+
+def check_rank(model_or_layers: nn.Module | Mapping[str, nn.Module], rank: int, flag: str) -> None:
+    """A rank above min(in_features, out_features) of an adapted layer adds parameters but no expressive power
+    (A @ B can have no higher rank than that), and on a narrow model trains more than the model has: refused,
+    naming the narrowest layer and the largest rank allowed.
+
+    `model_or_layers`: a model (its block layers are bounded, see `block_layers`) or the layers that get an
+    update, by name.
+    """
+    layers = block_layers(model_or_layers) if isinstance(model_or_layers, nn.Module) else dict(model_or_layers)
+    layers = {name: layer for name, layer in layers.items() if getattr(getattr(layer, "weight", None), "ndim", 0) == 2}
+    if not layers:
+        return
+    name, layer = min(layers.items(), key=lambda item: min(layer_shape(item[1])))
+    in_features, out_features = layer_shape(layer)
+    largest = min(in_features, out_features)
+    if rank > largest:
+        raise UsageError(f"{flag} {rank} exceeds the width of layer {name} ({in_features} in, {out_features} out): "
+                         f"a LoRA update has rank at most {largest} there, so the rest would train parameters that add "
+                         f"nothing; use {flag} {largest} or less")
 
 
 def _check_layout(layout: str) -> None:
@@ -126,15 +161,16 @@ class LoRALayer(nn.Module):
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
-             layout: str = "reference") -> list[str]:
+             layout: str = "reference", flag: str = "--lora_rank") -> list[str]:
     """LoRA on every linear layer of `model` (in place); returns the adapted names.
 
     `seed` None draws the A matrices from torch's global generator in module order, as the reference's
     `replace_linear_with_lora` does. Only the LoRA matrices stay trainable. `layout` (see the module
     docstring): "reference" wraps each layer in a `LoRALayer` (three updates on GPT-2's fused `c_attn`),
-    "peft" injects peft's LoRA.
+    "peft" injects peft's LoRA. A rank the model's layers cannot use is refused first, naming `flag`.
     """
     _check_layout(layout)
+    check_rank(model, rank, flag)
     targets = linear_layers(model)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     if layout == "peft":
@@ -183,9 +219,10 @@ class MergedLoRAWeight(nn.Module):
 
 
 def add_merged_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
-                    layout: str = "reference") -> list[str]:
+                    layout: str = "reference", flag: str = "--lora_rank") -> list[str]:
     """The reference's `lora_alternative`: the same function as `add_lora` (same layout), computed on the weight."""
     _check_layout(layout)
+    check_rank(model, rank, flag)
     targets = linear_layers(model)
     blocks = fused_blocks(model) if layout == "reference" else {}
     generator = torch.Generator().manual_seed(seed) if seed is not None else None

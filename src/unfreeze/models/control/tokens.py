@@ -190,10 +190,13 @@ class ControlTokenLM(nn.Module):
         from peft import LoraConfig, get_peft_model
         from transformers.pytorch_utils import Conv1D
 
+        from unfreeze.models.lora import check_rank
+
         if self.has_lora:
             raise UsageError("the model already has a LoRA adapter; merge it first (merge_lora)")
         targets = list(target_modules) if target_modules else default_lora_targets(self.hf_model)
         leaf_types = {type(m) for name, m in self.hf_model.named_modules() if name.rsplit(".", 1)[-1] in targets}
+        check_rank({n: m for n, m in self.hf_model.named_modules() if n.rsplit(".", 1)[-1] in targets}, r, "lora_rank")
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
                             task_type="CAUSAL_LM", fan_in_fan_out=Conv1D in leaf_types)  # GPT-2 stores W transposed
         try:

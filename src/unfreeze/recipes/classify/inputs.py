@@ -129,7 +129,7 @@ def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
             f"loader drops incomplete batches, so nothing would train; use --batch_size {len(splits.train)} or less")
     source = model_source(cfg)
     config = body_config(source)
-    check_structure(source, config, cfg.trainable_layers)
+    check_structure(source, config, cfg.trainable_layers, cfg.lora_rank)
     tokenizer = source.load_tokenizer()
     pad_token_id = padding_token(tokenizer, config, source)
     tokens, max_length = encode_splits(cfg, splits, tokenizer, context_size(config), log, pad_token_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from unfreeze.errors import UsageError
-from unfreeze.models import trainable
+from unfreeze.models import lora, trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier
 from unfreeze.models.loading import ModelSource
 from unfreeze.models.model_config import check_fits_in_memory, is_gpt2, parse_model_config
@@ -35,8 +35,9 @@ def body_config(source: ModelSource):
     return config
 
 
-def check_structure(source: ModelSource, config, preset: str) -> None:
-    """The model's stages can be read and the preset's blocks exist (on the meta device: nothing allocated)."""
+def check_structure(source: ModelSource, config, preset: str, lora_rank: int) -> None:
+    """The model's stages can be read, the preset's blocks exist and a LoRA rank fits its layers (on the meta
+    device: nothing allocated)."""
     from transformers import AutoModel
 
     try:
@@ -46,6 +47,8 @@ def check_structure(source: ModelSource, config, preset: str) -> None:
         raise UsageError(f"{source.flag}: cannot build a {getattr(config, 'model_type', '?')} base model "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
     trainable.preset_blocks(preset, len(read_structure(body).blocks))
+    if preset in ("lora", "lora_alternative"):
+        lora.check_rank(body, lora_rank, "--lora_rank")
 
 
 def build_model(cfg, source: ModelSource, config, pad_token: int = PAD_TOKEN_ID,

@@ -25,6 +25,7 @@ from unfreeze.data.gsm8k import PROMPT_TEMPLATE, extract_answer, gsm8k_download,
 from unfreeze.data.pauses import count_pauses, strip_pauses
 from unfreeze.errors import UsageError, require
 from unfreeze.lifecycle import Run, run_folder
+from unfreeze.models.folder_check import check_model_folder
 from unfreeze.models.gguf import is_gguf, split_source
 from unfreeze.recipes.eval_gsm8k.config import DEFAULT_PAUSE_TOKEN, EvalConfig
 
@@ -151,8 +152,8 @@ def evaluate(config: EvalConfig, folder: Run, progress: bool = True) -> tuple[li
     folder_path = Path(config.model).expanduser()
     if is_gguf(config.model):
         split_source(config.model)  # a missing file or the missing gguf package: one line, before the data
-    else:
-        require(folder_path.is_dir(), f"--model {config.model}: no such folder")
+    else:  # a file that is no .gguf, a folder without config.json or with missing or cut weights: said here
+        check_model_folder(config.model, "--model", weights=True)
     rows = load_questions(config.data, config.limit)  # missing fields fail here, before the (slow) model load
     train_rows = load_gsm8k_split(config.train_stats, "train", flag="--train_stats") if config.train_stats else None
     target = resolve_device(config.device)

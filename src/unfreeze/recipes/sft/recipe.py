@@ -83,13 +83,14 @@ def train_and_save(config: SFTConfig, precision: Precision, out: Path, folder: R
     accelerator = _accelerator(config, out)
     log, main = folder.log, accelerator.is_main_process
     resume_from = sft_resume.resume_point(config, out, accelerator.num_processes)
+    # The model and data are built and checked before anything is written (bad input leaves no trace).
+    run = setup(config, accelerator, log, precision, resume_from, read)
     accelerator.wait_for_everyone()  # every process has decided before old checkpoints may be removed
     if main:
         folder.start(to_dict(config) if resume_from is None else None)
         if resume_from is None:
             sft_resume.start_fresh(out, log)
     accelerator.wait_for_everyone()
-    run = setup(config, accelerator, log, precision, resume_from, read)
     loop = SFTTraining(run, schedule(config), accelerator, log,
                        checkpoint=lambda: sft_resume.save_checkpoint(run, config, accelerator, log))
     loop.advance()

@@ -45,7 +45,7 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
             model = ControlTokenLM.from_base(model.base, model.tokenizer, tokens, config.detach_head,
                                              config.pause_tokenization)
         model.detach_head = config.detach_head
-        log.info(f"model: {config.model} (saved folder; control tokens {model.control_tokens or 'none'})")
+        said = f"model: {config.model} (saved folder; control tokens {model.control_tokens or 'none'})"
     else:
         source = model_source(config)
         tokenizer = source.load_tokenizer()
@@ -55,10 +55,11 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
                 "eos_token_id": tokenizer.eos_token_id, **source.overrides})
         base = source.load("causal_lm", dtype=dtype)
         model = ControlTokenLM.from_base(base, tokenizer, tokens, config.detach_head, config.pause_tokenization)
-        log.info(f"model: {config.model} ({config.weights} weights); control tokens {tokens or 'none'}")
+        said = f"model: {config.model} ({config.weights} weights); control tokens {tokens or 'none'}"
     if config.lora:
         targets = [t.strip() for t in config.lora_target_modules.split(",")] if config.lora_target_modules else None
         model.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, targets)
+    log.info(said)  # once the model is whole: a refused LoRA rank is then the only line said
     return model.train()
 
 
