@@ -36,7 +36,7 @@ tbody tr:nth-child(even) { background: #fbfcfd; }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 td.failed, td.skipped, td.pending { color: var(--bad); }
 a { color: var(--accent); }
-figure { margin: 12px 0; overflow-x: auto; } figure svg { max-width: 100%; height: auto; }
+figure, .scroll { margin: 12px 0; overflow-x: auto; } figure svg { max-width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 12px; }
 td.kept { background: #dafbe1; font-weight: 600; } td.out { color: var(--muted); text-decoration: line-through; }
 #report-status { color: var(--muted); font-size: 12px; margin-top: 32px; }
@@ -146,7 +146,8 @@ def results_table(table: dict[str, Any], page_dir: Path) -> str:
 
     columns, kinds = table["columns"], present_kinds(table["rows"])
     head = ["#", "Row"] + [c["label"] for c in columns] + ["Seeds"] + [LABELS[k] for k in kinds]
-    lines = ['<table id="results"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    lines = ['<div class="scroll"><table id="results"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head)
+             + "</tr></thead><tbody>"]
     for row in table["rows"]:
         cells = [f'<td class="num" data-sort="{row["index"]}">{esc(row["index"])}</td>',
                  f'<td title="{esc(row.get("note") or row.get("label") or "")}">{esc(row["name"])}</td>']
@@ -160,7 +161,7 @@ def results_table(table: dict[str, Any], page_dir: Path) -> str:
         cells.append(f"<td>{esc(seeds_cell(row))}</td>")
         cells += [f"<td>{link_cell(row, kind, Path(table['dir']), page_dir)}</td>" for kind in kinds]
         lines.append(f'<tr data-row="{esc(row["name"])}" data-status="{esc(row["status"])}">' + "".join(cells) + "</tr>")
-    return "\n".join(lines + ["</tbody></table>"])
+    return "\n".join(lines + ["</tbody></table></div>"])
 
 
 def link_cell(row: dict[str, Any], kind: str, sweep_dir: Path, page_dir: Path) -> str:
@@ -181,7 +182,8 @@ def link_cell(row: dict[str, Any], kind: str, sweep_dir: Path, page_dir: Path) -
 def notes(markdown: str) -> str:
     """The Markdown table's notes (published source, overrides, runs without a result) as paragraphs."""
     text = markdown.split("\n\n", 1)[1] if "\n\n" in markdown else ""
-    items = [line[2:] if line.startswith("- ") else line for line in text.splitlines() if line.strip()]
+    items = [line[2:] if line.startswith("- ") else line for line in text.splitlines()
+             if line.strip() and not line.startswith("Links: ")]  # the page's links are relative to the page
     return "<ul class=\"meta\">" + "".join(f"<li>{esc(item)}</li>" for item in items) + "</ul>"
 
 
