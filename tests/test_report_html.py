@@ -273,3 +273,9 @@ def test_a_real_classify_sweep_reports_as_html_and_charts(tmp_path, capsys):
     assert steps[:2] == [0, 2] and len(steps) >= 3 and all(math.isfinite(v) for v in mean)
     assert {p.name for p in (tmp_path).iterdir() if p.suffix == ".png"} == {"acc.png", "acc.frontier.png",
                                                                              "acc.curves.png"}
+
+
+def test_html_into_a_folder_is_refused_before_anything_is_printed(sweep, tmp_path, capsys):
+    assert main(["report", str(sweep), "--html", str(tmp_path)]) == 2
+    said = capsys.readouterr()
+    assert "--html" in said.err and said.out == ""
