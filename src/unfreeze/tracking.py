@@ -286,7 +286,7 @@ class WandbTracker(Tracker):
             directory.mkdir(parents=True, exist_ok=True)
         self.project = os.environ.get("WANDB_PROJECT", project)
         self.run = wandb.init(project=self.project, name=run_name, group=group, config=config,
-                              dir=None if directory is None else str(directory), reinit="create_new")
+                              dir=None if directory is None else str(directory))
 
     def _log(self, numbers: dict[str, float], step: int) -> None:
         self.run.log(numbers, step=step)
