@@ -279,3 +279,21 @@ def test_html_into_a_folder_is_refused_before_anything_is_printed(sweep, tmp_pat
     assert main(["report", str(sweep), "--html", str(tmp_path)]) == 2
     said = capsys.readouterr()
     assert "--html" in said.err and said.out == ""
+
+
+def test_a_real_suggest_folder_reports(spam_csv_dir, byte_tokenizer_dir, tmp_path, capsys):
+    """The report reads what `unfreeze suggest --out` really writes."""
+    out = tmp_path / "sg"
+    assert main(["suggest", "--weights", "random", "--model_config", '{"n_layer":2,"n_embd":32,"n_head":2}',
+                 "--data", str(spam_csv_dir), "--tokenizer", str(byte_tokenizer_dir), "--num_epochs", "2",
+                 "--batch_size", "4", "--device", "cpu", "--candidates", "last_layer,last_block,all",
+                 "--budget", "300s", "--out", str(out), "--cache_dir", str(tmp_path / "features")]) == 0
+    suggestion = json.loads((out / "suggestion.json").read_text())
+    capsys.readouterr()
+    assert main(["report", str(out), "--html", str(tmp_path / "sg.html")]) == 0
+    printed = capsys.readouterr().out
+    assert f"Pick: {suggestion['pick']}." in printed and printed.count("- Round ") == len(suggestion["halving"]["rounds"])
+    text = (tmp_path / "sg.html").read_text(encoding="utf-8")
+    assert sorted(a["data-row"] for a in _tags(text, "tr") if "data-row" in a) == ["all", "last_block", "last_layer"]
+    assert len([a for a in _tags(text, "td") if a.get("class") == "kept"]) == sum(
+        len(r["kept"]) for r in suggestion["halving"]["rounds"])

@@ -165,7 +165,7 @@ def _pyplot():
     return plt
 
 
-def frontier_figure(points: list[Point], ylabel: str, higher: bool, title: str):
+def frontier_figure(points: list[Point], ylabel: str, higher: bool, title: str, bars: str = "± std over seeds"):
     """One panel per cost that some point recorded: each point with its spread, the Pareto front marked."""
     costs = [c for c in COSTS if any(c[0] in p.x for p in points)]
     if not points or not costs:
@@ -193,7 +193,7 @@ def frontier_figure(points: list[Point], ylabel: str, higher: bool, title: str):
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
-    figure.suptitle(title + " (red: the Pareto front; bars: ± std over seeds)", fontsize=10)
+    figure.suptitle(f"{title} (red: the Pareto front; bars: {bars})", fontsize=10)
     figure.tight_layout()
     return figure
 

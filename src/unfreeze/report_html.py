@@ -128,12 +128,13 @@ def point_data(points: list[charts.Point], digits: int = 2) -> list[dict[str, An
     return result
 
 
-def frontier_section(figure_object, points: list[charts.Point], higher: bool) -> str:
+def frontier_section(figure_object, points: list[charts.Point], higher: bool,
+                     said_point: str = "Each row a point (mean over seeds, bars ± std)") -> str:
     costs = [key for key, _, _ in charts.COSTS if any(key in p.x for p in points)]
     svg_text = charts.svg(figure_object, "frontier") if figure_object is not None else None
     fronts = {key: [points[i].name for i in charts.pareto(points, key, higher)] for key in costs}
     said = "; ".join(f"{key}: {', '.join(names)}" for key, names in fronts.items())
-    caption = (f"Each row a point (mean over seeds, bars ± std); red: the Pareto front ({said})." if svg_text
+    caption = (f"{said_point}; red: the Pareto front ({said})." if svg_text
                else "No frontier: no finished row recorded the main metric with a cost.")
     return "<h2>Frontier</h2>" + figure("frontier", svg_text, caption, len(points))
 
@@ -262,7 +263,8 @@ def suggest_page(suggestion: dict[str, Any], page_dir: Path) -> str:
         f'{esc(suggestion["spent_s"])} s spent of a predicted sweep of {esc(suggestion["sweep_predicted_s"])} s.'
         f"{esc(early)}</p>",
         "<h2>Candidates</h2>", candidates_table(suggestion),
-        frontier_section(figures["frontier"], points, True),
+        frontier_section(figures["frontier"], points, True, "Each candidate a point (bars: the 95% interval of its "
+                         "validation accuracy)"),
         "<h2>Rounds</h2>", figure("rounds", rounds, "Successive halving: validation accuracy of each candidate in "
                                                "each round it played (o: kept, x: eliminated)."),
         rounds_table(suggestion),

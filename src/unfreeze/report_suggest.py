@@ -110,7 +110,8 @@ def suggestion_points(suggestion: dict[str, Any]) -> list[Point]:
 def suggestion_figures(suggestion: dict[str, Any]) -> dict[str, Any]:
     return {"rounds": rounds_figure(suggestion["rounds"], suggestion.get("pick")),
             "frontier": frontier_figure(suggestion_points(suggestion), "predicted validation accuracy (%)", True,
-                                        "unfreeze suggest: predicted accuracy against predicted cost")}
+                                        "unfreeze suggest: predicted accuracy against predicted cost",
+                                        bars="95% interval")}
 
 
 def plot(suggestion: dict[str, Any], path: str | Path) -> list[Path]:
