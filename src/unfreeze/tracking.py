@@ -7,12 +7,10 @@
         tracker.link("model", out / "final")
     metrics["tracker_run"] = tracker.reference()  # where the run lives, for `unfreeze report`
 
-The local default is **trackio**: it needs no account, no server and no network, keeps every run of a
-project in one SQLite file, has a dashboard (`trackio show`), and is what TRL recommends. Its install
-is light (about 38 MB and 15 small packages over ours: no gradio, no web framework beyond starlette),
-against MLflow's 58 packages (scipy, scikit-learn, pyarrow, Flask) for a local store with a UI, or
-mlflow-skinny's 26 (databricks-sdk, opentelemetry, cryptography) without one. docs/tracking.md has
-the measurements and the argument for making it a core dependency.
+The local default is **trackio**: no account, no server, no network; every run of a project in one
+SQLite file; a dashboard (`trackio show`); what TRL recommends; and a light install (15 small packages,
+38 MB, no gradio) against MLflow's 58 for a local store with a UI. docs/tracking.md has the measurements
+and why it is a core dependency.
 
 Where a run is written, unless the tracker's own setting says otherwise (TRACKIO_DIR, WANDB_DIR,
 MLFLOW_TRACKING_URI):
