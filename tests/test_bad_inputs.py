@@ -229,7 +229,9 @@ CASES = {
     "csv folder without test.csv": (lambda i, w: classify(i, w, "--data", i.no_test), "--data"),
     "csv texts all empty": (lambda i, w: classify(i, w, "--data", i.empty_texts), "--data"),
     "csv labels as words": (lambda i, w: classify(i, w, "--data", i.bad_labels), "--data"),
-    "offline first run": (lambda i, w: ["classify", "--out", str(w / "run")], "--data PATH/SMSSpamCollection"),
+    "offline first run": (lambda i, w: ["classify", "--out", str(w / "run")], "--tokenizer FOLDER"),
+    "offline data download": (lambda i, w: ["classify", "--data", "sms_spam:download", "--out", str(w / "run")],
+                              "--data PATH/SMSSpamCollection"),
     # classify: --out
     "out is a file": (lambda i, w: classify(i, w, "--out", i.a_file), "--out"),
     "out under a file": (lambda i, w: classify(i, w, "--out", i.a_file + "/run"), "--out"),

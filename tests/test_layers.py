@@ -20,7 +20,7 @@ FLOORS = {
     "training": 3,
     "recipes": 4,
     "registry": 5,
-    "sweep": 6, "report": 6, "report_html": 6, "report_charts": 6,
+    "sweep": 6, "reporting": 6,
     "cli": 7, "__main__": 7,
 }
 

@@ -37,7 +37,7 @@ def test_unreachable_network_names_every_missing_download_in_one_line(empty_cach
     probed = []
     monkeypatch.setattr(offline, "reachable", lambda url, timeout=3.0: probed.append(url) or False)
     with pytest.raises(UsageError) as caught:
-        require_downloads(downloads(ClassifyConfig(out=str(empty_caches / "x"))))
+        require_downloads(downloads(ClassifyConfig(data="sms_spam:download", out=str(empty_caches / "x"))))
     message = str(caught.value)
     assert "\n" not in message and message.startswith("offline (no connection within 3 s)")
     assert all(flag in message for flag in ALL_FLAGS), message
@@ -48,7 +48,8 @@ def test_hf_hub_offline_fails_without_probing(empty_caches, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(offline, "reachable", lambda *a, **k: pytest.fail("probed although HF_HUB_OFFLINE=1"))
     with pytest.raises(UsageError, match="HF_HUB_OFFLINE is set") as caught:
-        require_downloads(downloads(ClassifyConfig(weights="random")))  # the tokenizer and the data are still needed
+        # the tokenizer and the data are still needed
+        require_downloads(downloads(ClassifyConfig(weights="random", data="sms_spam:download")))
     message = str(caught.value)
     assert "--tokenizer FOLDER" in message and "--data" in message and "--model_size" not in message
 
@@ -78,7 +79,7 @@ def test_cached_downloads_switch_the_hub_libraries_offline_instead_of_retrying(e
     (empty_caches / "unfreeze-cache" / "sms_spam").mkdir(parents=True)
     (empty_caches / "unfreeze-cache" / "sms_spam" / "SMSSpamCollection").write_text("ham\thi\n")
     monkeypatch.setattr(offline, "reachable", lambda *a, **k: False)
-    require_downloads(downloads(ClassifyConfig()))
+    require_downloads(downloads(ClassifyConfig(data="sms_spam:download")))
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
 
 
@@ -97,12 +98,20 @@ def test_reachable_is_a_bounded_tcp_connect(monkeypatch):
     assert time.perf_counter() - start < 3
 
 
+def test_default_data_is_shipped_so_only_the_model_and_tokenizer_are_missing(empty_caches, monkeypatch):
+    monkeypatch.setattr(offline, "reachable", lambda url, timeout=3.0: False)
+    with pytest.raises(UsageError) as caught:
+        require_downloads(downloads(ClassifyConfig(out=str(empty_caches / "x"))))
+    assert "--data" not in str(caught.value) and all(flag in str(caught.value) for flag in ALL_FLAGS[1:])
+
+
 def test_first_offline_run_fails_fast_with_every_flag(tmp_path):
     """The real thing: no HF_HUB_OFFLINE, empty caches, and this machine's (absent) network."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
     env.update(UNFREEZE_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"), PYTHONWARNINGS="ignore")
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "unfreeze", "classify", "--out", str(tmp_path / "x")],
+    result = subprocess.run([sys.executable, "-m", "unfreeze", "classify", "--data", "sms_spam:download",
+                             "--out", str(tmp_path / "x")],
                             capture_output=True, text=True, env=env, timeout=120)
     seconds = time.perf_counter() - started
     lines = result.stderr.strip().splitlines()

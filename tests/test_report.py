@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from unfreeze.cli import main
-from unfreeze.report import build_table, format_value, render
+from unfreeze.reporting.table import build_table, format_value, render
 
 COLUMNS = [
     {"label": "Layers", "key": "trainable_layers", "source": "option", "format": "text"},
@@ -130,12 +130,17 @@ def test_plot_writes_a_png_bar_chart(sweep_dir, tmp_path, capsys):
 def test_plot_writes_any_format_matplotlib_supports_under_its_own_name(sweep_dir, tmp_path, capsys, name, magic):
     assert main(["report", str(sweep_dir), "--plot", str(tmp_path / name)]) == 0
     assert (tmp_path / name).read_bytes().startswith(magic)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("chart")] == [name]  # not renamed
+    # the bar chart keeps the name given; the frontier (the runs record params and time, no loss curves)
+    # sits beside it in the same format
+    stem, suffix = name.split(".")
+    written = {p.name for p in tmp_path.iterdir() if p.name.startswith("chart")}
+    assert written == {f"{stem}.{suffix}", f"{stem}.frontier.{suffix}"}
+    assert (tmp_path / f"{stem}.frontier.{suffix}").read_bytes().startswith(magic)
 
 
 def test_a_folder_that_is_not_a_sweep_is_a_usage_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "no sweep.json" in capsys.readouterr().err
+    assert "no sweep.json" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("value,fmt,std,expected", [
@@ -157,7 +162,7 @@ def test_format_value(value, fmt, std, expected):
 def test_model_column_shows_model_over_model_size():
     """A run with --model is reported under its model (a .gguf by file name), not the unused --model_size."""
     from unfreeze.registry import TASKS
-    from unfreeze.report import option_value
+    from unfreeze.reporting.table import option_value
 
     column = next(vars(c) for c in TASKS["classify"].columns if c.label == "Model")
     assert option_value({"model_size": "gpt2-small (124M)", "model": None}, column) == "gpt2-small (124M)"

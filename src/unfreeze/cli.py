@@ -11,7 +11,7 @@ import sys
 from unfreeze.config import parse_args
 from unfreeze.errors import UsageError
 from unfreeze.registry import TASKS, Task
-from unfreeze.report import ReportConfig
+from unfreeze.reporting.table import ReportConfig
 from unfreeze.sweep.config import SweepConfig
 
 
@@ -22,7 +22,7 @@ def run_sweep(config: SweepConfig) -> int:
 
 
 def run_report(config: ReportConfig) -> int:
-    from unfreeze.report import run
+    from unfreeze.reporting.table import run
 
     return run(config)
 

@@ -1,7 +1,8 @@
 """Any labelled text data for `unfreeze classify --data`: choose columns, map classes, balance, split.
 
 `--data` is one of
-* nothing: the SMS Spam Collection, downloaded, with the reference's split (`unfreeze.data.sms_spam`);
+* nothing: the SMS Spam Collection shipped in the package, with the reference's split (`unfreeze.data.sms_spam`);
+* `sms_spam:download`: the same collection, downloaded from UCI (and cached);
 * a file without a table suffix: the SMS Spam Collection format ('ham<TAB>text'), reference split;
 * a .csv/.tsv/.jsonl/.json/.parquet file: split with `--split` (default 0.7,0.1,0.2) and `--seed`;
 * a folder with train, validation (or val/valid/dev) and test files in any of those formats;
@@ -60,6 +61,8 @@ def load_splits(data: str | None, options: DataOptions = DataOptions()) -> Split
     if data is not None and not str(data).strip():
         raise UsageError("--data is empty: pass the SMSSpamCollection file, a .csv/.tsv/.jsonl/.parquet file, "
                          "a folder with train/validation/test files, or a datasets hub name")
+    if sms_spam.is_download(data):
+        return _sms_collection(sms_spam.download(), options, fractions)
     path = Path(data).expanduser() if data is not None else None
     if path is not None and not path.exists():
         if not tables.looks_like_hub_name(str(data)):
@@ -117,7 +120,7 @@ def _sms_collection(path: Path | None, options: DataOptions, fractions) -> Split
         raise UsageError(f"{wrong[0]} {wrong[1]}: the SMSSpamCollection file has the columns Label, Text only")
     if fractions is None and options.balance in (None, True):
         return sms_spam.load_splits(None if path is None else str(path))
-    path = path or sms_spam.download()
+    path = path or sms_spam.packaged_path()
     frame = sms_spam.read_collection(path)
     balance = True if options.balance is None else options.balance
     as_file = DataOptions("Text", "Label", options.split, balance, options.seed)

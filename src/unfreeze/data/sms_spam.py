@@ -6,6 +6,10 @@ sample as many ham as there are spam (747) with `random_state=123`, concatenate 
 shuffle with `random_state=123`, map ham->0 spam->1, shuffle *again* with `random_state=123` (the
 reference's `random_split` shuffles before cutting), and cut 70/10/20 in order.
 Result: train 1045 (530 ham / 515 spam), validation 149 (76/73), test 300 (141/159).
+
+Without --data the collection shipped inside the package is used (`files/sms_spam/`, CC BY 4.0, cited in
+its README.md; byte-equal to the download), so a first run needs no network. `--data sms_spam:download`
+downloads it from UCI (the reference's source, with the reference's mirror as fallback) instead.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ URLS = (
     # The reference's backup mirror, used when UCI is down.
     "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
 )
+PACKAGED = Path(__file__).resolve().parent / "files" / "sms_spam" / "SMSSpamCollection"
+PACKAGED_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
+DOWNLOAD = "sms_spam:download"  # the --data value that downloads the collection instead of using the shipped one
 SPLIT_SEED = 123  # fixed by the reference; the split does not follow --seed so results stay comparable
 SPLIT_NAMES = ("train", "validation", "test")
 QUOTE_CHARS = 80  # how much of a bad file an error message quotes
@@ -56,11 +63,25 @@ def cached_path() -> Path:
     return cache_dir() / "sms_spam" / "SMSSpamCollection"
 
 
+def packaged_path() -> Path:
+    """The collection shipped inside the package (an install that lost it is told how to go on)."""
+    if not PACKAGED.is_file():
+        raise UsageError(f"the SMS Spam Collection shipped with unfreeze is missing ({PACKAGED}); reinstall unfreeze, "
+                         f"or pass --data {DOWNLOAD} (download it) or --data PATH/SMSSpamCollection")
+    return PACKAGED
+
+
+def is_download(data: str | None) -> bool:
+    return data is not None and str(data).strip() == DOWNLOAD
+
+
 def needed_download(data: str | None) -> list:
-    """The download `load_splits(data)` would make (none for a local path or a cached copy)."""
+    """The download `load_splits(data)` would make (none for the shipped copy, a local path or a cached copy)."""
     from unfreeze.offline import Download
 
-    if data is not None:
+    if data is None:
+        return []  # the shipped copy
+    if not is_download(data):
         # Other data goes through `unfreeze.data.labelled`; of it, only a hub dataset name downloads.
         from unfreeze.data import tables
 
@@ -156,8 +177,11 @@ def _read_split_csv(path: Path) -> pd.DataFrame:
 
 
 def load_splits(data: str | None) -> Splits:
-    """`data`: None (download and cache), the raw collection file, or a folder of split CSVs."""
+    """`data`: None (the shipped copy), DOWNLOAD (download and cache), the raw collection file, or a folder
+    of split CSVs."""
     if data is None:
+        path = packaged_path()
+    elif is_download(data):
         path = download()
     elif not str(data).strip():
         raise UsageError("--data is empty: pass the SMSSpamCollection file or a folder with train/validation/test.csv")

