@@ -183,6 +183,14 @@ def sweep(i, w, *extra):
     return ["sweep", str(REPO / "experiments" / "spam_additional.yaml"), "--rows", "1", *extra]
 
 
+def tiny_sweep(i, w, *sets):
+    """Rows 1-2 of the classification table on a tiny random model and local files, with `sets` on top: every
+    row is checked before the first run, so a bad value fails before runs/ is made (issue 22, item 3)."""
+    base = [f"weights=random", f"model_config={TINY}", f"data={i.spam}", f"tokenizer={i.tok}", "num_epochs=1"]
+    return ["sweep", str(REPO / "experiments" / "spam_additional.yaml"), "--rows", "1-2", "--out", str(w / "sw_new"),
+            *[item for value in [*base, *sets] for item in ("--set", value)]]
+
+
 CASES = {
     # classify: numbers
     "lr negative": (lambda i, w: classify(i, w, "--lr", "-1"), "--lr"),
@@ -312,6 +320,15 @@ CASES = {
     "sweep out holds a cut sweep.json": (lambda i, w: sweep(i, w, "--out", str(w / "sw_cut_sweep")), "sweep.json"),
     "sweep out holds a cut failed.json": (lambda i, w: sweep(i, w, "--out", str(w / "sw_cut_failed")), "failed.json"),
     "sweep row that does not exist": (lambda i, w: sweep(i, w, "--out", str(w / "sw_new"), "--rows", "99"), "--rows"),
+    # issue 22, item 3: values checked for every row before the first run (not only their types)
+    "sweep negative epochs": (lambda i, w: tiny_sweep(i, w, "num_epochs=-1"),
+                              "row 'reference': --num_epochs must be at least 1 (got -1)"),
+    "sweep model_config not json": (lambda i, w: tiny_sweep(i, w, "model_config={not json"),
+                                    "row 'reference': --model_config is not valid JSON"),
+    "sweep data with one class": (lambda i, w: tiny_sweep(i, w, f"data={i.no_spam}"), "row 'reference': --data"),
+    "sweep second row's lora rank": (lambda i, w: tiny_sweep(i, w, "first_token:trainable_layers=lora",
+                                                             "first_token:lora_rank=1000"),
+                                     "row 'first_token': --lora_rank 1000 exceeds"),
     # report
     "report cut sweep.json": (lambda i, w: ["report", str(w / "sw_cut_sweep")], "sweep.json"),
     "report cut metrics.json": (lambda i, w: ["report", str(w / "sw_cut_metrics")], "metrics.json"),

@@ -46,7 +46,8 @@ class Task:
     columns: tuple[Column, ...] = ()
     # Everything a run checks before its work (bad values, data, model structure): `unfreeze sweep` calls it
     # for every row before its first run, so a bad row fails the sweep before anything is written.
-    check: Callable[[Any], Any] | None = None
+    # check(config, model_from_dependency): the second says the model is an `init_from` row's output.
+    check: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.config)}
@@ -102,7 +103,7 @@ def run_classify(config: ClassifyConfig) -> dict:
     return run(config)
 
 
-def check_classify(config: ClassifyConfig) -> None:
+def check_classify(config: ClassifyConfig, model_from_dependency: bool = False) -> None:
     from unfreeze.recipes.classify.recipe import check
 
     check(config)
@@ -114,10 +115,10 @@ def run_sft(config: SFTConfig) -> dict:
     return run(config)
 
 
-def check_sft(config: SFTConfig) -> None:
+def check_sft(config: SFTConfig, model_from_dependency: bool = False) -> None:
     from unfreeze.recipes.sft.recipe import check
 
-    check(config)
+    check(config, model_from_dependency)
 
 
 def run_eval_gsm8k(config: EvalConfig) -> int:

@@ -1,7 +1,7 @@
 """The SMS Spam Collection, split exactly as the reference does.
 
-Reference recipe (LLMs-from-scratch ch06, `additional_experiments.py`; checked in DESIGN.md): read the
-tab-separated file with pandas' default quoting (a stray `"` merges two lines, giving 5572 rows),
+Reference recipe (rasbt/LLMs-from-scratch, ch06/02_bonus_additional-experiments/additional_experiments.py,
+checked against that code: tests/test_sms_spam.py pins the counts below): read the tab-separated file with pandas' default quoting (a stray `"` merges two lines, giving 5572 rows),
 sample as many ham as there are spam (747) with `random_state=123`, concatenate ham then spam,
 shuffle with `random_state=123`, map ham->0 spam->1, shuffle *again* with `random_state=123` (the
 reference's `random_split` shuffles before cutting), and cut 70/10/20 in order.

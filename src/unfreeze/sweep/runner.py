@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from unfreeze.config import config_from_mapping
 from unfreeze.errors import UsageError
 from unfreeze.files import (
     atomic_write_json,
@@ -63,7 +64,29 @@ def run(args: SweepConfig) -> int:
         if (out / name).is_file():
             read_json_or_explain(out / name, f"delete it (finished runs under {out / 'runs'} are kept), or use another --out")
     features = out / "features" if args.feature_cache else None
+    check_rows(sweep, rows, out)
     return run_sweep(sweep, rows, out, backend=args.backend, address=args.address, features=features)
+
+
+def check_rows(sweep: Sweep, rows: list[Row], out: Path) -> None:
+    """Every check a run makes before its work, for every row that still has a run to make, before the first
+    run starts: a bad value, a missing file or a data set that cannot train fails the sweep with one line
+    naming the row, and nothing is written. A row that starts from another row's output (`init_from`) is
+    checked without its model, which does not exist yet."""
+    command = sweep.command
+    if command.check is None:
+        return
+    for row in rows:
+        seeds = [seed for seed in sweep.seeds if not is_finished(out, row.name, seed)]
+        if not seeds:
+            continue
+        options = {**row.options, command.out_option: str(final_dir(out, row.name, seeds[0])),
+                   command.seed_option: seeds[0]}
+        config = config_from_mapping(command.config, options, f"row {row.name!r}")
+        try:
+            command.check(config, model_from_dependency=row.init_from is not None)
+        except UsageError as err:
+            raise UsageError(f"row {row.name!r}: {err}") from None
 
 
 # --- state on disk ------------------------------------------------------------------------------

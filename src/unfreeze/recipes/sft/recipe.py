@@ -42,13 +42,15 @@ def load_config(path: str, overrides: Sequence[str] = (), out: str | None = None
 # --- the recipe ---------------------------------------------------------------------------------------
 
 
-def check(config: SFTConfig) -> None:
+def check(config: SFTConfig, model_from_dependency: bool = False) -> None:
     """Everything a run checks before its work (`unfreeze sweep` calls it for every row first): the options,
-    the downloads, and the data (read and checked; the model is not loaded)."""
+    the downloads, and the data (read and checked; the model is not loaded). `model_from_dependency`: the
+    model is another run's output, not there yet, so it is not checked."""
     import logging
 
-    _check_config(config)
-    require_downloads(sft_setup.model_source(config).downloads() if not _saved_folder(config) else [])
+    _check_config(config, check_model=not model_from_dependency)
+    if not model_from_dependency and not _saved_folder(config):
+        require_downloads(sft_setup.model_source(config).downloads())
     sft_setup.read_data(config, logging.getLogger("unfreeze.sft.check"))
 
 
@@ -254,7 +256,7 @@ def _saved_folder(config: SFTConfig) -> bool:
     return (Path(config.model).expanduser() / MARKER_FILE).is_file()
 
 
-def _check_config(config: SFTConfig) -> None:
+def _check_config(config: SFTConfig, check_model: bool = True) -> None:
     """Problems that can be named before anything heavy is loaded."""
     if not config.out:
         raise UsageError("no run folder: pass --out DIR (or set `out` in the config)")
@@ -277,7 +279,7 @@ def _check_config(config: SFTConfig) -> None:
 
     check_template(config.prompt_template)
     sft_setup.completion_column(config)  # two keys naming different columns
-    if is_gguf(config.model):
+    if check_model and is_gguf(config.model):
         split_source(config.model, "model")  # a missing file or the missing gguf package, before any work
         if config.weights == "random":
             raise UsageError(f"model {config.model}: weights=random needs a hub id or model folder for the "
@@ -286,7 +288,7 @@ def _check_config(config: SFTConfig) -> None:
         on = [key for key in ("unfreeze_pause_embedding", "unfreeze_pause_head") if getattr(config, key)]
         if on:
             raise UsageError(f"{', '.join(on)} need a control token, but pause_token is null")
-    if not _saved_folder(config):
+    if check_model and not _saved_folder(config):
         sft_setup.model_source(config).check()
     if config.merge_lora and not config.lora:
         raise UsageError("merge_lora: true needs lora: true")
