@@ -1,10 +1,11 @@
 """The SMS Spam Collection, split exactly as the reference does.
 
 Reference recipe (rasbt/LLMs-from-scratch, ch06/02_bonus_additional-experiments/additional_experiments.py,
-checked against that code: tests/test_sms_spam.py pins the counts below): read the tab-separated file
-with pandas' default quoting (a stray `"` merges two lines, giving 5572 rows), sample as many ham as there are spam (747) with `random_state=123`, concatenate ham then spam,
-shuffle with `random_state=123`, map ham->0 spam->1, shuffle *again* with `random_state=123` (the
-reference's `random_split` shuffles before cutting), and cut 70/10/20 in order.
+checked against that code: tests/test_sms_spam.py pins the counts below): read the tab-separated file with
+pandas' default quoting (a stray `"` merges two lines, giving 5572 rows), sample as many ham as there are spam
+(747) with `random_state=123`, concatenate ham then spam, shuffle with `random_state=123`, map ham->0 spam->1,
+shuffle *again* with `random_state=123` (the reference's `random_split` shuffles before cutting), and cut
+70/10/20 in order.
 Result: train 1045 (530 ham / 515 spam), validation 149 (76/73), test 300 (141/159).
 
 Without --data the collection shipped inside the package is used (`files/sms_spam/`, CC BY 4.0, cited in
