@@ -25,8 +25,7 @@ from unfreeze.data import pauses
 from unfreeze.data.gsm8k import HUB_ID, gsm8k_download, load_gsm8k_split
 from unfreeze.errors import UsageError
 from unfreeze.files import atomic_write_folder as write_folder
-from unfreeze.files import prepare_run_folder
-from unfreeze.offline import require_downloads
+from unfreeze.lifecycle import run_folder
 from unfreeze.resources import free_memory_bytes
 from unfreeze.recipes.inject_pauses.config import InjectPausesConfig
 
@@ -173,10 +172,14 @@ def run(args: InjectPausesConfig) -> int:
     check_counts(args)
     check_names(args)
     # A folder holding train.json and test.json is a finished run: replaced only with --overwrite, and then
-    # only when the new files are ready (write_folder renames each into place).
-    target = prepare_run_folder(args.augm_dataset_save_location, args.overwrite,
-                                flag="--augm_dataset_save_location", markers=OUTPUTS)
-    require_downloads(needed_downloads(args))
+    # only when the new files are ready (write_folder renames each into place). One run per folder at a time.
+    with run_folder("inject-pauses", args.augm_dataset_save_location, args.overwrite, downloads=needed_downloads(args),
+                    flag="--augm_dataset_save_location", markers=OUTPUTS, log_file=False):
+        return _inject(args, rules, started)
+
+
+def _inject(args: InjectPausesConfig, rules: list[pauses.PatternRule], started: float) -> int:
+    target = Path(args.augm_dataset_save_location).expanduser()
     if args.verbose:
         print("Summary of parameters:")
         for name, value in dataclasses.asdict(args).items():
