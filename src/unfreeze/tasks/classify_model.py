@@ -14,7 +14,7 @@ from unfreeze.errors import UsageError
 from unfreeze.models import loading, trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier
 from unfreeze.models.gguf import is_gguf, split_source
-from unfreeze.models.structure import check_staged_forward, read_structure
+from unfreeze.models.structure import attention_implementation, check_staged_forward, read_structure
 from unfreeze.tasks.classify_config import ClassifyConfig
 
 
@@ -37,7 +37,7 @@ def body_config(cfg: ClassifyConfig):
     config = loading.decoder_config(source, overrides, flag)
     loading.without_dropout(config)
     loading.fused_activation(config)
-    config._attn_implementation = "sdpa"  # the staged forward's masks are SDPA masks
+    config._attn_implementation = attention_implementation(config)  # SDPA where the architecture has it, else eager
     return config
 
 
@@ -85,7 +85,8 @@ def build_model(cfg: ClassifyConfig, config=None, pad_token_id: int = PAD_TOKEN_
                               token_pos=cfg.trainable_token_pos, average=cfg.average_embeddings,
                               pad_token_id=PAD_TOKEN_ID if gpt2 else pad_token_id, reference_padding=gpt2)
     if not gpt2:  # an architecture whose forward is not embeddings -> blocks -> norm is refused here
-        check_staged_forward(model._staged, model.pad_token_id, model.structure.token_embedding.num_embeddings)
+        check_staged_forward(model._staged, model.pad_token_id, model.structure.token_embedding.weight.shape[0],
+                             causal=model.causal)
     return model
 
 

@@ -1,0 +1,209 @@
+"""A base model's own forward pass, cut at block boundaries.
+
+Every stage runs *inside* the model's forward, so each block receives exactly what that forward gives it: the
+mask of its layer type (causal, sliding-window, chunked; SDPA or eager format), the position embeddings of its
+layer type (one rotary module per type, or a rotary module whose forward takes the type), ALiBi tensors,
+position ids. Nothing is re-derived here. What a stage changes is only which blocks actually compute:
+
+* `embed(ids)`: the forward up to the first block; its input is the hidden state at boundary 0.
+* `run(hidden, first, stop)`: the forward with blocks before `first` short-circuited (they hand their input
+  on unchanged: no work), the output of block `first - 1` replaced by `hidden` (or, for `first = 0`, the input
+  of block 0), blocks `first .. stop-1` computed, and the pass stopped after block `stop - 1` (or run to the
+  end, through the final norm, when the last stage is asked for). The embedding work before the blocks is
+  done on zeros of the input's shape (only the masks and positions it produces are used).
+* `block_input(hidden, first, index)`: the same, stopped at block `index`'s call: the hidden state it gets and
+  every argument the forward passes it (the one-position last block of `unfreeze.models.reduced_block`).
+
+Hooks and the short-circuits are installed for one call and removed after it. The structure (which modules run
+before and after the blocks, what a block returns) comes from one traced pass over four tokens (`_trace`).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from unfreeze.errors import UsageError
+from unfreeze.models.structure import Structure, layer_mask_kinds, read_structure, text_config
+
+
+class _Stop(Exception):
+    """Ends the model's forward early, carrying what the stage wanted out of it."""
+
+    def __init__(self, value):
+        super().__init__("stage boundary reached")
+        self.value = value
+
+
+def _takes(function, name: str) -> bool:
+    return name in inspect.signature(function).parameters
+
+
+class StagedForward:
+    """`embed`, `run` and `block_input` over a base model whose structure is read (and traced) on construction.
+
+    `key_mask` (batch, length), True at real tokens, is None for the reference's GPT-2 semantics (no padding
+    mask: the model's forward then makes its plain causal mask). `causal=False` hands the forward a bidirectional
+    mask over the real tokens, made by transformers' `create_bidirectional_mask`.
+    """
+
+    def __init__(self, body: nn.Module, structure: Structure | None = None):
+        self.body = body
+        self.config = text_config(body)
+        self.structure = structure if structure is not None else read_structure(body)
+        forward = body.forward
+        missing = [name for name in ("inputs_embeds", "attention_mask") if not _takes(forward, name)]
+        if missing:
+            raise UsageError(f"--model: {type(body).__name__}'s forward takes no {' or '.join(missing)}, so classify "
+                             "cannot start it at a block; this architecture is not supported")
+        self.call_options = {"use_cache": False} if _takes(forward, "use_cache") else {}
+        self._hidden_name = [next(iter(inspect.signature(block.forward).parameters), "hidden_states")
+                             for block in self.structure.blocks]
+        self._trace()
+        self.mask_kinds = layer_mask_kinds(self.config, len(self.structure.blocks))
+
+    # --- the traced pass ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _trace(self) -> None:
+        """Which modules run before/between/after the blocks, what each block returns, the widths."""
+        s, order, outputs, handles = self.structure, [], {}, []
+        for index, block in enumerate(s.blocks):
+            handles.append(block.register_forward_pre_hook(lambda m, a, i=index: order.append(("block", i))))
+            handles.append(block.register_forward_hook(lambda m, a, out, i=index: outputs.setdefault(i, out)))
+        for module in s.others:
+            handles.append(module.register_forward_pre_hook(lambda m, a, module=module: order.append(("other", module))))
+        was_training = self.body.training
+        vocab = s.token_embedding.weight.shape[0]
+        ids = (torch.arange(4, device=s.token_embedding.weight.device) % vocab)[None]
+        try:
+            self.body.eval()
+            final = self._call(self._inputs(ids.shape, torch.ones_like(ids, dtype=torch.bool), True, input_ids=ids))
+        finally:
+            self.body.train(was_training)
+            for handle in handles:
+                handle.remove()
+        calls = [i for kind, i in order if kind == "block"]
+        if calls != list(range(len(s.blocks))):
+            raise UsageError(f"--model: {type(self.body).__name__} does not run each of its {len(s.blocks)} blocks "
+                             "once, in order; classify cannot cut its forward into stages")
+        positions = [i for i, (kind, _) in enumerate(order) if kind == "block"]
+        for module in dict.fromkeys(m for kind, m in order if kind == "other"):
+            seen = [i for i, (kind, m) in enumerate(order) if m is module]
+            group = s.after if min(seen) > positions[-1] else s.before if max(seen) < positions[0] else s.within
+            group.append(module)
+        s.before += [m for m in s.others if m not in s.before + s.after + s.within]  # never called: judged early
+        s.block_outputs = [None if isinstance(outputs[i], torch.Tensor) else len(outputs[i]) for i in range(len(s.blocks))]
+        first = outputs[0] if isinstance(outputs[0], torch.Tensor) else outputs[0][0]
+        s.width, s.output_width = first.shape[-1], final.shape[-1]
+
+    # --- one call of the model's forward ----------------------------------------------------------------
+    def _inputs(self, shape, key_mask: torch.Tensor | None, causal: bool, input_ids: torch.Tensor | None = None,
+                like: torch.Tensor | None = None) -> dict:
+        """The forward's keyword arguments: ids (or zeros in place of the embeddings) and the mask."""
+        weight = self.structure.token_embedding.weight
+        if input_ids is not None:
+            inputs = {"input_ids": input_ids}
+        else:  # what the forward computes from these before the blocks is replaced at the boundary
+            device = like.device if like is not None else weight.device
+            inputs = {"inputs_embeds": torch.zeros(*shape, weight.shape[1], dtype=weight.dtype, device=device)}
+        mask = key_mask.long() if key_mask is not None else None
+        if not causal:
+            from transformers.masking_utils import create_bidirectional_mask
+
+            shaped = torch.empty(*shape, 0, dtype=weight.dtype, device=weight.device)
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=shaped, attention_mask=key_mask,
+                                             allow_is_bidirectional_skip=False)
+        return {**inputs, "attention_mask": mask, **self.call_options}
+
+    def _call(self, inputs: dict, enter: int = 0, hidden: torch.Tensor | None = None, stop: int | None = None,
+              capture: int | None = None):
+        """The model's forward on `inputs`: `hidden` replaces the hidden state at boundary `enter` (blocks before it
+        short-circuited); stopped after block `stop - 1`, or at block `capture`'s call; else run to the end."""
+        blocks, handles, saved = self.structure.blocks, [], {}
+        if hidden is not None and enter == 0:
+            handles.append(blocks[0].register_forward_pre_hook(self._replace_input(hidden), with_kwargs=True))
+        for index in range(enter):
+            saved[index] = blocks[index].__dict__.get("forward")
+            blocks[index].forward = self._short_circuit(index, hidden if index == enter - 1 else None)
+        if capture is not None:
+            handles.append(blocks[capture].register_forward_pre_hook(self._capture(capture), with_kwargs=True))
+        if stop is not None:
+            handles.append(blocks[stop - 1].register_forward_hook(self._stop_after(stop - 1)))
+        try:
+            return self.body(**inputs)[0]
+        except _Stop as stopped:
+            return stopped.value
+        finally:
+            for handle in handles:
+                handle.remove()
+            for index, forward in saved.items():
+                del blocks[index].forward
+                if forward is not None:
+                    blocks[index].forward = forward
+
+    def _hidden_of(self, index: int, args: tuple, kwargs: dict) -> torch.Tensor:
+        return args[0] if args else kwargs[self._hidden_name[index]]
+
+    def _as_output(self, index: int, hidden: torch.Tensor):
+        """`hidden` in the form block `index` returns (a tensor, or a tuple whose first item is the hidden state)."""
+        size = self.structure.block_outputs[index]
+        return hidden if size is None else (hidden, *([None] * (size - 1)))
+
+    def _short_circuit(self, index: int, replacement: torch.Tensor | None):
+        def forward(*args, **kwargs):
+            return self._as_output(index, replacement if replacement is not None else self._hidden_of(index, args, kwargs))
+        return forward
+
+    def _replace_input(self, hidden: torch.Tensor):
+        def hook(module, args, kwargs):
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, self._hidden_name[0]: hidden}
+        return hook
+
+    def _capture(self, index: int):
+        signature = inspect.signature(self.structure.blocks[index].forward)
+
+        def hook(module, args, kwargs):
+            bound = signature.bind(*args, **kwargs)
+            arguments = dict(bound.arguments)
+            arguments.update(arguments.pop("kwargs", None) or {})
+            raise _Stop((self._hidden_of(index, args, kwargs), arguments))
+        return hook
+
+    def _stop_after(self, index: int):
+        def hook(module, args, output):
+            raise _Stop(output if isinstance(output, torch.Tensor) else output[0])
+        return hook
+
+    # --- stages -----------------------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The hidden state the forward hands block 0 (embeddings, position embeddings, embedding norms...)."""
+        hidden, _ = self._call(self._inputs(input_ids.shape, key_mask, True, input_ids=input_ids), capture=0)
+        return hidden
+
+    def run(self, hidden: torch.Tensor, first: int, stop: int, key_mask: torch.Tensor | None,
+            causal: bool, final_norm: bool) -> torch.Tensor:
+        """Blocks `first .. stop-1` (0-based) on `hidden`, then what the forward does after the blocks if asked
+        (`final_norm` needs `stop` = the number of blocks)."""
+        blocks = len(self.structure.blocks)
+        if final_norm and stop != blocks:
+            raise ValueError("the final stage follows the last block")
+        if first >= stop and not final_norm:
+            return hidden
+        inputs = self._inputs(hidden.shape[:2], key_mask, causal, like=hidden)
+        return self._call(inputs, enter=first, hidden=hidden, stop=None if final_norm else stop)
+
+    def block_input(self, hidden: torch.Tensor, first: int, index: int, key_mask: torch.Tensor | None,
+                    causal: bool) -> tuple[torch.Tensor, dict]:
+        """Blocks `first .. index-1` on `hidden`, then block `index`'s input and every argument it gets, by name."""
+        inputs = self._inputs(hidden.shape[:2], key_mask, causal, like=hidden)
+        return self._call(inputs, enter=first, hidden=hidden, capture=index)
+
+    def final(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the forward does after the last block (final norm, OPT's project_out), on (batch, length, width)."""
+        ones = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        blocks = len(self.structure.blocks)
+        return self._call(self._inputs(hidden.shape[:2], ones, True, like=hidden), enter=blocks, hidden=hidden)
