@@ -118,7 +118,7 @@ class DecoderClassifier(nn.Module):
         stop = self.final_stage + 1 if stop is None else stop
         first, last = max(start, 1) - 1, min(stop, self.final_stage) - 1
         return self._staged.run(hidden, first, last, self.key_mask(input_ids, hidden), self.causal,
-                                 start <= self.final_stage < stop)
+                                start <= self.final_stage < stop, input_ids=input_ids)
 
     def features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states, (batch, length, hidden)."""
@@ -189,7 +189,7 @@ class DecoderClassifier(nn.Module):
             return self.pool(self.run_stages(hidden, start, input_ids=input_ids), input_ids)
         # The last block's input and its arguments as the model's forward passes them (mask, rotary angles).
         hidden, arguments = self._staged.block_input(hidden, start - 1, last - 1, self.key_mask(input_ids, hidden),
-                                                     self.causal)
+                                                     self.causal, input_ids=input_ids)
         reduced = reducer(hidden, positions, arguments)
         return self._staged.final(reduced[:, None])[:, 0]
 

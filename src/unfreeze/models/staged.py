@@ -9,8 +9,9 @@ position ids. Nothing is re-derived here. What a stage changes is only which blo
 * `run(hidden, first, stop)`: the forward with blocks before `first` short-circuited (they hand their input
   on unchanged: no work), the output of block `first - 1` replaced by `hidden` (or, for `first = 0`, the input
   of block 0), blocks `first .. stop-1` computed, and the pass stopped after block `stop - 1` (or run to the
-  end, through the final norm, when the last stage is asked for). The embedding work before the blocks is
-  done on zeros of the input's shape (only the masks and positions it produces are used).
+  end, through the final norm, when the last stage is asked for). The work before the blocks runs on the
+  token ids (so inputs computed from them, such as Gemma 4's per-layer embeddings, are the model's own), or
+  on zeros of the embeddings' shape where there are none (GPT-2 under the reference's semantics).
 * `block_input(hidden, first, index)`: the same, stopped at block `index`'s call: the hidden state it gets and
   every argument the forward passes it (the one-position last block of `unfreeze.models.reduced_block`).
 
@@ -101,7 +102,7 @@ class StagedForward:
     # --- one call of the model's forward ----------------------------------------------------------------
     def _inputs(self, shape, key_mask: torch.Tensor | None, causal: bool, input_ids: torch.Tensor | None = None,
                 like: torch.Tensor | None = None) -> dict:
-        """The forward's keyword arguments: ids (or zeros in place of the embeddings) and the mask."""
+        """The forward's keyword arguments: the ids (else zeros in place of the embeddings) and the mask."""
         weight = self.structure.token_embedding.weight
         if input_ids is not None:
             inputs = {"input_ids": input_ids}
@@ -185,7 +186,7 @@ class StagedForward:
         return hidden
 
     def run(self, hidden: torch.Tensor, first: int, stop: int, key_mask: torch.Tensor | None,
-            causal: bool, final_norm: bool) -> torch.Tensor:
+            causal: bool, final_norm: bool, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks `first .. stop-1` (0-based) on `hidden`, then what the forward does after the blocks if asked
         (`final_norm` needs `stop` = the number of blocks)."""
         blocks = len(self.structure.blocks)
@@ -193,13 +194,13 @@ class StagedForward:
             raise ValueError("the final stage follows the last block")
         if first >= stop and not final_norm:
             return hidden
-        inputs = self._inputs(hidden.shape[:2], key_mask, causal, like=hidden)
+        inputs = self._inputs(hidden.shape[:2], key_mask, causal, input_ids=input_ids, like=hidden)
         return self._call(inputs, enter=first, hidden=hidden, stop=None if final_norm else stop)
 
     def block_input(self, hidden: torch.Tensor, first: int, index: int, key_mask: torch.Tensor | None,
-                    causal: bool) -> tuple[torch.Tensor, dict]:
+                    causal: bool, input_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Blocks `first .. index-1` on `hidden`, then block `index`'s input and every argument it gets, by name."""
-        inputs = self._inputs(hidden.shape[:2], key_mask, causal, like=hidden)
+        inputs = self._inputs(hidden.shape[:2], key_mask, causal, input_ids=input_ids, like=hidden)
         return self._call(inputs, enter=first, hidden=hidden, capture=index)
 
     def final(self, hidden: torch.Tensor) -> torch.Tensor:
