@@ -349,6 +349,7 @@ def _run(cfg: ClassifyConfig, out: Path | None, inputs: Inputs, log) -> dict:
         "examples_per_s": round(history["examples_seen"] / train_time_s, 2) if train_time_s > 0 else None,
         "total_time_s": round(time.perf_counter() - started, 3),
         "device": str(device), "precision": cfg.precision,
+        "attn_implementation": model.body.config._attn_implementation,  # sdpa, else eager (models/structure.py)
         "trainable_params": summary.trainable_params, "total_params": summary.total_params,
         "trainable_tensors": summary.tensors,
         "max_length": max_length, "n_train": len(splits.train), "n_val": len(splits.validation),

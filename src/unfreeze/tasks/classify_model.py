@@ -104,9 +104,15 @@ def build_trainable_model(cfg: ClassifyConfig, config=None, pad_token_id: int = 
     return model, summary
 
 
+UNBOUNDED_CONTEXT = 2048  # models whose config sets no length (BLOOM's ALiBi): BLOOM's training length
+
+
 def context_size(config) -> int:
-    """The longest input the model takes (GPT-2's n_positions, else max_position_embeddings)."""
-    return getattr(config, "n_positions", None) or config.max_position_embeddings
+    """The longest input the model takes (GPT-2's n_positions, max_position_embeddings, MPT's max_seq_len)."""
+    for key in ("n_positions", "max_position_embeddings", "max_seq_len"):
+        if isinstance(getattr(config, key, None), int) and getattr(config, key) > 0:
+            return getattr(config, key)
+    return UNBOUNDED_CONTEXT
 
 
 def load_tokenizer(cfg: ClassifyConfig):
