@@ -176,3 +176,19 @@ def test_smollm2_classify_runs_a_batch_past_512_tokens(smollm2_gguf, tmp_path):
     assert metrics["max_length"] == 600 and metrics["attn_implementation"] == "sdpa"
     assert metrics["cache"]["kind"] == "hidden" and metrics["cache"]["start_stage"] == 30
     assert len(metrics["history"]["train_loss"]) >= 1 and all(map(lambda x: x == x, metrics["history"]["train_loss"]))
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama", "gemma3_text"])
+def test_on_the_meta_device_the_presets_count_as_on_real_weights(model_type):
+    """No forward runs on the meta device: the registration order stands in for the traced one."""
+    from transformers import AutoModel
+
+    from unfreeze.models.classifier import DecoderClassifier
+
+    config = arch.tiny_config(model_type)
+    with torch.device("meta"):
+        meta = DecoderClassifier(AutoModel.from_config(config), num_classes=3)
+    real = arch.classifier(_tiny(model_type))
+    for preset in ("last_layer", "last_block", "last_two_blocks", "all", "norms"):
+        assert (trainable.apply_preset(meta, preset).trainable_params
+                == trainable.apply_preset(real, preset).trainable_params), preset

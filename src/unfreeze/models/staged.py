@@ -6,8 +6,8 @@ layer type (one rotary module per type, or a rotary module whose forward takes t
 position ids. Nothing is re-derived here. What a stage changes is only which blocks actually compute:
 
 * `embed(ids)`: the forward up to the first block; its input is the hidden state at boundary 0.
-* `run(hidden, first, stop)`: the forward with blocks before `first` short-circuited (they hand their input
-  on unchanged: no work), the output of block `first - 1` replaced by `hidden` (or, for `first = 0`, the input
+* `run(hidden, first, stop)`: the forward with blocks before `first` short-circuited (for the call, a stand-in
+  takes each one's place in its list and hands its input on unchanged: no work), the output of block `first - 1` replaced by `hidden` (or, for `first = 0`, the input
   of block 0), blocks `first .. stop-1` computed, and the pass stopped after block `stop - 1` (or run to the
   end, through the final norm, when the last stage is asked for). The work before the blocks runs on the
   token ids (so inputs computed from them, such as Gemma 4's per-layer embeddings, are the model's own), or
@@ -38,6 +38,25 @@ class _Stop(Exception):
         self.value = value
 
 
+class _Passthrough(nn.Module):
+    """Stands in for a block a stage skips, for one call: no computation, no parameters, no hooks of the block.
+    Any other attribute reads through to the block (some forwards read a layer's attention type in the loop)."""
+
+    def __init__(self, block: nn.Module, forward):
+        super().__init__()
+        object.__setattr__(self, "_block", block)  # not registered: its parameters are not this module's
+        self._forward = forward
+
+    def forward(self, *args, **kwargs):
+        return self._forward(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+
 def _takes(function, name: str) -> bool:
     return name in inspect.signature(function).parameters
 
@@ -66,9 +85,26 @@ class StagedForward:
         self.mask_kinds = layer_mask_kinds(self.config, len(self.structure.blocks))
 
     # --- the traced pass ----------------------------------------------------------------------------
+    def _registered_order(self) -> None:
+        """On the meta device no forward can run (masks read tensor values): the order in which the modules are
+        registered stands in for the order they run in, and the embedding width for the widths."""
+        s, container = self.structure, self.body
+        path = next(name for name, m in self.body.named_modules() if m is s.blocks).split(".")
+        for step in path:
+            names = [name for name, _ in container.named_children()]
+            for name, child in container.named_children():
+                if child in s.others:
+                    (s.before if names.index(name) < names.index(step) else s.after).append(child)
+            container = container.get_submodule(step)
+        s.after = [m for m in s.after if any(True for _ in m.parameters())]
+        s.before += [m for m in s.others if m not in s.before + s.after]
+        s.width = s.output_width = s.token_embedding.weight.shape[1]
+
     @torch.no_grad()
     def _trace(self) -> None:
         """Which modules run before/between/after the blocks, what each block returns, the widths."""
+        if self.structure.token_embedding.weight.is_meta:
+            return self._registered_order()
         s, order, outputs, handles = self.structure, [], {}, []
         for index, block in enumerate(s.blocks):
             handles.append(block.register_forward_pre_hook(lambda m, a, i=index: order.append(("block", i))))
@@ -125,9 +161,10 @@ class StagedForward:
         blocks, handles, saved = self.structure.blocks, [], {}
         if hidden is not None and enter == 0:
             handles.append(blocks[0].register_forward_pre_hook(self._replace_input(hidden), with_kwargs=True))
-        for index in range(enter):
-            saved[index] = blocks[index].__dict__.get("forward")
-            blocks[index].forward = self._short_circuit(index, hidden if index == enter - 1 else None)
+        for index, key in enumerate(list(blocks._modules)[:enter]):
+            saved[key] = blocks[index]
+            skip = self._short_circuit(index, hidden if index == enter - 1 else None)
+            blocks._modules[key] = _Passthrough(saved[key], skip)
         if capture is not None:
             handles.append(blocks[capture].register_forward_pre_hook(self._capture(capture), with_kwargs=True))
         if stop is not None:
@@ -139,10 +176,7 @@ class StagedForward:
         finally:
             for handle in handles:
                 handle.remove()
-            for index, forward in saved.items():
-                del blocks[index].forward
-                if forward is not None:
-                    blocks[index].forward = forward
+            blocks._modules.update(saved)
 
     def _hidden_of(self, index: int, args: tuple, kwargs: dict) -> torch.Tensor:
         return args[0] if args else kwargs[self._hidden_name[index]]
