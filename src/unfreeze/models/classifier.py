@@ -187,11 +187,18 @@ class DecoderClassifier(nn.Module):
             reducer = reducer_for(self.blocks[-1], self._staged.mask_kinds[-1])  # (4D masks: their rows are read)
         if reducer is None:
             return self.pool(self.run_stages(hidden, start, input_ids=input_ids), input_ids)
-        # The last block's input and its arguments as the model's forward passes them (mask, rotary angles).
-        hidden, arguments = self._staged.block_input(hidden, start - 1, last - 1, self.key_mask(input_ids, hidden),
-                                                     self.causal, input_ids=input_ids)
-        reduced = reducer(hidden, positions, arguments)
-        return self._staged.final(reduced[:, None])[:, 0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+
+        def last_block(block_input: torch.Tensor, arguments: dict) -> torch.Tensor:
+            # Its arguments are the ones the model's forward passes it (mask, rotary angles); its output is read at
+            # the pooled positions only, through what the forward does after the blocks (per position: the norm).
+            output = torch.zeros_like(block_input)
+            output[rows, positions] = reducer(block_input, positions, arguments).to(output.dtype)
+            return output
+
+        out = self._staged.run_last_block_as(hidden, start - 1, last_block, self.key_mask(input_ids, hidden),
+                                             self.causal, input_ids=input_ids)
+        return out[rows, positions]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Class logits, (batch, num_classes)."""

@@ -10,7 +10,7 @@ and under a padding mask only the real ones: exactly the row p of the full block
 Supported blocks are recognised by type (GPT-2's block; the Llama family's decoder layer: Llama,
 Mistral, Qwen2), each reduced with its own submodules, so LoRA-wrapped projections still run through
 their wrappers. The block's arguments are the ones the model's own forward passes it
-(`StagedForward.block_input`): the query's row of the model's mask (SDPA's boolean or eager's additive
+(`StagedForward.run_last_block_as`): the query's row of the model's mask (SDPA's boolean or eager's additive
 one; None is the plain causal mask) and the model's rotary angles. Anything else (or active dropout, or
 a sliding-window last layer) returns None from `reducer_for`, and the caller runs the full block: same
 function, no saving.

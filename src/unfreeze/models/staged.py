@@ -12,10 +12,11 @@ position ids. Nothing is re-derived here. What a stage changes is only which blo
   end, through the final norm, when the last stage is asked for). The work before the blocks runs on the
   token ids (so inputs computed from them, such as Gemma 4's per-layer embeddings, are the model's own), or
   on zeros of the embeddings' shape where there are none (GPT-2 under the reference's semantics).
-* `block_input(hidden, first, index)`: the same, stopped at block `index`'s call: the hidden state it gets and
-  every argument the forward passes it (the one-position last block of `unfreeze.models.reduced_block`).
+* `run_last_block_as(hidden, first, last_block)`: the same with the last block computed by a function of its
+  input and every argument the forward passes it, by name (the one-position last block of
+  `unfreeze.models.reduced_block`), and the stage after the blocks in the same pass.
 
-Hooks and the short-circuits are installed for one call and removed after it. The structure (which modules run
+Hooks and stand-ins are installed for one call and removed after it. The structure (which modules run
 before and after the blocks, what a block returns) comes from one traced pass over four tokens (`_trace`).
 """
 
@@ -62,7 +63,7 @@ def _takes(function, name: str) -> bool:
 
 
 class StagedForward:
-    """`embed`, `run` and `block_input` over a base model whose structure is read (and traced) on construction.
+    """`embed`, `run` and `run_last_block_as` over a base model whose structure is read (and traced) on construction.
 
     `key_mask` (batch, length), True at real tokens, is None for the reference's GPT-2 semantics (no padding
     mask: the model's forward then makes its plain causal mask). `causal=False` hands the forward a bidirectional
@@ -79,8 +80,8 @@ class StagedForward:
             raise UsageError(f"--model: {type(body).__name__}'s forward takes no {' or '.join(missing)}, so classify "
                              "cannot start it at a block; this architecture is not supported")
         self.call_options = {"use_cache": False} if _takes(forward, "use_cache") else {}
-        self._hidden_name = [next(iter(inspect.signature(block.forward).parameters), "hidden_states")
-                             for block in self.structure.blocks]
+        self._signatures = [inspect.signature(block.forward) for block in self.structure.blocks]
+        self._hidden_name = [next(iter(signature.parameters), "hidden_states") for signature in self._signatures]
         self._trace()
         self.mask_kinds = layer_mask_kinds(self.config, len(self.structure.blocks))
 
@@ -155,20 +156,21 @@ class StagedForward:
         return {**inputs, "attention_mask": mask, **self.call_options}
 
     def _call(self, inputs: dict, enter: int = 0, hidden: torch.Tensor | None = None, stop: int | None = None,
-              capture: int | None = None):
+              replace: dict | None = None):
         """The model's forward on `inputs`: `hidden` replaces the hidden state at boundary `enter` (blocks before it
-        short-circuited); stopped after block `stop - 1`, or at block `capture`'s call; else run to the end."""
-        blocks, handles, saved = self.structure.blocks, [], {}
+        stand in, handing their input on), `replace` maps block indices to functions computing them instead
+        (from the arguments the forward passes); stopped after block `stop - 1`, or else run to the end."""
+        blocks, handles, stand_ins = self.structure.blocks, [], dict(replace or {})
         if hidden is not None and enter == 0:
             handles.append(blocks[0].register_forward_pre_hook(self._replace_input(hidden), with_kwargs=True))
-        for index, key in enumerate(list(blocks._modules)[:enter]):
-            saved[key] = blocks[index]
-            skip = self._short_circuit(index, hidden if index == enter - 1 else None)
-            blocks._modules[key] = _Passthrough(saved[key], skip)
-        if capture is not None:
-            handles.append(blocks[capture].register_forward_pre_hook(self._capture(capture), with_kwargs=True))
+        for index in range(enter):
+            stand_ins.setdefault(index, self._short_circuit(index, hidden if index == enter - 1 else None))
         if stop is not None:
-            handles.append(blocks[stop - 1].register_forward_hook(self._stop_after(stop - 1)))
+            handles.append(blocks[stop - 1].register_forward_hook(self._stop_after))
+        keys = list(blocks._modules)
+        saved = {keys[index]: blocks[index] for index in stand_ins}
+        for index, forward in stand_ins.items():
+            blocks._modules[keys[index]] = _Passthrough(blocks[index], forward)
         try:
             return self.body(**inputs)[0]
         except _Stop as stopped:
@@ -180,6 +182,12 @@ class StagedForward:
 
     def _hidden_of(self, index: int, args: tuple, kwargs: dict) -> torch.Tensor:
         return args[0] if args else kwargs[self._hidden_name[index]]
+
+    def _arguments(self, index: int, args: tuple, kwargs: dict) -> dict:
+        """Every argument the forward passes block `index`, by the name its forward gives it."""
+        arguments = dict(self._signatures[index].bind(*args, **kwargs).arguments)
+        arguments.update(arguments.pop("kwargs", None) or {})
+        return arguments
 
     def _as_output(self, index: int, hidden: torch.Tensor):
         """`hidden` in the form block `index` returns (a tensor, or a tuple whose first item is the hidden state)."""
@@ -198,26 +206,17 @@ class StagedForward:
             return args, {**kwargs, self._hidden_name[0]: hidden}
         return hook
 
-    def _capture(self, index: int):
-        signature = inspect.signature(self.structure.blocks[index].forward)
-
-        def hook(module, args, kwargs):
-            bound = signature.bind(*args, **kwargs)
-            arguments = dict(bound.arguments)
-            arguments.update(arguments.pop("kwargs", None) or {})
-            raise _Stop((self._hidden_of(index, args, kwargs), arguments))
-        return hook
-
-    def _stop_after(self, index: int):
-        def hook(module, args, output):
-            raise _Stop(output if isinstance(output, torch.Tensor) else output[0])
-        return hook
+    @staticmethod
+    def _stop_after(module, args, output):
+        raise _Stop(output if isinstance(output, torch.Tensor) else output[0])
 
     # --- stages -----------------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The hidden state the forward hands block 0 (embeddings, position embeddings, embedding norms...)."""
-        hidden, _ = self._call(self._inputs(input_ids.shape, key_mask, True, input_ids=input_ids), capture=0)
-        return hidden
+        def stop(*args, **kwargs):
+            raise _Stop(self._hidden_of(0, args, kwargs))
+
+        return self._call(self._inputs(input_ids.shape, key_mask, True, input_ids=input_ids), replace={0: stop})
 
     def run(self, hidden: torch.Tensor, first: int, stop: int, key_mask: torch.Tensor | None,
             causal: bool, final_norm: bool, input_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -231,14 +230,15 @@ class StagedForward:
         inputs = self._inputs(hidden.shape[:2], key_mask, causal, input_ids=input_ids, like=hidden)
         return self._call(inputs, enter=first, hidden=hidden, stop=None if final_norm else stop)
 
-    def block_input(self, hidden: torch.Tensor, first: int, index: int, key_mask: torch.Tensor | None,
-                    causal: bool, input_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """Blocks `first .. index-1` on `hidden`, then block `index`'s input and every argument it gets, by name."""
-        inputs = self._inputs(hidden.shape[:2], key_mask, causal, input_ids=input_ids, like=hidden)
-        return self._call(inputs, enter=first, hidden=hidden, capture=index)
+    def run_last_block_as(self, hidden: torch.Tensor, first: int, last_block, key_mask: torch.Tensor | None,
+                          causal: bool, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks `first ..` on `hidden` with the last one computed by `last_block(its input, its arguments by
+        name) -> its output`, then the stage after the blocks: the forward's output, in one pass."""
+        index = len(self.structure.blocks) - 1
 
-    def final(self, hidden: torch.Tensor) -> torch.Tensor:
-        """What the forward does after the last block (final norm, OPT's project_out), on (batch, length, width)."""
-        ones = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        blocks = len(self.structure.blocks)
-        return self._call(self._inputs(hidden.shape[:2], ones, True, like=hidden), enter=blocks, hidden=hidden)
+        def forward(*args, **kwargs):
+            return self._as_output(index, last_block(self._hidden_of(index, args, kwargs),
+                                                     self._arguments(index, args, kwargs)))
+
+        inputs = self._inputs(hidden.shape[:2], key_mask, causal, input_ids=input_ids, like=hidden)
+        return self._call(inputs, enter=first, hidden=hidden, replace={index: forward})
