@@ -28,7 +28,12 @@ import torch
 from torch import nn
 
 from unfreeze.errors import UsageError
-from unfreeze.models.structure import Structure, layer_mask_kinds, read_structure, text_config
+from unfreeze.models.structure import (
+    Structure,
+    layer_mask_kinds,
+    read_structure,
+    text_config,
+)
 
 
 class _Stop(Exception):
@@ -118,6 +123,9 @@ class StagedForward:
         try:
             self.body.eval()
             final = self._call(self._inputs(ids.shape, torch.ones_like(ids, dtype=torch.bool), True, input_ids=ids))
+        except Exception as err:  # noqa: BLE001 - the model's own forward failed: one line, not a traceback
+            raise UsageError(f"--model: {type(self.body).__name__}'s forward fails on four tokens "
+                             f"({first_line(err)}); this architecture is not supported") from None
         finally:
             self.body.train(was_training)
             for handle in handles:

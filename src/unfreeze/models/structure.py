@@ -141,7 +141,8 @@ def probe_length(config, cap: int = PROBE_CAP) -> int:
     return min(length, cap, longest)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception as one short line (its type and the first line of its message)."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
 
@@ -172,7 +173,7 @@ def check_staged_forward(staged, pad_token_id: int, vocab_size: int, causal: boo
     except UsageError:
         raise
     except Exception as err:  # noqa: BLE001 - an architecture the stages cannot run: one line, not a traceback
-        raise UsageError(f"--model: {name} cannot run as classify's stages ({_first_line(err)}); "
+        raise UsageError(f"--model: {name} cannot run as classify's stages ({first_line(err)}); "
                          "this architecture is not supported") from None
     for what, gap in gaps.items():
         if not gap <= 1e-5:
@@ -191,7 +192,7 @@ def _staged_gaps(staged, ids: torch.Tensor, mask: torch.Tensor, causal: bool) ->
         own = staged.body(input_ids=ids, attention_mask=mask.long(), **staged.call_options).last_hidden_state
     except Exception as err:  # noqa: BLE001 - transformers' own forward: nothing classify could stage
         raise UsageError(f"--model: {type(staged.body).__name__}'s own forward fails on a padded batch "
-                         f"({_first_line(err)}); this architecture is not supported") from None
+                         f"({first_line(err)}); this architecture is not supported") from None
     later = ids.clone()
     later[0, -1] = (later[0, -1] + 1) % staged.structure.token_embedding.weight.shape[0]
     moved = staged.body(input_ids=later, attention_mask=mask.long(), **staged.call_options).last_hidden_state
