@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render(survey())
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
-        print("up to date" if current == text else f"{args.out} is stale: rerun python -m unfreeze.models.architectures")
+        stale = f"{args.out} is stale: rerun python -m unfreeze.models.architectures"
+        print("up to date" if current == text else stale)
         return 0 if current == text else 1
     args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")

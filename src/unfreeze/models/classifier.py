@@ -183,8 +183,9 @@ class DecoderClassifier(nn.Module):
         last = self.num_blocks  # stage index of the last block
         positions = self.pooled_position(input_ids) if self.causal and self.reduce_last_block else None
         reducer = None
-        if positions is not None and 1 <= start <= last and self._staged.config._attn_implementation in ("sdpa", "eager"):
-            reducer = reducer_for(self.blocks[-1], self._staged.mask_kinds[-1])  # (4D masks: their rows are read)
+        four_d_masks = self._staged.config._attn_implementation in ("sdpa", "eager")  # the reducer reads their rows
+        if positions is not None and 1 <= start <= last and four_d_masks:
+            reducer = reducer_for(self.blocks[-1], self._staged.mask_kinds[-1])
         if reducer is None:
             return self.pool(self.run_stages(hidden, start, input_ids=input_ids), input_ids)
         rows = torch.arange(hidden.shape[0], device=hidden.device)

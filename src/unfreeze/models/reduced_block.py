@@ -67,7 +67,8 @@ def _gpt2_reducer(block: nn.Module) -> Reducer | None:
         key = key.view(batch, length, heads, -1).transpose(1, 2)
         value = value.view(batch, length, heads, -1).transpose(1, 2)
         query = _at(query, positions).view(batch, heads, 1, -1)
-        mixed = _attend(query, key, value, positions, arguments.get("attention_mask"), attn.scaling).reshape(batch, width)
+        mask = arguments.get("attention_mask")
+        mixed = _attend(query, key, value, positions, mask, attn.scaling).reshape(batch, width)
         residual = _at(hidden, positions) + attn.c_proj(mixed)
         return residual + block.mlp(block.ln_2(residual))
 

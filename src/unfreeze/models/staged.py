@@ -6,18 +6,20 @@ layer type (one rotary module per type, or a rotary module whose forward takes t
 position ids. Nothing is re-derived here. What a stage changes is only which blocks actually compute:
 
 * `embed(ids)`: the forward up to the first block; its input is the hidden state at boundary 0.
-* `run(hidden, first, stop)`: the forward with blocks before `first` short-circuited (for the call, a stand-in
-  takes each one's place in its list and hands its input on unchanged: no work), the output of block `first - 1` replaced by `hidden` (or, for `first = 0`, the input
-  of block 0), blocks `first .. stop-1` computed, and the pass stopped after block `stop - 1` (or run to the
-  end, through the final norm, when the last stage is asked for). The work before the blocks runs on the
-  token ids (so inputs computed from them, such as Gemma 4's per-layer embeddings, are the model's own), or
-  on zeros of the embeddings' shape where there are none (GPT-2 under the reference's semantics).
+* `run(hidden, first, stop)`: the forward with blocks before `first` short-circuited (for the call, a
+  stand-in takes each one's place in its list and hands its input on unchanged: no work), the output of
+  block `first - 1` replaced by `hidden` (or, for `first = 0`, the input of block 0), blocks `first ..
+  stop-1` computed, and the pass stopped after block `stop - 1` (or run to the end, through the final norm,
+  when the last stage is asked for). The work before the blocks runs on the token ids (so inputs computed
+  from them, such as Gemma 4's per-layer embeddings, are the model's own), or on zeros of the embeddings'
+  shape where there are none (GPT-2 under the reference's semantics).
 * `run_last_block_as(hidden, first, last_block)`: the same with the last block computed by a function of its
   input and every argument the forward passes it, by name (the one-position last block of
   `unfreeze.models.reduced_block`), and the stage after the blocks in the same pass.
 
 Hooks and stand-ins are installed for one call and removed after it. The structure (which modules run
-before and after the blocks, what a block returns) comes from one traced pass over four tokens (`_trace`).
+before and after the blocks, what a block returns) comes from one traced pass over four tokens (`_trace`); on
+the meta device, where no forward can run, from the order the modules are registered in.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class StagedForward:
             handles.append(block.register_forward_pre_hook(lambda m, a, i=index: order.append(("block", i))))
             handles.append(block.register_forward_hook(lambda m, a, out, i=index: outputs.setdefault(i, out)))
         for module in s.others:
-            handles.append(module.register_forward_pre_hook(lambda m, a, module=module: order.append(("other", module))))
+            handles.append(module.register_forward_pre_hook(lambda m, a, x=module: order.append(("other", x))))
         was_training = self.body.training
         vocab = s.token_embedding.weight.shape[0]
         ids = (torch.arange(4, device=s.token_embedding.weight.device) % vocab)[None]
@@ -140,7 +142,8 @@ class StagedForward:
             group = s.after if min(seen) > positions[-1] else s.before if max(seen) < positions[0] else s.within
             group.append(module)
         s.before += [m for m in s.others if m not in s.before + s.after + s.within]  # never called: judged early
-        s.block_outputs = [None if isinstance(outputs[i], torch.Tensor) else len(outputs[i]) for i in range(len(s.blocks))]
+        s.block_outputs = [None if isinstance(outputs[i], torch.Tensor) else len(outputs[i])
+                           for i in range(len(s.blocks))]
         first = outputs[0] if isinstance(outputs[0], torch.Tensor) else outputs[0][0]
         s.width, s.output_width = first.shape[-1], final.shape[-1]
 
@@ -204,7 +207,8 @@ class StagedForward:
 
     def _short_circuit(self, index: int, replacement: torch.Tensor | None):
         def forward(*args, **kwargs):
-            return self._as_output(index, replacement if replacement is not None else self._hidden_of(index, args, kwargs))
+            hidden = replacement if replacement is not None else self._hidden_of(index, args, kwargs)
+            return self._as_output(index, hidden)
         return forward
 
     def _replace_input(self, hidden: torch.Tensor):

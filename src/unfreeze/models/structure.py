@@ -155,8 +155,9 @@ def check_staged_forward(staged, pad_token_id: int, vocab_size: int, causal: boo
     On a padded probe batch of `probe_length` tokens (past the sliding window and attention chunk): the model is
     a causal decoder (no token's output moves when a later token changes), the staged pass equals the model's
     own forward on every real token, and so does running it one block per pass, each restarting from the hidden
-    state alone (as the activation cache does: about one more forward in all). With `causal=False` (--disable_causal_mask), a padded row equals the
-    same row alone. Tolerance: 1e-5 of the output's largest entry (same operations in the same order: 0 in fact).
+    state alone (as the activation cache does: about one more forward in all). With `causal=False`
+    (--disable_causal_mask), a padded row equals the same row alone. Tolerance: 1e-5 of the output's largest
+    entry (the same operations in the same order: 0 in fact).
     """
     name = type(staged.body).__name__
     length = length or probe_length(staged.config)
