@@ -196,3 +196,13 @@ def test_on_the_meta_device_the_presets_count_as_on_real_weights(model_type):
     for preset in ("last_layer", "last_block", "last_two_blocks", "all", "norms"):
         assert (trainable.apply_preset(meta, preset).trainable_params
                 == trainable.apply_preset(real, preset).trainable_params), preset
+
+
+def test_disable_causal_mask_is_checked_too():
+    """--disable_causal_mask hands the forward transformers' bidirectional mask: checked where it works, one line
+    where the architecture cannot take it (BLOOM builds ALiBi from a 2D mask) or it does nothing (RWKV)."""
+    arch.classifier(_tiny("llama"), causal=False)  # the first token sees the last; padding changes nothing
+    with pytest.raises(UsageError, match=r"^--disable_causal_mask: BloomModel cannot run bidirectionally \(\w+Error"):
+        arch.classifier(_tiny("bloom"), causal=False)
+    with pytest.raises(UsageError, match="RwkvModel's first token does not see the last one with it"):
+        arch.classifier(_tiny("rwkv"), causal=False)

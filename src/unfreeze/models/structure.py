@@ -156,8 +156,8 @@ def check_staged_forward(staged, pad_token_id: int, vocab_size: int, causal: boo
     a causal decoder (no token's output moves when a later token changes), the staged pass equals the model's
     own forward on every real token, and so does running it one block per pass, each restarting from the hidden
     state alone (as the activation cache does: about one more forward in all). With `causal=False`
-    (--disable_causal_mask), a padded row equals the same row alone. Tolerance: 1e-5 of the output's largest
-    entry (the same operations in the same order: 0 in fact).
+    (--disable_causal_mask): the first token sees the last one, and a padded row equals the same row alone.
+    Tolerance: 1e-5 of the output's largest entry (the same operations in the same order: 0 in fact).
     """
     name = type(staged.body).__name__
     length = length or probe_length(staged.config)
@@ -169,17 +169,20 @@ def check_staged_forward(staged, pad_token_id: int, vocab_size: int, causal: boo
     mask[1, (2 * length) // 3:] = False
     ids[1, (2 * length) // 3:] = pad_token_id
     ids, mask = ids.to(device), mask.to(device)
-    try:
-        gaps = _staged_gaps(staged, ids, mask, causal)
-    except UsageError:
-        raise
-    except Exception as err:  # noqa: BLE001 - an architecture the stages cannot run: one line, not a traceback
-        raise UsageError(f"--model: {name} cannot run as classify's stages ({first_line(err)}); "
-                         "this architecture is not supported") from None
-    for what, gap in gaps.items():
-        if not gap <= 1e-5:
-            raise UsageError(f"--model: {name}: {what} (relative difference {gap:.2g} on a padded {length}-token "
-                             "probe); this architecture is not supported")
+    for gaps, flag, what in ((_staged_gaps, "--model", "cannot run as classify's stages"),
+                             (_bidirectional_gaps, "--disable_causal_mask", "cannot run bidirectionally")):
+        if gaps is _bidirectional_gaps and causal:
+            continue
+        try:
+            found = gaps(staged, ids, mask)
+        except UsageError:
+            raise
+        except Exception as err:  # noqa: BLE001 - an architecture the stages cannot run: one line, not a traceback
+            raise UsageError(f"{flag}: {name} {what} ({first_line(err)}); this architecture is not supported") from None
+        for difference, gap in found.items():
+            if not gap <= 1e-5:
+                raise UsageError(f"{flag}: {name}: {difference} (relative difference {gap:.2g} on a padded "
+                                 f"{length}-token probe); this architecture is not supported")
 
 
 def _relative_gap(got: torch.Tensor, expected: torch.Tensor, where: torch.Tensor) -> float:
@@ -187,15 +190,20 @@ def _relative_gap(got: torch.Tensor, expected: torch.Tensor, where: torch.Tensor
     return (got.float() - expected.float())[where].abs().max().item() / scale
 
 
-def _staged_gaps(staged, ids: torch.Tensor, mask: torch.Tensor, causal: bool) -> dict[str, float]:
+def _changed_token(staged, ids: torch.Tensor, row: int, position: int) -> torch.Tensor:
+    changed = ids.clone()
+    changed[row, position] = (changed[row, position] + 1) % staged.structure.token_embedding.weight.shape[0]
+    return changed
+
+
+def _staged_gaps(staged, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """The check's differences, each named by what it means when it is not 0."""
     try:
         own = staged.body(input_ids=ids, attention_mask=mask.long(), **staged.call_options).last_hidden_state
     except Exception as err:  # noqa: BLE001 - transformers' own forward: nothing classify could stage
         raise UsageError(f"--model: {type(staged.body).__name__}'s own forward fails on a padded batch "
                          f"({first_line(err)}); this architecture is not supported") from None
-    later = ids.clone()
-    later[0, -1] = (later[0, -1] + 1) % staged.structure.token_embedding.weight.shape[0]
+    later = _changed_token(staged, ids, 0, -1)
     moved = staged.body(input_ids=later, attention_mask=mask.long(), **staged.call_options).last_hidden_state
     blocks = len(staged.structure.blocks)
     hidden = staged.embed(ids, mask)
@@ -205,16 +213,27 @@ def _staged_gaps(staged, ids: torch.Tensor, mask: torch.Tensor, causal: bool) ->
     hopped = staged.run(hidden, blocks, blocks, mask, True, True, input_ids=ids)
     earlier = torch.zeros_like(mask)
     earlier[0, :-1] = True
-    gaps = {"it is not a causal decoder (a token's output changes with a later token)":
+    return {"it is not a causal decoder (a token's output changes with a later token)":
             _relative_gap(moved, own, earlier),
             "its forward pass is not its blocks run in order on one hidden state": _relative_gap(full, own, mask),
             "it carries state from block to block besides the hidden state (restarting at a block differs)":
             _relative_gap(hopped, own, mask)}
-    if not causal:
-        both = staged.run(staged.embed(ids, mask), 0, blocks, mask, False, True, input_ids=ids)
-        real = int(mask[1].sum())
-        alone_ids, alone_mask = ids[1:, :real], mask[1:, :real]
-        alone = staged.run(staged.embed(alone_ids, alone_mask), 0, blocks, alone_mask, False, True, input_ids=alone_ids)
-        gaps["padding changes the real tokens under --disable_causal_mask"] = _relative_gap(
-            both[1:, :real], alone, mask[1:, :real])
-    return gaps
+
+
+def _bidirectional_gaps(staged, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Under --disable_causal_mask: what padding changes (and a refusal where the first token cannot see the last)."""
+    blocks = len(staged.structure.blocks)
+
+    def final(token_ids, key_mask):
+        return staged.run(staged.embed(token_ids, key_mask), 0, blocks, key_mask, False, True, input_ids=token_ids)
+
+    both = final(ids, mask)
+    real = int(mask[1].sum())
+    alone = final(ids[1:, :real], mask[1:, :real])
+    later = final(_changed_token(staged, ids, 0, -1), mask)
+    first = torch.zeros_like(mask)
+    first[0, 0] = True
+    if _relative_gap(later, both, first) < 1e-6:
+        raise UsageError(f"--disable_causal_mask: {type(staged.body).__name__}'s first token does not see the last "
+                         "one with it (no attention to make bidirectional); drop the flag for this architecture")
+    return {"padding changes the real tokens": _relative_gap(both[1:, :real], alone, mask[1:, :real])}
