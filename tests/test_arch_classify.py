@@ -206,3 +206,17 @@ def test_disable_causal_mask_is_checked_too():
         arch.classifier(_tiny("bloom"), causal=False)
     with pytest.raises(UsageError, match="RwkvModel's first token does not see the last one with it"):
         arch.classifier(_tiny("rwkv"), causal=False)
+
+
+def test_a_head_only_bias_preset_stops_classify_before_anything_is_written(spam_csv_dir, byte_tokenizer_dir, tmp_path):
+    from unfreeze.config import config_from_mapping
+    from unfreeze.tasks.classify import run_config
+    from unfreeze.tasks.classify_config import ClassifyConfig
+
+    folder = _saved_tiny("llama", tmp_path / "llama")
+    out = tmp_path / "run"
+    values = dict(model=str(folder), weights="random", data=str(spam_csv_dir), tokenizer=str(byte_tokenizer_dir),
+                  trainable_layers="bias", num_epochs=1, out=str(out))
+    with pytest.raises(UsageError, match="--trainable_layers bias: LlamaModel has no bias terms"):
+        run_config(config_from_mapping(ClassifyConfig, values))
+    assert not out.exists() or not any(out.iterdir())

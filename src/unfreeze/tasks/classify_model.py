@@ -42,7 +42,8 @@ def body_config(cfg: ClassifyConfig):
 
 
 def check_structure(cfg: ClassifyConfig, config) -> None:
-    """The model's stages can be read and the preset's blocks exist (on the meta device: nothing allocated)."""
+    """The model's stages can be read, the preset's blocks exist and `bias` selects something beyond the head (on
+    the meta device: nothing allocated)."""
     from transformers import AutoModel
 
     try:
@@ -52,6 +53,8 @@ def check_structure(cfg: ClassifyConfig, config) -> None:
         raise UsageError(f"{model_source(cfg)[1]}: cannot build a {getattr(config, 'model_type', '?')} base model "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
     trainable.preset_blocks(cfg.trainable_layers, len(read_structure(body).blocks))
+    if cfg.trainable_layers == "bias":  # on a model without biases it selects only the head: said before any work
+        trainable.preset_selection(DecoderClassifier(body), "bias")  # (`norms` is judged on the built model)
 
 
 def load_body(cfg: ClassifyConfig, config):
