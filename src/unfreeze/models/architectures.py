@@ -85,7 +85,9 @@ def _tiny_kwargs(config_class, default) -> dict:
         target = key if key in names else aliases.get(key)
         if target in names:
             kwargs[target] = value
-    if "head_dim" in names and "qk_rope_head_dim" not in names:  # multi-head latent attention derives its own
+    if "qk_rope_head_dim" in names:  # multi-head latent attention: its own head sizes, one key/value per head
+        kwargs["num_key_value_heads"] = HEADS
+    elif "head_dim" in names:
         kwargs["head_dim"] = WIDTH // HEADS
     kinds = getattr(default, "layer_types", None)
     if "layer_types" in names and kinds:  # every attention type the architecture has, in a 3-layer model
