@@ -122,8 +122,11 @@ def test_staged_features_equal_the_models_own_forward(arch):
 def test_structure_is_read_from_modules(arch):
     model = make_model(arch)
     assert model.num_blocks == L and model.hidden_size == D
-    assert (model.structure.rotary is None) == (arch == "gpt2")
-    assert (model.structure.position_embedding is None) == (arch != "gpt2")
+    s = model.structure
+    rotary = [m for m in s.before if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    positions = [m for m in s.before if isinstance(m, torch.nn.Embedding) and m is not s.token_embedding]
+    assert len(rotary) == (arch != "gpt2") and len(positions) == (arch == "gpt2")  # read from the traced pass
+    assert s.token_embedding in s.before and s.after == [model.final_norm] and not s.within
     assert any(p is model.final_norm.weight for p in model.body.parameters())
 
 
@@ -166,6 +169,11 @@ def test_gpt2_keeps_the_reference_padding_semantics():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_trains_exactly_what_it_names(arch, preset):
     model = make_model(arch)
+    if expected_count(arch, preset) == D * C + C and preset != "last_layer":  # Llama has no bias terms
+        with pytest.raises(UsageError, match=f"--trainable_layers {preset}: LlamaModel has no bias terms, so only "
+                                             "the new head would train; use --trainable_layers last_layer"):
+            trainable.apply_preset(model, preset, lora_rank=RANK, lora_alpha=4, seed=0)
+        return
     summary = trainable.apply_preset(model, preset, lora_rank=RANK, lora_alpha=4, seed=0)
     assert summary.trainable_params == expected_count(arch, preset), summary.tensors
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -198,6 +206,8 @@ def test_cached_equals_uncached_for_every_cacheable_preset(arch):
     cacheable = []
     for preset in PRESETS:
         model = make_model(arch)
+        if arch == "llama" and preset == "bias":
+            continue  # no bias terms: a UsageError (test_every_preset_trains_exactly_what_it_names)
         trainable.apply_preset(model, preset, lora_rank=RANK, lora_alpha=4, seed=0)
         frozen = frozen_prefix_stages(model.stage_modules())
         plan = plan_cache(model, frozen, [9] * 4, model.hidden_size, torch.float32)

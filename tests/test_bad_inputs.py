@@ -186,7 +186,7 @@ def sweep(i, w, *extra):
 def tiny_sweep(i, w, *sets):
     """Rows 1-2 of the classification table on a tiny random model and local files, with `sets` on top: every
     row is checked before the first run, so a bad value fails before runs/ is made (issue 22, item 3)."""
-    base = [f"weights=random", f"model_config={TINY}", f"data={i.spam}", f"tokenizer={i.tok}", "num_epochs=1"]
+    base = ["weights=random", f"model_config={TINY}", f"data={i.spam}", f"tokenizer={i.tok}", "num_epochs=1"]
     return ["sweep", str(REPO / "experiments" / "spam_additional.yaml"), "--rows", "1-2", "--out", str(w / "sw_new"),
             *[item for value in [*base, *sets] for item in ("--set", value)]]
 

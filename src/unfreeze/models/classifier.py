@@ -4,11 +4,11 @@ The network is the sequence of stages
 
     0: embeddings  ->  1..L: transformer blocks  ->  L+1: final norm
 
-followed by pooling (one position, the last real token, or the mean) and the head. Running stages
-explicitly (instead of the base model's `forward`) is what lets `unfreeze` start the forward pass at
-any stage from cached activations (see `unfreeze.cache.memory`): `features(ids)` equals
-`run_stages(embed(ids), 1, ..., input_ids=ids)`, bit for bit. The stages are read from the model's
-modules by `unfreeze.models.structure`.
+followed by pooling (one position, the last real token, or the mean) and the head. The stages are the
+base model's own forward cut at block boundaries (`unfreeze.models.staged`, structure read by
+`unfreeze.models.structure`), which is what lets `unfreeze` start the forward pass at any stage from
+cached activations (see `unfreeze.cache.memory`): `features(ids)` equals
+`run_stages(embed(ids), 1, ..., input_ids=ids)`, bit for bit.
 
 Padding and pooling (`reference_padding`):
 * GPT-2 keeps the reference's semantics: padded with 50256, no attention mask (padding sits at the end,
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from unfreeze.models.reduced_block import reducer_for
-from unfreeze.models.structure import StagedForward, read_structure
+from unfreeze.models.staged import StagedForward
 
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, the reference's padding token
 
@@ -51,8 +51,8 @@ class DecoderClassifier(nn.Module):
                  reference_padding: bool | None = None):
         super().__init__()
         self.body = body  # the Hugging Face base model (GPT2Model, LlamaModel, ...)
-        self.structure = read_structure(body)
-        self._staged = StagedForward(body, self.structure)
+        self._staged = StagedForward(body)
+        self.structure = self._staged.structure
         self.head = nn.Linear(self.hidden_size, num_classes)
         self.causal = causal
         self.token_pos = token_pos
@@ -72,11 +72,13 @@ class DecoderClassifier(nn.Module):
 
     @property
     def final_norm(self) -> nn.Module:
+        """The norm after the blocks (an Identity where the model has none)."""
         return self.structure.final_norm
 
     @property
     def hidden_size(self) -> int:
-        return self.structure.token_embedding.weight.shape[1]
+        """The width of the base model's output: what the head reads."""
+        return self.structure.output_width
 
     # --- stages -----------------------------------------------------------------------------------
     @property
@@ -91,13 +93,12 @@ class DecoderClassifier(nn.Module):
     def stage_modules(self) -> list[list[nn.Module]]:
         """The modules each stage uses, in order: what decides whether a stage's output can be cached."""
         s = self.structure
-        embeddings = [s.token_embedding, *([s.position_embedding] if s.position_embedding is not None else []),
-                      *s.extra_embedding_modules]
-        rotary = [s.rotary] if s.rotary is not None else []  # recomputed in every block stage
-        return [embeddings, *[[block, *rotary] for block in s.blocks], [s.final_norm]]
+        # What runs before the blocks (embeddings, rotary modules, embedding norms) is recomputed for every stage:
+        # it is stage 0. Modules the forward calls between blocks belong to every block stage.
+        return [list(s.before), *[[block, *s.within] for block in s.blocks], list(s.after)]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._staged.embed(input_ids)
+        return self._staged.embed(input_ids, self.key_mask(input_ids, input_ids))
 
     def key_mask(self, input_ids: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | None:
         """(batch, length) True at real tokens; None under the reference's GPT-2 semantics (no mask)."""
@@ -117,7 +118,7 @@ class DecoderClassifier(nn.Module):
         stop = self.final_stage + 1 if stop is None else stop
         first, last = max(start, 1) - 1, min(stop, self.final_stage) - 1
         return self._staged.run(hidden, first, last, self.key_mask(input_ids, hidden), self.causal,
-                                 start <= self.final_stage < stop)
+                                start <= self.final_stage < stop, input_ids=input_ids)
 
     def features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final hidden states, (batch, length, hidden)."""
@@ -182,17 +183,23 @@ class DecoderClassifier(nn.Module):
         last = self.num_blocks  # stage index of the last block
         positions = self.pooled_position(input_ids) if self.causal and self.reduce_last_block else None
         reducer = None
-        if positions is not None and 1 <= start <= last:
+        four_d_masks = self._staged.config._attn_implementation in ("sdpa", "eager")  # the reducer reads their rows
+        if positions is not None and 1 <= start <= last and four_d_masks:
             reducer = reducer_for(self.blocks[-1], self._staged.mask_kinds[-1])
         if reducer is None:
             return self.pool(self.run_stages(hidden, start, input_ids=input_ids), input_ids)
-        hidden = self.run_stages(hidden, start, last, input_ids=input_ids)
-        rotary = None
-        if self.structure.rotary is not None:  # the angles every block gets (see StagedForward.block_inputs)
-            position_ids = torch.arange(hidden.shape[1], device=hidden.device)[None].expand(hidden.shape[0], -1)
-            rotary = self.structure.rotary(hidden, position_ids=position_ids)
-        reduced = reducer(hidden, positions, self.key_mask(input_ids, hidden), rotary)
-        return self.final_norm(reduced)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+
+        def last_block(block_input: torch.Tensor, arguments: dict) -> torch.Tensor:
+            # Its arguments are the ones the model's forward passes it (mask, rotary angles); its output is read at
+            # the pooled positions only, through what the forward does after the blocks (per position: the norm).
+            output = torch.zeros_like(block_input)
+            output[rows, positions] = reducer(block_input, positions, arguments).to(output.dtype)
+            return output
+
+        out = self._staged.run_last_block_as(hidden, start - 1, last_block, self.key_mask(input_ids, hidden),
+                                             self.causal, input_ids=input_ids)
+        return out[rows, positions]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Class logits, (batch, num_classes)."""

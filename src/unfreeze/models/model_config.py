@@ -104,10 +104,16 @@ def is_gpt2(config) -> bool:
     return getattr(config, "model_type", "gpt2") == "gpt2"
 
 
+UNBOUNDED_CONTEXT = 2048  # models whose config sets no length (BLOOM's ALiBi): BLOOM's training length
+
+
 def context_size(config) -> int:
-    """The longest input the model takes (GPT-2's n_positions, else max_position_embeddings)."""
+    """The longest input the model takes (GPT-2's n_positions, max_position_embeddings, MPT's max_seq_len)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text, "n_positions", None) or text.max_position_embeddings
+    for key in ("n_positions", "max_position_embeddings", "max_seq_len"):
+        if isinstance(getattr(text, key, None), int) and getattr(text, key) > 0:
+            return getattr(text, key)
+    return UNBOUNDED_CONTEXT
 
 
 # transformers' "gelu_new" (GPT-2's activation) writes the tanh approximation of GELU as seven elementwise

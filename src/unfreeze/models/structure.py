@@ -1,163 +1,239 @@
-"""The structure of a decoder-only base model, read from its modules, and its forward pass as stages.
+"""The structure of a decoder-only base model, read from its modules, and the check that its stages are exact.
 
-`unfreeze classify` runs a Hugging Face base model (`AutoModel`: GPT2Model, LlamaModel, Qwen2Model,
-GPTNeoXModel, MistralModel, PhiModel, GemmaModel, ...) as explicit stages so that the activation cache
-can start the forward pass at any block. What a stage is comes from the modules, never from parameter
-names:
+`unfreeze classify` runs a Hugging Face base model (`AutoModel`: GPT2Model, LlamaModel, OPTModel, BloomModel,
+Gemma3TextModel, ...) as stages so that the activation cache can start the forward pass at any block:
 
-* token embedding: `get_input_embeddings()` (Gemma's scaling by sqrt(width) lives inside that module in
-  transformers 5, so it comes along);
-* absolute position embedding: another `nn.Embedding` child registered before the blocks (GPT-2's wpe);
-* blocks: the `nn.ModuleList` child holding `num_hidden_layers` modules;
-* final norm: the first child with parameters registered after the blocks;
-* rotary embedding: a child holding rotary frequencies (`inv_freq`, the contract of transformers'
-  rotary modules), called once per forward as `rotary(hidden, position_ids) -> (cos, sin)`.
+    0: what the forward does before its first block  ->  1..L: the blocks  ->  L+1: what it does after the last
 
-How each architecture's forward calls its blocks in transformers 5 is reproduced here: the mask of each
-layer's attention type (`config.layer_types`: full or sliding window; else a sliding window when
-`config.sliding_window` is set, as Mistral and Phi-3 do), `position_embeddings=(cos, sin)` and
-`position_ids` for rotary models, and a tensor (or a tuple whose first item is the hidden state) back.
-`check_staged_forward` compares the staged pass with the model's own forward on a probe batch, so an
-architecture whose forward does something else is refused instead of silently computing another function.
+The stages are the model's own forward cut at block boundaries (`unfreeze.models.staged`): the blocks are the
+`nn.ModuleList` of `num_hidden_layers` modules, found wherever it sits (GPT-2's `h`, Llama's `layers`, OPT's
+`decoder.layers`); which of the other modules run before the blocks (embeddings, position embeddings, BLOOM's
+embedding norm, rotary modules) and which after (final norm, OPT's `project_out`) is read from one traced
+forward pass, never from parameter names. Masks (causal, sliding-window, chunked; per layer type), position
+embeddings (per layer type too) and ALiBi tensors are whatever the model's forward computes for each block.
+
+`check_staged_forward` compares the stages with the model's own forward on a padded batch longer than its
+sliding window or attention chunk, so an architecture whose forward does something else is refused with one
+line instead of computing another function.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from unfreeze.errors import UsageError
 
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+PROBE_CAP = 1024  # the structure check's longest probe (tokens): a window longer than this is not exercised
+
 
 @dataclass
 class Structure:
-    """The modules of a base model's forward pass, in order."""
+    """The modules of a base model's forward pass, in stage order (`before`/`after`/`within` from a traced pass)."""
 
     token_embedding: nn.Module
-    position_embedding: nn.Module | None  # absolute positions (GPT-2); None for rotary models
     blocks: nn.ModuleList
-    final_norm: nn.Module
-    rotary: nn.Module | None
-    extra_embedding_modules: list[nn.Module]  # dropout etc. applied to the embeddings (p=0 here)
+    others: list[nn.Module]  # the non-block modules the forward may call (children along the path to the blocks)
+    before: list[nn.Module] = field(default_factory=list)  # run before block 0 (or never: judged with them)
+    after: list[nn.Module] = field(default_factory=list)  # run after the last block (final norm, projections)
+    within: list[nn.Module] = field(default_factory=list)  # called between blocks: part of every block stage
+    block_outputs: list[int | None] = field(default_factory=list)  # None: a block returns a tensor; n: a tuple of n
+    width: int = 0  # of the hidden state between blocks
+    output_width: int = 0  # of the forward's output (what the head reads)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The normalisation after the blocks: the last module run after them whose parameters are all per-feature
+        vectors (a norm's scale and shift; OPT's `project_out` is a matrix), one with parameters if there is one
+        (OLMo's norm has none); an Identity where there is no such module."""
+        vectors = [m for m in self.after if all(p.dim() == 1 for p in m.parameters())]
+        weighted = [m for m in vectors if any(True for _ in m.parameters())]
+        return (weighted or vectors or [nn.Identity()])[-1]
 
 
-def _text_config(body: nn.Module):
+def text_config(body: nn.Module):
     config = body.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def _block_list(body: nn.Module, layers: int | None) -> tuple[str, nn.ModuleList] | None:
+    """The shallowest ModuleList holding `layers` modules (GPT-2's h, Llama's layers, OPT's decoder.layers)."""
+    if not layers:
+        return None
+    found = [(name, m) for name, m in body.named_modules() if isinstance(m, nn.ModuleList) and len(m) == layers]
+    return min(found, key=lambda item: item[0].count(".")) if found else None
+
+
 def read_structure(body: nn.Module) -> Structure:
-    """The stages of `body`, or one UsageError naming what was looked for and not found."""
-    name = type(body).__name__
-    config = _text_config(body)
+    """The token embedding, the blocks and the other modules of `body` (no forward pass: works on the meta
+    device), or one UsageError naming what was looked for and not found."""
+    config = text_config(body)
     layers = getattr(config, "num_hidden_layers", None)
     try:
         token_embedding = body.get_input_embeddings()
     except (AttributeError, NotImplementedError):
         token_embedding = None
-    children = list(body.named_children())
-    index = next((i for i, (_, child) in enumerate(children)
-                  if isinstance(child, nn.ModuleList) and len(child) == layers), None)
-    after = [] if index is None else [child for _, child in children[index + 1:]
-                                     if any(True for _ in child.parameters())]
-    missing = [what for what, found in (("a token embedding (get_input_embeddings())", token_embedding),
-                                        (f"a ModuleList of num_hidden_layers={layers} blocks", index),
-                                        ("a final norm with parameters registered after the blocks", after))
-               if found is None or (isinstance(found, list) and not found)]
+    found = _block_list(body, layers)
+    missing = [what for what, value in (("a token embedding (get_input_embeddings())", token_embedding),
+                                         (f"a ModuleList of num_hidden_layers={layers} blocks", found))
+               if value is None]
     if missing:
-        raise UsageError(f"--model: cannot read the structure of {name} (missing {'; '.join(missing)}); "
-                         "classify supports decoder-only models such as GPT-2, Llama, Qwen2, GPT-NeoX, Mistral")
-    before = [child for _, child in children[:index] if child is not token_embedding]
-    positions = [c for c in before if isinstance(c, nn.Embedding)]
-    rotary = [c for _, c in children if isinstance(getattr(c, "inv_freq", None), torch.Tensor)]
-    return Structure(token_embedding, positions[0] if positions else None, children[index][1], after[0],
-                     rotary[0] if rotary else None, [c for c in before if isinstance(c, nn.Dropout)])
+        raise UsageError(f"--model: cannot read the structure of {type(body).__name__} (missing {'; '.join(missing)}); "
+                         "classify supports decoder-only models (see docs/architectures.md)")
+    path, blocks = found
+    others, container = [], body
+    for step in [*path.split("."), None]:  # the children of each module on the way down to the blocks
+        nxt = container.get_submodule(step) if step is not None else None
+        others += [child for child in container.children() if child is not nxt and child is not blocks]
+        container = nxt
+        if container is blocks or container is None:
+            break
+    return Structure(token_embedding, blocks, others)
 
 
-def _layer_mask_kinds(config, count: int) -> list[str]:
-    """Which mask each block's attention uses: 'full_attention' or 'sliding_attention'."""
+def attention_implementation(config, requested: str = "auto") -> str:
+    """The attention implementation classify runs: SDPA where the architecture has it, else eager (`auto`); an
+    explicit request the architecture or this machine cannot honour is a UsageError."""
+    from transformers import AutoModel
+    from transformers.utils import is_flash_attn_2_available
+
+    if requested not in ATTENTION_CHOICES:
+        raise UsageError(f"attention implementation {requested!r}: not one of {', '.join(ATTENTION_CHOICES)}")
+    try:
+        model_class = AutoModel._model_mapping[type(config)]
+    except (KeyError, ValueError):
+        model_class = None  # transformers cannot build it: building the model reports that in its own words
+    name = getattr(model_class, "__name__", getattr(config, "model_type", "this model"))
+    sdpa = bool(getattr(model_class, "_supports_sdpa", True))
+    if requested == "auto":
+        return "sdpa" if sdpa else "eager"
+    if requested == "sdpa" and not sdpa:
+        raise UsageError(f"attention implementation sdpa: {name} has no SDPA attention; use eager or auto")
+    if requested == "flash_attention_2":
+        if not getattr(model_class, "_supports_flash_attn", False):
+            raise UsageError(f"attention implementation flash_attention_2: {name} does not support it; use auto")
+        if not (is_flash_attn_2_available() and torch.cuda.is_available()):
+            raise UsageError("attention implementation flash_attention_2: needs the flash-attn package and a CUDA GPU; "
+                             "use auto")
+    return requested
+
+
+def layer_mask_kinds(config, count: int) -> list[str]:
+    """Each block's attention type as the config names it (`layer_types`; else sliding-window attention when
+    `sliding_window` is set, as Mistral and Phi-3 do; else full attention)."""
     kinds = getattr(config, "layer_types", None)
-    if kinds:
-        unknown = sorted(set(kinds) - {"full_attention", "sliding_attention"})
-        if unknown:
-            raise UsageError(f"--model: attention type(s) {', '.join(unknown)} are not supported by classify's staged "
-                             "forward (full and sliding-window attention are)")
+    if kinds and len(kinds) >= count:
         return list(kinds[:count])
     sliding = getattr(config, "sliding_window", None) is not None
     return ["sliding_attention" if sliding else "full_attention"] * count
 
 
-class StagedForward:
-    """A base model's forward pass split at block boundaries: `embed`, then `run` over a block range.
+def probe_length(config, cap: int = PROBE_CAP) -> int:
+    """Tokens in the structure check's probe: past every sliding window and attention chunk the config sets (so
+    the check runs them), at least 16, at most `cap` and the model's longest input."""
+    limits = [getattr(config, key, None) for key in ("sliding_window", "attention_chunk_size", "attention_window_size")]
+    length = max([16, *[value + 4 for value in limits if isinstance(value, int) and value > 0]])
+    longest = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    longest = longest if isinstance(longest, int) and longest > 2 else cap
+    return min(length, cap, longest)
 
-    `key_mask` (batch, length), True at real tokens, is None for the reference's GPT-2 semantics (no
-    padding mask). Masks and rotary embeddings are recomputed from it on every call: cheap and exact, so a
-    cache only needs the hidden states at its boundary.
-    """
 
-    def __init__(self, body: nn.Module, structure: Structure):
-        self.body, self.structure = body, structure
-        self.config = _text_config(body)
-        self.mask_kinds = _layer_mask_kinds(self.config, len(structure.blocks))
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.structure.token_embedding(input_ids)
-        if self.structure.position_embedding is not None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            hidden = hidden + self.structure.position_embedding(positions)[None]
-        for module in self.structure.extra_embedding_modules:
-            hidden = module(hidden)
-        return hidden
-
-    def block_inputs(self, hidden: torch.Tensor, key_mask: torch.Tensor | None, causal: bool) -> dict:
-        """The keyword arguments every block gets, per mask kind: masks, positions, rotary embeddings."""
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-        batch, length = hidden.shape[:2]
-        position_ids = torch.arange(length, device=hidden.device)[None].expand(batch, -1)
-        extra = {}
-        if self.structure.rotary is not None:
-            extra = {"position_embeddings": self.structure.rotary(hidden, position_ids=position_ids),
-                     "position_ids": position_ids}
-        if not causal:
-            # SDPA falls back to its causal kernel when the mask is None: every token attending to every
-            # (real) token needs an explicit mask.
-            keys = key_mask if key_mask is not None else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
-            full = keys[:, None, None, :].expand(batch, 1, length, length)
-            return {kind: {"attention_mask": full, **extra} for kind in set(self.mask_kinds)}
-        if key_mask is None:  # GPT-2 reference semantics: SDPA's causal kernel, no padding mask
-            return {kind: {"attention_mask": None, **extra} for kind in set(self.mask_kinds)}
-        makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-        return {kind: {"attention_mask": makers[kind](config=self.config, inputs_embeds=hidden,
-                                                      attention_mask=key_mask.long(), past_key_values=None,
-                                                      position_ids=position_ids), **extra}
-                for kind in set(self.mask_kinds)}
-
-    def run(self, hidden: torch.Tensor, first: int, stop: int, key_mask: torch.Tensor | None,
-            causal: bool, final_norm: bool) -> torch.Tensor:
-        """Blocks `first .. stop-1` (0-based), then the final norm if asked."""
-        if first < stop:
-            inputs = self.block_inputs(hidden, key_mask, causal)
-            for index in range(first, stop):
-                out = self.structure.blocks[index](hidden, **inputs[self.mask_kinds[index]])
-                hidden = out[0] if isinstance(out, tuple) else out
-        return self.structure.final_norm(hidden) if final_norm else hidden
+def first_line(err: BaseException) -> str:
+    """An exception as one short line (its type and the first line of its message)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
 
 
 @torch.no_grad()
-def check_staged_forward(staged: StagedForward, pad_token_id: int, vocab_size: int, atol: float = 1e-4) -> None:
-    """The staged pass equals the model's own forward on a padded probe batch, or a UsageError."""
+def check_staged_forward(staged, pad_token_id: int, vocab_size: int, causal: bool = True,
+                         length: int | None = None) -> None:
+    """The stages equal the model's own forward, or a one-line UsageError naming the difference.
+
+    On a padded probe batch of `probe_length` tokens (past the sliding window and attention chunk): the model is
+    a causal decoder (no token's output moves when a later token changes), the staged pass equals the model's
+    own forward on every real token, and so does running it one block per pass, each restarting from the hidden
+    state alone (as the activation cache does: about one more forward in all). With `causal=False`
+    (--disable_causal_mask): the first token sees the last one, and a padded row equals the same row alone.
+    Tolerance: 1e-5 of the output's largest entry (the same operations in the same order: 0 in fact).
+    """
+    name = type(staged.body).__name__
+    length = length or probe_length(staged.config)
     generator = torch.Generator().manual_seed(0)
     device = next(staged.body.parameters()).device
-    ids = torch.randint(0, vocab_size, (2, 8), generator=generator).to(device)
+    ids = torch.randint(0, vocab_size, (2, length), generator=generator)
+    ids[ids == pad_token_id] = (pad_token_id + 1) % vocab_size
     mask = torch.ones_like(ids, dtype=torch.bool)
-    mask[1, 5:] = False
-    ids[1, 5:] = pad_token_id
-    expected = staged.body(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-    got = staged.run(staged.embed(ids), 0, len(staged.structure.blocks), mask, True, True)
-    gap = (got - expected)[mask].abs().max().item()
-    if not gap <= atol:
-        raise UsageError(f"--model: {type(staged.body).__name__}'s forward pass is not the stages classify runs "
-                         f"(embeddings, blocks, final norm; max difference {gap:.2g}); this architecture is not supported")
+    mask[1, (2 * length) // 3:] = False
+    ids[1, (2 * length) // 3:] = pad_token_id
+    ids, mask = ids.to(device), mask.to(device)
+    for gaps, flag, what in ((_staged_gaps, "--model", "cannot run as classify's stages"),
+                             (_bidirectional_gaps, "--disable_causal_mask", "cannot run bidirectionally")):
+        if gaps is _bidirectional_gaps and causal:
+            continue
+        try:
+            found = gaps(staged, ids, mask)
+        except UsageError:
+            raise
+        except Exception as err:  # noqa: BLE001 - an architecture the stages cannot run: one line, not a traceback
+            raise UsageError(f"{flag}: {name} {what} ({first_line(err)}); this architecture is not supported") from None
+        for difference, gap in found.items():
+            if not gap <= 1e-5:
+                raise UsageError(f"{flag}: {name}: {difference} (relative difference {gap:.2g} on a padded "
+                                 f"{length}-token probe); this architecture is not supported")
+
+
+def _relative_gap(got: torch.Tensor, expected: torch.Tensor, where: torch.Tensor) -> float:
+    scale = max(1.0, expected[where].abs().max().item())
+    return (got.float() - expected.float())[where].abs().max().item() / scale
+
+
+def _changed_token(staged, ids: torch.Tensor, row: int, position: int) -> torch.Tensor:
+    changed = ids.clone()
+    changed[row, position] = (changed[row, position] + 1) % staged.structure.token_embedding.weight.shape[0]
+    return changed
+
+
+def _staged_gaps(staged, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """The check's differences, each named by what it means when it is not 0."""
+    try:
+        own = staged.body(input_ids=ids, attention_mask=mask.long(), **staged.call_options).last_hidden_state
+    except Exception as err:  # noqa: BLE001 - transformers' own forward: nothing classify could stage
+        raise UsageError(f"--model: {type(staged.body).__name__}'s own forward fails on a padded batch "
+                         f"({first_line(err)}); this architecture is not supported") from None
+    later = _changed_token(staged, ids, 0, -1)
+    moved = staged.body(input_ids=later, attention_mask=mask.long(), **staged.call_options).last_hidden_state
+    blocks = len(staged.structure.blocks)
+    hidden = staged.embed(ids, mask)
+    full = staged.run(hidden, 0, blocks, mask, True, True, input_ids=ids)
+    for index in range(blocks):  # one block per pass: every boundary restarts from the hidden state alone
+        hidden = staged.run(hidden, index, index + 1, mask, True, False, input_ids=ids)
+    hopped = staged.run(hidden, blocks, blocks, mask, True, True, input_ids=ids)
+    earlier = torch.zeros_like(mask)
+    earlier[0, :-1] = True
+    return {"it is not a causal decoder (a token's output changes with a later token)":
+            _relative_gap(moved, own, earlier),
+            "its forward pass is not its blocks run in order on one hidden state": _relative_gap(full, own, mask),
+            "it carries state from block to block besides the hidden state (restarting at a block differs)":
+            _relative_gap(hopped, own, mask)}
+
+
+def _bidirectional_gaps(staged, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Under --disable_causal_mask: what padding changes (and a refusal where the first token cannot see the last)."""
+    blocks = len(staged.structure.blocks)
+
+    def final(token_ids, key_mask):
+        return staged.run(staged.embed(token_ids, key_mask), 0, blocks, key_mask, False, True, input_ids=token_ids)
+
+    both = final(ids, mask)
+    real = int(mask[1].sum())
+    alone = final(ids[1:, :real], mask[1:, :real])
+    later = final(_changed_token(staged, ids, 0, -1), mask)
+    first = torch.zeros_like(mask)
+    first[0, 0] = True
+    if _relative_gap(later, both, first) < 1e-6:
+        raise UsageError(f"--disable_causal_mask: {type(staged.body).__name__}'s first token does not see the last "
+                         "one with it (no attention to make bidirectional); drop the flag for this architecture")
+    return {"padding changes the real tokens": _relative_gap(both[1:, :real], alone, mask[1:, :real])}

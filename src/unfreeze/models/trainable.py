@@ -204,9 +204,15 @@ def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alp
         norm = [model.final_norm] if len(blocks) - 1 in chosen else []
         return Selection([preset], _parameters([*(blocks[i] for i in chosen), *norm, head]))
     if preset == "bias":
-        return Selection([preset], list({id(p): p for p in [*bias_parameters(model), head.weight]}.values()))
-    modules = {"last_layer": [head], "all": [model], "norms": [*norm_modules(model), head]}[preset]
-    return Selection([preset], _parameters(modules))
+        selection = Selection([preset], list({id(p): p for p in [*bias_parameters(model), head.weight]}.values()))
+    else:
+        modules = {"last_layer": [head], "all": [model], "norms": [*norm_modules(model), head]}[preset]
+        selection = Selection([preset], _parameters(modules))
+    if preset != "last_layer" and {id(p) for p in selection.params} <= {id(p) for p in head.parameters()}:
+        what = {"bias": "bias terms", "norms": "normalisation parameters"}.get(preset, "parameters it selects")
+        raise UsageError(f"--trainable_layers {preset}: {type(model.body).__name__} has no {what}, so only the new "
+                         "head would train; use --trainable_layers last_layer for that")
+    return selection
 
 
 # --- pause-model components ---------------------------------------------------------------------------

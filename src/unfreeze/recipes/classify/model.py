@@ -15,7 +15,7 @@ from unfreeze.models import lora, trainable
 from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier
 from unfreeze.models.loading import ModelSource
 from unfreeze.models.model_config import check_fits_in_memory, is_gpt2, parse_model_config
-from unfreeze.models.structure import check_staged_forward, read_structure
+from unfreeze.models.structure import attention_implementation, check_staged_forward, read_structure
 from unfreeze.models.tokenizers import pad_token_id
 
 
@@ -29,15 +29,16 @@ def model_source(cfg) -> ModelSource:
 def body_config(source: ModelSource):
     """The base model's config, checked (sizes, heads, memory) without building anything: dropout 0.0 as the
     reference trains (it also makes frozen layers deterministic, so they can be cached), GPT-2's fused GELU,
-    and SDPA (the staged forward's masks are SDPA masks)."""
-    config = source.config(dropout=0.0, fused_activation=True, attn_implementation="sdpa")
+    and SDPA where the architecture has it, else eager (`models.structure.attention_implementation`)."""
+    config = source.config(dropout=0.0, fused_activation=True)
+    config._attn_implementation = attention_implementation(config)
     check_fits_in_memory(config, source.overrides_flag if source.overrides else source.flag)
     return config
 
 
 def check_structure(source: ModelSource, config, preset: str, lora_rank: int) -> None:
-    """The model's stages can be read, the preset's blocks exist and a LoRA rank fits its layers (on the meta
-    device: nothing allocated)."""
+    """The model's stages can be read, the preset's blocks exist, `bias` selects something beyond the head and a
+    LoRA rank fits its layers (on the meta device: nothing allocated)."""
     from transformers import AutoModel
 
     try:
@@ -49,6 +50,8 @@ def check_structure(source: ModelSource, config, preset: str, lora_rank: int) ->
     trainable.preset_blocks(preset, len(read_structure(body).blocks))
     if preset in ("lora", "lora_alternative"):
         lora.check_rank(body, lora_rank, "--lora_rank")
+    if preset == "bias":  # on a model without biases it selects only the head: said before any work
+        trainable.preset_selection(DecoderClassifier(body), "bias")  # (`norms` is judged on the built model)
 
 
 def build_model(cfg, source: ModelSource, config, pad_token: int = PAD_TOKEN_ID,
@@ -66,7 +69,8 @@ def build_model(cfg, source: ModelSource, config, pad_token: int = PAD_TOKEN_ID,
                               pad_token_id=PAD_TOKEN_ID if gpt2 else pad_token, reference_padding=gpt2)
     after_head = torch.get_rng_state()
     if not gpt2:  # an architecture whose forward is not embeddings -> blocks -> norm is refused here
-        check_staged_forward(model._staged, model.pad_token_id, model.structure.token_embedding.num_embeddings)
+        check_staged_forward(model._staged, model.pad_token_id, model.structure.token_embedding.weight.shape[0],
+                             causal=model.causal)
     return model, after_head
 
 

@@ -112,6 +112,8 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
         "examples_per_s": round(history["examples_seen"] / train_time_s, 2) if train_time_s > 0 else None,
         "total_time_s": round(time.perf_counter() - started, 3),
         "device": str(inputs.device), "precision": cfg.precision,
+        # sdpa, else eager: what the architecture supports (models/structure.py)
+        "attn_implementation": training.model.body.config._attn_implementation,
         "trainable_params": summary.trainable_params, "total_params": summary.total_params,
         "trainable_tensors": summary.tensors,
         "max_length": inputs.max_length, "n_train": len(splits.train), "n_val": len(splits.validation),
