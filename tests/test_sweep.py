@@ -542,7 +542,8 @@ def test_a_relative_model_path_is_stored_absolute_like_every_path_option(tmp_pat
 
 
 # Options whose help mentions a file or folder but hold no path (checked: the test below fails on a new one).
-NOT_PATHS = {"split"}  # train,validation,test fractions "that cut a single --data file"
+NOT_PATHS = {"split",  # train,validation,test fractions "that cut a single --data file"
+             "run_name"}  # a name in the tracker ("default: --out's folder name")
 
 
 def test_every_option_that_names_a_file_or_folder_is_a_path_option():

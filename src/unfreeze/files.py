@@ -192,6 +192,15 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+# A sweep runs each (row, seed) in `<folder>.partial` and renames it to `<folder>` once it has finished.
+PARTIAL_SUFFIX = ".partial"
+
+
+def published_path(folder: Path) -> Path:
+    """Where a run folder's results are read once it is published: a sweep's `seed-1.partial` is `seed-1`."""
+    return folder.with_name(folder.name[:-len(PARTIAL_SUFFIX)]) if folder.name.endswith(PARTIAL_SUFFIX) else folder
+
+
 def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 

@@ -34,12 +34,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from unfreeze.errors import UsageError
 
 TRACKERS = ("none", "trackio", "wandb", "mlflow", "tensorboard")
+ReportTo = Literal["none", "trackio", "wandb", "mlflow", "tensorboard"]  # the type of every --report_to
 LOCAL_DEFAULT = "trackio"
 PROJECT = "unfreeze"
 # The modules each tracker imports, and the extra of unfreeze that installs them.

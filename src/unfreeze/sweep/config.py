@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from unfreeze.tracking import ReportTo
+
 
 @dataclass
 class SweepConfig:
@@ -28,6 +30,9 @@ class SweepConfig:
     out: str | None = None
     """output folder (default: runs/<sweep file name>)"""
     # --- added by suggest2 ---
+    report_to: ReportTo = "trackio"
+    """experiment tracker of every run: trackio (local: <out>/trackio, view with `trackio show`), wandb, mlflow,
+    tensorboard or none; runs are named <sweep>/<row>/seed-<s> and grouped by the sweep (a row may set its own)"""
     feature_cache: bool = True
     """classify rows share frozen-prefix caches on disk in <out>/features (classify's --feature_cache_dir):
     rows and seeds that freeze the same prefix compute it once; false: each run caches in memory alone"""

@@ -19,7 +19,7 @@ from typing import Any
 from unfreeze.registry import Task
 from unfreeze.config import config_from_mapping, to_dict
 from unfreeze.errors import UsageError
-from unfreeze.files import atomic_write_json, read_json
+from unfreeze.files import PARTIAL_SUFFIX, atomic_write_json, read_json
 
 
 def say(message: str) -> None:
@@ -62,7 +62,7 @@ def run_unit(command: Task, unit: Unit, out: str) -> Outcome:
     final = final_dir(out_path, unit.row, unit.seed)
     if (final / "metrics.json").is_file():
         return Outcome("finished", metrics=read_json(final / "metrics.json"))
-    partial = final.parent / f"seed-{unit.seed}.partial"
+    partial = final.parent / f"seed-{unit.seed}{PARTIAL_SUFFIX}"
     options = dict(unit.options)
     options[command.out_option] = str(partial)
     options[command.seed_option] = unit.seed

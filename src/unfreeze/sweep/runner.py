@@ -36,6 +36,7 @@ from unfreeze.files import (
     read_json_or_explain,
 )
 from unfreeze.sweep.config import SweepConfig
+from unfreeze.tracking import check_tracker
 from unfreeze.sweep.executors import LocalExecutor, RayExecutor, Unit, final_dir, say
 from unfreeze.sweep.spec import (
     Row,
@@ -64,8 +65,10 @@ def run(args: SweepConfig) -> int:
         if (out / name).is_file():
             read_json_or_explain(out / name, f"delete it (finished runs under {out / 'runs'} are kept), or use another --out")
     features = out / "features" if args.feature_cache else None
+    check_tracker(args.report_to)
     check_rows(sweep, rows, out)
-    return run_sweep(sweep, rows, out, backend=args.backend, address=args.address, features=features)
+    return run_sweep(sweep, rows, out, backend=args.backend, address=args.address, features=features,
+                     report_to=args.report_to)
 
 
 def check_rows(sweep: Sweep, rows: list[Row], out: Path) -> None:
@@ -169,15 +172,19 @@ def sweep_lock(out: Path) -> Iterator[None]:
 # --- the sweep --------------------------------------------------------------------------------------
 
 
-def plan(sweep: Sweep, rows: list[Row], out: Path, features: Path | None = None) -> tuple[list[Unit], int]:
+def plan(sweep: Sweep, rows: list[Row], out: Path, features: Path | None = None,
+         report_to: str = "none") -> tuple[list[Unit], int]:
     """Units without a finished result, dependencies first; and how many are already done.
 
     With `features`, every run of a command that takes `feature_cache_dir` (classify) shares that folder's
     frozen-prefix caches unless its row sets the option itself: rows and seeds that freeze the same prefix
-    of the same network on the same data compute it once.
+    of the same network on the same data compute it once. Every run of a command that is tracked goes to
+    `report_to` in the sweep's folder, named `<sweep>/<row>/seed-<s>` and grouped by the sweep (a run's own
+    folder is renamed when it finishes, so the sweep's folder keeps the store).
     """
     units, done = [], 0
-    shares = features is not None and "feature_cache_dir" in {f.name for f in dataclasses.fields(sweep.command.config)}
+    fields = {f.name for f in dataclasses.fields(sweep.command.config)}
+    shares = features is not None and "feature_cache_dir" in fields
     for row in dependency_order(rows):
         for seed in sweep.seeds:
             if is_finished(out, row.name, seed):
@@ -186,15 +193,19 @@ def plan(sweep: Sweep, rows: list[Row], out: Path, features: Path | None = None)
             options = dict(row.options)
             if shares and "feature_cache_dir" not in options:
                 options["feature_cache_dir"] = str(features.resolve())
+            if "report_to" in fields:
+                tracking = {"report_to": report_to, "run_name": f"{out.resolve().name}/{row.name}/seed-{seed}",
+                            "run_group": out.resolve().name, "tracker_dir": str(out.resolve())}
+                options = {**tracking, **options}  # what a row sets itself wins
             units.append(Unit(row.name, seed, options, row.init_from, dict(row.resources)))
     return units, done
 
 
 def run_sweep(sweep: Sweep, rows: list[Row], out: Path, backend: str = "local", address: str | None = None,
-              features: Path | None = None) -> int:
+              features: Path | None = None, report_to: str = "none") -> int:
     with sweep_lock(out):
         write_sweep_json(sweep, rows, out)
-        units, done = plan(sweep, rows, out, features)
+        units, done = plan(sweep, rows, out, features, report_to)
         total = len(units) + done
         say(f"sweep {Path(sweep.path).name}: {len(rows)} row(s) x {len(sweep.seeds)} seed(s) = {total} run(s); "
             f"{done} already finished, {len(units)} to run ({backend}) -> {out}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -94,9 +95,11 @@ class ClassifierTraining:
     """A classifier's training run, resumable in slices (see the module docstring)."""
 
     def __init__(self, model, inputs: ClassifierInputs, labels: dict[str, list[int]], schedule: Schedule,
-                 device: torch.device, *, log=None, periodic_scores: bool = True, progress: bool = False):
+                 device: torch.device, *, log=None, periodic_scores: bool = True, progress: bool = False,
+                 record: Callable[[dict, int], None] | None = None):
+        """`record(numbers, step)` receives the periodic losses and accuracies as they are computed (a tracker)."""
         self.model, self.inputs, self.labels, self.schedule, self.device = model, inputs, labels, schedule, device
-        self.log, self.periodic_scores, self.progress = log, periodic_scores, progress
+        self.log, self.periodic_scores, self.progress, self.record = log, periodic_scores, progress, record
         batch = schedule.batch_size
         # Like the reference: the training loader shuffles and drops the last incomplete batch.
         self.loaders = {"train": DataLoader(IndexDataset(labels["train"]), batch_size=batch, shuffle=True, drop_last=True),
@@ -189,6 +192,8 @@ class ClassifierTraining:
         if self.periodic_scores:
             for key, value in losses.items():
                 self.history[key].append(value)
+            if self.record is not None:
+                self.record(losses, step + 1)
             if self.log is not None:
                 self.log.info(f"Ep {epoch + 1} (step {step:06d}): train loss {losses['train_loss']:.3f}, "
                               f"val loss {losses['val_loss']:.3f}")
@@ -207,6 +212,8 @@ class ClassifierTraining:
         if self.periodic_scores:
             for key, value in scores.items():
                 self.history[key].append(value)
+            if self.record is not None:
+                self.record(scores, self.steps_done + 1)
             if self.log is not None:
                 self.log.info(f"Ep {epoch + 1}: training accuracy {scores['train_acc'] * 100:.2f}% | "
                               f"validation accuracy {scores['val_acc'] * 100:.2f}%")

@@ -84,13 +84,16 @@ class SFTTraining:
     """An SFT run's loop, resumable in slices (see the module docstring).
 
     `checkpoint` (called after an optimizer step when `save_steps` says so) saves a resumable checkpoint;
-    the recipe provides it, with everything it needs to name the run.
+    the recipe provides it, with everything it needs to name the run. `record(numbers, step)` receives the
+    training and validation losses as they are logged (the run's tracker).
     """
 
     def __init__(self, run: Setup, schedule: SFTSchedule, accelerator: Any, log: Any,
-                 checkpoint: Callable[[], Any] | None = None, progress: bool = True):
+                 checkpoint: Callable[[], Any] | None = None, progress: bool = True,
+                 record: Callable[[dict, int], None] | None = None):
         self.run, self.schedule, self.accelerator, self.log = run, schedule, accelerator, log
         self.checkpoint = checkpoint
+        self.record = record or (lambda numbers, step: None)  # the training and validation losses, to a tracker
         self.progress = progress
         self._steps = None
 
@@ -132,7 +135,7 @@ class SFTTraining:
         if self.schedule.eval_at_start and state.resumed_from is None:
             state.initial_losses = self.evaluate()
             self.log.info(format_losses("before training", state.initial_losses))
-            accelerator.log(state.initial_losses, step=0)
+            self.record(state.initial_losses, 0)
         self.log.info(f"training: {self.schedule.num_epochs} epoch(s), {self.run.total_steps} optimizer steps of "
                       f"{self.schedule.batch_size} examples x {self.schedule.accumulation_steps} accumulation x "
                       f"{accelerator.num_processes} process(es)")
@@ -193,7 +196,7 @@ class SFTTraining:
             record = {"step": state.step, "train_loss": loss, "train_lm_loss": lm_loss,
                       "train_pause_loss": pause_loss, "lr": run.optimizer.param_groups[0]["lr"]}  # the next step's
             state.train_history.append(record)
-            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+            self.record({k: v for k, v in record.items() if k != "step"}, state.step)
             self.log.info(f"step {state.step}/{run.total_steps}: train loss {loss:.4f} (lm {lm_loss:.4f}, "
                           f"pause {pause_loss:.4f})")
         if schedule.eval_every and state.step % schedule.eval_every == 0 and state.step < run.total_steps:
@@ -208,7 +211,7 @@ class SFTTraining:
         state = self.state
         losses = self.evaluate()
         state.eval_history.append({"step": state.step, **losses})
-        self.accelerator.log(losses, step=state.step)
+        self.record(losses, state.step)
         self.log.info(format_losses(when, losses))
         if self.schedule.keep == "best" and (state.best is None
                                              or losses["eval_loss"] < state.best["losses"]["eval_loss"]):

@@ -18,6 +18,7 @@ from jsonargparse.typing import register_type
 
 from unfreeze.config import option
 from unfreeze.errors import UsageError
+from unfreeze.tracking import ReportTo
 
 
 class TrainableLayers(str):
@@ -136,6 +137,16 @@ class ClassifierOptions:
     lora_layout: Literal["reference", "peft"] = "reference"
     """where LoRA updates sit: reference (separate query/key/value updates, as the reference's GPT; three on
     GPT-2's fused c_attn) or peft (one update per layer)"""
+    report_to: ReportTo = "trackio"
+    """experiment tracker of the run: trackio (local, no account: <out>/trackio, view with `trackio show`), wandb
+    (WANDB_MODE=offline works without an account), mlflow (a local SQLite store), tensorboard, or none; a run
+    without --out (or --tracker_dir) is not tracked"""
+    run_name: str | None = None
+    """the run's name in the tracker (default: --out's folder name; a sweep names its runs <sweep>/<row>/seed-<s>)"""
+    run_group: str | None = None
+    """the group of runs it belongs to in the tracker (a sweep sets its own name)"""
+    tracker_dir: str | None = option(None, path=True)
+    """folder the tracker writes in (default: --out; a sweep passes its own folder)"""
 
     # The reference's names for options that carry one name across every task here.
     ALIASES: ClassVar[dict[str, str]] = {"eval_freq": "eval_every", "eval_iter": "eval_batches"}

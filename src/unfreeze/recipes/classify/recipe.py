@@ -18,7 +18,7 @@ import torch
 from unfreeze.cache import memory, shared
 from unfreeze.cache.policy import CacheRequest
 from unfreeze.config import to_dict
-from unfreeze.lifecycle import Run, run_folder
+from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.offline import require_downloads
 from unfreeze.recipes.classify.config import ClassifyConfig
 from unfreeze.recipes.classify.evaluate import evaluate, score_lines, score_metrics
@@ -41,7 +41,7 @@ def check(cfg: ClassifyConfig, log=None) -> tuple[ClassifyConfig, Inputs]:
 def run(cfg: ClassifyConfig) -> dict:
     """Train and evaluate one configuration; returns the metrics (also <out>/metrics.json, written last)."""
     cfg = validate(cfg)
-    with run_folder("classify", cfg.out, cfg.overwrite, downloads=downloads(cfg)) as folder:
+    with run_folder("classify", cfg.out, cfg.overwrite, downloads=downloads(cfg), tracking=Tracking.of(cfg)) as folder:
         inputs = load_inputs(cfg, folder.log)
         folder.start(to_dict(cfg))
         metrics = train_and_evaluate(cfg, inputs, folder)
@@ -71,8 +71,9 @@ class Training:
     cache_build_s: float
 
 
-def setup(cfg: ClassifyConfig, inputs: Inputs, log) -> Training:
-    """The classifier (`--trainable_layers` applied), the frozen-prefix cache, and the training loop."""
+def setup(cfg: ClassifyConfig, inputs: Inputs, log, record=None) -> Training:
+    """The classifier (`--trainable_layers` applied), the frozen-prefix cache, and the training loop (which hands
+    its periodic losses and accuracies to `record`, the run's tracker)."""
     device = inputs.device
     model, summary = build_trainable_model(cfg, inputs.source, inputs.config, inputs.pad_token_id,
                                            len(inputs.splits.class_names))  # classes in sorted order
@@ -85,7 +86,8 @@ def setup(cfg: ClassifyConfig, inputs: Inputs, log) -> Training:
     if cfg.cache_activations != "off":
         reader, cache_info, cache_build_s = prepare_cache(cfg, model, inputs.tokens, device, log)
     inputs_of = ClassifierInputs(model, inputs.tokens, reader, device, autocast_dtype(cfg))
-    loop = ClassifierTraining(model, inputs_of, inputs.labels, schedule(cfg), device, log=log, progress=True)
+    loop = ClassifierTraining(model, inputs_of, inputs.labels, schedule(cfg), device, log=log, progress=True,
+                              record=record)
     return Training(model, summary, loop, cache_info, cache_build_s)
 
 
@@ -93,7 +95,7 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
     started, log, splits = time.perf_counter(), folder.log, inputs.splits
     log.info(f"data {splits.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
              + f"; max length {inputs.max_length}")
-    training = setup(cfg, inputs, log)
+    training = setup(cfg, inputs, log, record=folder.track)
     train_started = time.perf_counter()
     training.loop.advance()
     train_loop_s = time.perf_counter() - train_started

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 
 from unfreeze.config import option
 from unfreeze.data.gsm8k import PROMPT_TEMPLATE
+from unfreeze.tracking import ReportTo
 
 
 @dataclass
@@ -107,8 +108,16 @@ class SFTConfig:
     """optimizer steps between training-loss log lines"""
     seed: int = option(42, role="seed")
     """seed for the split, new weights, data order and dropout"""
-    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
-    """experiment tracker (accelerate)"""
+    report_to: ReportTo = "trackio"
+    """experiment tracker of the run: trackio (local, no account: <out>/trackio, view with `trackio show`), wandb
+    (WANDB_MODE=offline works without an account), mlflow (a local SQLite store), tensorboard, or none; a run
+    without --out (or --tracker_dir) is not tracked"""
+    run_name: str | None = None
+    """the run's name in the tracker (default: --out's folder name; a sweep names its runs <sweep>/<row>/seed-<s>)"""
+    run_group: str | None = None
+    """the group of runs it belongs to in the tracker (a sweep sets its own name)"""
+    tracker_dir: str | None = option(None, path=True)
+    """folder the tracker writes in (default: --out; a sweep passes its own folder)"""
     out: str | None = option(None, path=True, role="out")
     """run folder (also --out): metrics.json, config.json, run.log, final/"""
     # --- GSM8K test evaluation after training ------------------------------------------------------------

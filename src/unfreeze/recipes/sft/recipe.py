@@ -21,8 +21,9 @@ import torch
 
 from unfreeze.config import parse_args, to_dict
 from unfreeze.errors import UsageError
-from unfreeze.lifecycle import Run, run_folder
+from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.offline import require_downloads
+from unfreeze.tracking import check_tracker
 from unfreeze.recipes.sft import resume as sft_resume
 from unfreeze.recipes.sft import setup as sft_setup
 from unfreeze.recipes.sft.config import SFTConfig
@@ -67,7 +68,8 @@ def run(config: SFTConfig) -> dict[str, Any]:
     # The process group (one process, or `accelerate launch`'s), made as the accelerator would make it.
     main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
     downloads = sft_setup.model_source(config).downloads() if not _saved_folder(config) else []
-    with run_folder("sft", config.out, config.overwrite, downloads=downloads, main_process=main) as folder:
+    with run_folder("sft", config.out, config.overwrite, downloads=downloads, main_process=main,
+                    tracking=Tracking.of(config)) as folder:
         out, log = Path(config.out), folder.log
         read = sft_setup.read_data(config, log)  # a wrong column fails here, before anything is written
         metrics, final, test_file = train_and_save(config, precision, out, folder, read)
@@ -89,16 +91,14 @@ def train_and_save(config: SFTConfig, precision: Precision, out: Path, folder: R
     run = setup(config, accelerator, log, precision, resume_from, read)
     accelerator.wait_for_everyone()  # every process has decided before old checkpoints may be removed
     if main:
-        folder.start(to_dict(config) if resume_from is None else None)
+        folder.start(to_dict(config))  # (a resumed run's config.json is the same: only neutral keys may differ)
         if resume_from is None:
             sft_resume.start_fresh(out, log)
     accelerator.wait_for_everyone()
     loop = SFTTraining(run, schedule(config), accelerator, log,
-                       checkpoint=lambda: sft_resume.save_checkpoint(run, config, accelerator, log))
+                       checkpoint=lambda: sft_resume.save_checkpoint(run, config, accelerator, log), record=folder.track)
     loop.advance()
     losses = loop.finish()
-    for tracker in accelerator.trackers:  # (not end_training: that also ends the process group)
-        tracker.finish()
     metrics = _metrics(run, config, accelerator, losses, precision)
     final = save(run, config, accelerator, log)
     accelerator.free_memory()
@@ -147,8 +147,6 @@ def setup(config: SFTConfig, accelerator: Any, log: Any, precision: Precision,
                 val_loader=val_loader, params=params, generator=generator, total_steps=total_steps,
                 trainable=trainable, data=data, cache_info=cache_info, cache_seconds=cache_s, precision=precision)
     sft_resume.make_resumable(run, accelerator, log, resume_from)
-    if config.report_to != "none":
-        accelerator.init_trackers("unfreeze-sft", config={k: v for k, v in to_dict(config).items() if v is not None})
     return run
 
 
@@ -199,7 +197,6 @@ def _accelerator(config: SFTConfig, out: Path) -> Any:
     return Accelerator(
         gradient_accumulation_steps=config.accumulation_steps,
         mixed_precision="no",
-        log_with=None if config.report_to == "none" else config.report_to,
         project_dir=str(out),
         # Control-token rows take part in every forward, but frozen branches may not: be tolerant.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -292,12 +289,6 @@ def _check_config(config: SFTConfig, check_model: bool = True) -> None:
         sft_setup.model_source(config).check()
     if config.merge_lora and not config.lora:
         raise UsageError("merge_lora: true needs lora: true")
-    if config.report_to != "none":
-        from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
-
-        available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
-                     "mlflow": is_mlflow_available}[config.report_to]()
-        if not available:
-            raise UsageError(f"report_to={config.report_to} needs `pip install {config.report_to}`")
+    check_tracker(config.report_to, "report_to")
 
 

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from unfreeze.training.sft_loop import Setup
 
 # Keys that may differ between a checkpoint and the run resuming from it: none changes what is trained.
-RESUME_NEUTRAL = ("out", "resume", "save_steps", "save_total_limit", "report_to", "test", "test_data",
-                  "test_limit", "test_batch_size", "max_new_tokens", "test_max_length", "merge_lora", "overwrite")
+RESUME_NEUTRAL = ("out", "resume", "save_steps", "save_total_limit", "report_to", "run_name", "run_group",
+                  "tracker_dir", "test", "test_data", "test_limit", "test_batch_size", "max_new_tokens",
+                  "test_max_length", "merge_lora", "overwrite")
 
 
 def resume_point(config: SFTConfig, out: Path, num_processes: int) -> Path | None:

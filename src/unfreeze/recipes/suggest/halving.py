@@ -116,8 +116,10 @@ def _play_round(alive: list[ArmLike], target: int, eta: int) -> tuple[Rung, list
 
 def successive_halving(arms: list[ArmLike], budget_s: float, eta: int, budget_name: str = "",
                        clock: Callable[[], float] = time.perf_counter,
-                       on_rung: Callable[[Rung], None] | None = None) -> HalvingResult:
+                       on_rung: Callable[[Rung], None] | None = None,
+                       on_round: Callable[[int, int], None] | None = None) -> HalvingResult:
     """Run the rounds; returns every round's scores and survivors. Arms eliminated are `release()`d if they can.
+    `on_round(arms, target steps)` is told before each round, `on_rung(rung)` after it (progress, tracking).
 
     The plan is redone before every round for the arms still in it and the budget still left (planned
     cost of the rounds played, or the clock, whichever says more was spent): once the expensive arms
@@ -132,6 +134,8 @@ def successive_halving(arms: list[ArmLike], budget_s: float, eta: int, budget_na
         if result.rungs and spent + cost > budget_s:
             result.stopped_early = True
             break
+        if on_round is not None:
+            on_round(len(alive), target)
         rung, keep = _play_round(alive, target, eta)
         result.rungs.append(rung)
         spent = max(spent + cost, clock() - start)

@@ -52,6 +52,26 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def summary_lines(result: dict) -> str:
+    """What the table's numbers mean: the pick, what it cost against the sweep, and whether the rounds were
+    cut short by the budget (then the ranking rests on fewer steps than a full run)."""
+    lines = [f"\npick: {result['pick']}  (suggest {result['spent_s']:.0f}s = {result['spent_share']:.2f} of the "
+             f"predicted sweep {result['sweep_predicted_s']:.0f}s)"]
+    rounds = result["halving"]["rounds"]
+    if result["halving"]["stopped_early"] and rounds:
+        last = rounds[-1]
+        steps = max(last["steps"].values())
+        total = max(row["evidence"]["total_steps"] for row in result["candidates"])
+        lines.append(f"stopped early: the budget ended the rounds with {len(last['kept'])} candidate(s) still in "
+                     f"after {len(rounds)} round(s); the ranking rests on at most {steps} of {total} steps per "
+                     f"candidate, so confirm the top ones with full runs (--write_sweep) or raise --budget")
+    if result["spent_share"] > 1:
+        lines.append(f"note: suggest spent {result['spent_share']:.1f}x the predicted sweep: with so few or such cheap "
+                     f"candidates its fixed costs (the shared cache, the measurements, the signals) outweigh the "
+                     f"sweep it replaces; run the candidates with `unfreeze sweep` instead")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: Path) -> Path:
     """Predicted validation accuracy (with its interval) against predicted time of a full run."""
     import matplotlib

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from unfreeze.cache import disk
 from unfreeze.config import to_dict
 from unfreeze.errors import UsageError, require
-from unfreeze.files import atomic_write_json, check_output_path, run_logger
+from unfreeze.files import check_output_path
+from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.recipes.suggest import candidates as cand
 from unfreeze.recipes.suggest import cost, halving, output, signals
 from unfreeze.recipes.classify.model import make_trainable
@@ -28,6 +29,7 @@ from unfreeze.recipes.suggest.setup import Setup, prepare
 from unfreeze.training.loop import ClassifierInputs, ClassifierTraining
 from unfreeze.recipes.suggest.config import SuggestConfig
 
+SUGGESTION = "suggestion.json"  # the file that makes a finished suggestion in --out
 WARMUP_STEPS = 2  # measured steps per candidate before the plan (the first pays one-time costs)
 RGN_BATCHES = 1  # one batch already orders the stages; each costs a full backward pass
 
@@ -54,31 +56,31 @@ def validate(cfg: SuggestConfig) -> list[str]:
     require(cfg.top >= 1, f"--top must be at least 1 (got {cfg.top})")
     require(cfg.feature_cache_budget_gb is None or cfg.feature_cache_budget_gb > 0,
             "--feature_cache_budget_gb must be positive")
-    if cfg.out is not None:
-        check_output_path(cfg.out, "--out")
     if cfg.write_sweep is not None:
-        check_output_path(cfg.write_sweep, "--write_sweep", kind="file")
+        target = check_output_path(cfg.write_sweep, "--write_sweep", kind="file")
+        require(not target.exists() or cfg.overwrite, f"--write_sweep {cfg.write_sweep} exists; pass --overwrite to "
+                "replace it, or choose another file name")
     return names
 
 
 def run(cfg: SuggestConfig) -> int:
+    """setup -> signals -> measured steps -> successive halving -> the table, suggestion.json (last) and the
+    sweep file, in the one run lifecycle: an --out that holds a suggestion is refused without --overwrite."""
     started = time.perf_counter()
     names = validate(cfg)
-    log = run_logger(None, "unfreeze.suggest")
-    setup = prepare(cfg, log)
-    result = suggest(cfg, names, setup, started, log)
-    print(output.render_table(result["candidates"]))
-    print(f"\npick: {result['pick']}  (suggest {result['spent_s']:.0f}s = {result['spent_share']:.2f} of the "
-          f"predicted sweep {result['sweep_predicted_s']:.0f}s)")
-    if cfg.out is not None:
-        folder = Path(cfg.out)
-        atomic_write_json(folder / "suggestion.json", result)
-        output.plot(result["candidates"], folder / "suggestion.png")
-        print(f"written: {folder / 'suggestion.json'}, {folder / 'suggestion.png'}")
-    if cfg.write_sweep is not None:
-        seeds = [cfg.seed + i for i in range(cfg.seeds)]
-        output.write_sweep(cfg.write_sweep, output.sweep_text(result["candidates"], setup.classify, seeds, cfg.top))
-        print(f"written: {cfg.write_sweep} (unfreeze sweep {cfg.write_sweep})")
+    with run_folder("suggest", cfg.out, cfg.overwrite, markers=(SUGGESTION,), tracking=Tracking.of(cfg)) as folder:
+        setup = prepare(cfg, folder.log)  # every input checked before anything is written
+        result = suggest(cfg, names, setup, started, folder)
+        print(output.render_table(result["candidates"]))
+        print(output.summary_lines(result))
+        if cfg.write_sweep is not None:
+            seeds = [cfg.seed + i for i in range(cfg.seeds)]
+            output.write_sweep(cfg.write_sweep, output.sweep_text(result["candidates"], setup.classify, seeds, cfg.top))
+            print(f"written: {cfg.write_sweep} (unfreeze sweep {cfg.write_sweep})")
+        if folder.out is not None:
+            output.plot(result["candidates"], folder.out / "suggestion.png")
+            folder.finish(result, file=SUGGESTION)
+            print(f"written: {folder.out / SUGGESTION}, {folder.out / 'suggestion.png'}")
     return 0
 
 
@@ -120,6 +122,15 @@ def cache_reader(cache, start: int, final_stage: int):
     return None
 
 
+def report_round(rung, folder: Run, log) -> None:
+    """A round's scores: said, and to the tracker (each candidate's validation accuracy and loss at its steps)."""
+    kept = ", ".join(rung.kept)
+    scores = "; ".join(f"{name} {acc:.3f} at {rung.steps[name]} steps" for name, (acc, _) in rung.scores.items())
+    log.info(f"round done: {scores}; kept {kept}")
+    for name, (accuracy, loss) in rung.scores.items():
+        folder.track({f"{name}/val_acc": accuracy, f"{name}/val_loss": loss}, rung.steps[name])
+
+
 def rgn_signal(setup: Setup, batch_size: int) -> list[float]:
     model, tokens, labels = setup.base_model, setup.tokens["train"], setup.labels["train"]
 
@@ -133,8 +144,9 @@ def rgn_signal(setup: Setup, batch_size: int) -> list[float]:
     return signals.relative_gradient_norms(model, [batch(i) for i in range(count)])
 
 
-def suggest(cfg: SuggestConfig, names: list[str], setup: Setup, started: float, log) -> dict:
+def suggest(cfg: SuggestConfig, names: list[str], setup: Setup, started: float, folder: Run) -> dict:
     """Everything after setup; returns suggestion.json's content."""
+    log = folder.log
     base = setup.base_model
     cand.check_bounds(names, base.num_blocks)
     for p in base.parameters():
@@ -159,7 +171,14 @@ def suggest(cfg: SuggestConfig, names: list[str], setup: Setup, started: float, 
     kind, value = parse_budget(cfg.budget)
     budget_s = value * sweep_s if kind == "share" else value
     remaining = budget_s - (time.perf_counter() - started)
-    result = halving.successive_halving(arms, remaining, cfg.eta, f"{cfg.budget} ({budget_s:.1f}s in all)")
+    budget_name = f"{cfg.budget} ({budget_s:.1f}s in all)"
+    halving.first_rung_steps(arms, remaining, cfg.eta, budget_name)  # a budget short of one round: said, nothing written
+    folder.start(to_dict(cfg))
+    log.info(f"halving: {len(arms)} candidates, {remaining:.0f}s of the budget left; rounds keep 1/{cfg.eta}")
+    result = halving.successive_halving(arms, remaining, cfg.eta, budget_name,
+                                        on_rung=lambda rung: report_round(rung, folder, log),
+                                        on_round=lambda count, target: log.info(
+                                            f"round: training {count} candidate(s) to {target} steps ..."))
     rows = ranked_rows(arms, predicted, result, len(setup.labels["validation"]))
     spent = time.perf_counter() - started
     return {
