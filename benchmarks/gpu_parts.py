@@ -262,8 +262,9 @@ def sft(ctx: Context, deadline: float) -> dict:
         command += ["--precision", "fp32", "--batch_size", "2", "--max_length", "128"]
     code = run_logged(command, ctx.work / "sft.log", deadline, ctx.env)
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+    broken = code != 0 or any("error" in row for row in rows)
     result = {"model": str(model), "steps": ctx.args.sft_steps, "rows": rows, "exit_code": code,
-              "status": finished("done" if code == 0 else "failed", code is None, bool(rows))}
+              "status": finished("failed" if broken else "done", code is None, bool(rows))}
     if code not in (0, None):
         result["log_tail"] = tail(ctx.work / "sft.log")
     return result

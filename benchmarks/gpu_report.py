@@ -78,6 +78,9 @@ def sft_section(part: dict) -> list[str]:
              "", "| row | trains | precision | cache | steps/s | peak GiB (measured) | predicted GiB (cost model) "
              "| measured / predicted | logits GiB (not in the cost model) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in part.get("rows", []):
+        if "error" in row:
+            lines.append(f"| {row['row']} | failed: {row['error'][:200]} | | | | | | | |")
+            continue
         ratio = (f"{row['peak_bytes'] / row['predicted_peak_bytes']:.2f}"
                  if row.get("peak_bytes") and row.get("predicted_peak_bytes") else "-")
         lines.append(f"| {row['row']} | {', '.join(row['components'])} | {row['precision']} | {row['cache']} "

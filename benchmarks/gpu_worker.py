@@ -114,12 +114,13 @@ def longest_example(model: str, data: Path, n_rows: int, max_length: int) -> int
     register_control_tokens(tokenizer, [PAUSE], len(tokenizer))
     train_file, _ = sft_data.data_files(str(data))
     rows = sft_data.read_rows(train_file)[:n_rows]
-    return max(len(e.input_ids) for e in sft_data.encode_rows(tokenizer, rows, max_length, [PAUSE]).examples)
+    examples = sft_data.encode_rows(tokenizer, rows, max_length, [PAUSE]).examples
+    return max((len(e.input_ids) for e in examples), default=0)
 
 
-def run_row(row: dict, args, data: dict[str, Path], limit: int, out: Path):
-    """`unfreeze sft <row's YAML> <overrides>`: its config and metrics."""
-    from unfreeze.tasks.sft import load_config, run_config
+def run_row(row: dict, args, data: dict[str, Path], limit: int, out: Path) -> dict:
+    """`unfreeze sft <row's YAML> <overrides> --out OUT` (the command line, in this process): its metrics."""
+    from unfreeze.cli import main as cli_main
 
     step1 = row["name"].startswith(("step1", "baseline"))
     overrides = [f"model={args.model}", "weights=random", "model_config=null", "tokenizer=null",
@@ -128,21 +129,29 @@ def run_row(row: dict, args, data: dict[str, Path], limit: int, out: Path):
                  "test=false", "save_steps=0", "eval_every=0", "keep=last", "eval_at_start=false", "log_every=10",
                  *(f"{key}={json.dumps(value)}" for key, value in (row.get("options") or {}).items()),
                  *([f"precision={args.precision}"] if args.precision else [])]
-    config = load_config(str(ROOT / "experiments" / row["config"]), overrides, out=str(out))
-    return config, run_config(config)
+    status = cli_main(["sft", str(ROOT / "experiments" / row["config"]), *overrides, "--out", str(out)])
+    if status != 0:
+        log = (out / "run.log").read_text(errors="replace").strip().splitlines() if (out / "run.log").exists() else []
+        raise RuntimeError(f"unfreeze sft {row['config']} exited {status}: {log[-1] if log else ''}"[:400])
+    return json.loads((out / "metrics.json").read_text())
 
 
-def predicted_peak(config, metrics: dict, hf_config, longest: int) -> dict:
+def predicted_peak(batch_size: int, metrics: dict, hf_config, longest: int) -> dict:
     """The cost model's peak memory for this row, and the LM head's logits it leaves out."""
     from unfreeze.suggest import cost
 
     text = hf_config.get_text_config()
     through = THROUGH_THE_BLOCKS & set(metrics["trainable_components"])
     param_bytes = 2 if metrics["precision"] == "bf16-pure" else 4
-    peak = cost.predict_peak_bytes(metrics["total_params"], metrics["trainable_params"], config.batch_size, longest,
+    peak = cost.predict_peak_bytes(metrics["total_params"], metrics["trainable_params"], batch_size, longest,
                                    text.hidden_size, text.num_hidden_layers if through else 0,
                                    text.num_attention_heads, param_bytes)
-    return {"predicted_peak_bytes": peak, "logits_bytes": config.batch_size * longest * text.vocab_size * 4}
+    return {"predicted_peak_bytes": peak, "logits_bytes": batch_size * longest * text.vocab_size * 4}
+
+
+def append(path: str, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def sft_rows(args) -> None:
@@ -164,7 +173,11 @@ def sft_rows(args) -> None:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        config, metrics = run_row(row, args, data, limit, work / "runs" / row["name"])
+        try:
+            metrics = run_row(row, args, data, limit, work / "runs" / row["name"])
+        except Exception as err:  # noqa: BLE001 - a failing row is recorded; the next rows still run
+            append(args.jsonl, {"row": row["name"], "config": row["config"], "error": f"{type(err).__name__}: {err}"})
+            continue
         kind = "plain" if row["name"].startswith(("step1", "baseline")) else "pauses"
         record = {"row": row["name"], "config": row["config"], "options": row.get("options") or {},
                   "components": metrics["trainable_components"], "trainable_params": metrics["trainable_params"],
@@ -172,11 +185,10 @@ def sft_rows(args) -> None:
                   "cache": metrics["cache"]["kind"], "optimizer_steps": metrics["optimizer_steps"],
                   "train_time_s": metrics["train_time_s"],
                   "steps_per_s": round(metrics["optimizer_steps"] / metrics["train_time_s"], 3),
-                  "longest_example": longest[kind], "batch_size": config.batch_size,
+                  "longest_example": longest[kind], "batch_size": args.batch_size,
                   "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-                  "eval_loss": metrics["eval_loss"], **predicted_peak(config, metrics, hf_config, longest[kind])}
-        with open(args.jsonl, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+                  "eval_loss": metrics["eval_loss"], **predicted_peak(args.batch_size, metrics, hf_config, longest[kind])}
+        append(args.jsonl, record)
         print(f"sft row {row['name']}: {record['steps_per_s']} steps/s, peak {record['peak_bytes']}", flush=True)
 
 
