@@ -157,7 +157,8 @@ def main(argv=None) -> int:
         part_began = time.time()
 
         def save(partial: dict, name=name, cap=cap, part_began=part_began) -> None:
-            record.result["parts"][name] = {**partial, "cap_s": round(cap), "seconds": round(time.time() - part_began, 1)}
+            seconds = round(time.time() - part_began, 1)
+            record.result["parts"][name] = {**partial, "cap_s": round(cap), "seconds": seconds}
             record.save()
 
         ctx.save = save

@@ -121,12 +121,12 @@ def mean_sd(values: list[float]) -> dict:
             "sd": statistics.stdev(values) if len(values) > 1 else None}
 
 
-def run_sweeps(ctx: Context, deadline: float, name: str, invocations: list[tuple[list[str], Path]],
+def run_sweeps(ctx: Context, deadline: float, name: str, invocations: list[list[str]],
                summarize: Callable[[], dict]) -> dict:
-    """Run the sweep invocations in order until the deadline, saving the table after each."""
+    """Run the sweep commands in order until the deadline, saving the table after each."""
     log = ctx.work / f"{name}.log"
     status = "done"
-    for index, (command, _out) in enumerate(invocations):
+    for index, command in enumerate(invocations):
         if time.time() >= deadline:
             status = finished(status, True, index > 0)
             break
@@ -154,10 +154,11 @@ def sweep_command(ctx: Context, file: str, rows: str | None, seed: int, out: Pat
 def gpt2_table(ctx: Context, deadline: float) -> dict:
     """Rows of experiments/spam_additional.yaml with random GPT-2-small weights, fp32 and bf16 (autocast),
     seed by seed (so that a cut run still holds pairs)."""
-    sets = ["weights=random", f"tokenizer={ctx.args.tokenizer}"] + ([f"model_config={TINY_GPT2}"] if ctx.args.smoke else [])
+    sets = ["weights=random", f"tokenizer={ctx.args.tokenizer}"]
+    sets += [f"model_config={TINY_GPT2}"] if ctx.args.smoke else []
     outs = {precision: ctx.work / "gpt2_table" / precision for precision in ("fp32", "bf16")}
-    invocations = [(sweep_command(ctx, "spam_additional.yaml", ctx.args.gpt2_rows, seed, out,
-                                  sets + [f"precision={precision}"]), out)
+    invocations = [sweep_command(ctx, "spam_additional.yaml", ctx.args.gpt2_rows, seed, out,
+                                 [*sets, f"precision={precision}"])
                    for seed in ctx.args.seeds for precision, out in outs.items()]
 
     def summarize() -> dict:
@@ -197,7 +198,7 @@ def smollm2_table(ctx: Context, deadline: float) -> dict:
         return {"status": "skipped", "reason": "no SmolLM2 model: pass --smollm2 FILE.gguf or a model folder"}
     out = ctx.work / "smollm2_table"
     sets = [f"model={model}"] + ([f"num_epochs={ctx.args.smollm2_epochs}"] if ctx.args.smollm2_epochs else [])
-    invocations = [(sweep_command(ctx, "spam_smollm2.yaml", ctx.args.smollm2_rows, seed, out, sets), out)
+    invocations = [sweep_command(ctx, "spam_smollm2.yaml", ctx.args.smollm2_rows, seed, out, sets)
                    for seed in ctx.args.seeds]
 
     def summarize() -> dict:

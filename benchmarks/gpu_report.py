@@ -27,7 +27,8 @@ def header(result: dict) -> list[str]:
     versions = ", ".join(f"{name} {env[name]}" for name in ("torch", "cuda", "transformers", "peft", "accelerate")
                          if env.get(name))
     lines = [f"# GPU check: {where}, {result.get('started', '?')}", "",
-             f"{versions}; fp32 matmul precision {env.get('float32_matmul_precision')}; budget {result.get('budget_s')} s, "
+             f"{versions}; fp32 matmul precision {env.get('float32_matmul_precision')}; "
+             f"budget {result.get('budget_s')} s, "
              f"elapsed {result.get('elapsed_s')} s{'' if result.get('finished') else ' (not finished)'}", "",
              "| part | status | seconds (cap) | note |", "|---|---|---|---|"]
     for name, part in result.get("parts", {}).items():
@@ -93,7 +94,8 @@ def generation_section(part: dict) -> list[str]:
     speeds = part.get("tokens_per_s") or {}
     lines = [part.get("model", ""), "", "| decoder | tokens/s |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in speeds.items()]
-    lines += ["", f"cache speed-up {part.get('cache_speedup')}×, cached = uncached: {part.get('cached_equals_uncached')}, "
+    lines += ["", f"cache speed-up {part.get('cache_speedup')}×, "
+                  f"cached = uncached: {part.get('cached_equals_uncached')}, "
                   f"pause-head overhead {part.get('pause_overhead_pct')} %"]
     return lines
 

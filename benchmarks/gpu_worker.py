@@ -187,7 +187,8 @@ def sft_rows(args) -> None:
                   "steps_per_s": round(metrics["optimizer_steps"] / metrics["train_time_s"], 3),
                   "longest_example": longest[kind], "batch_size": args.batch_size,
                   "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
-                  "eval_loss": metrics["eval_loss"], **predicted_peak(args.batch_size, metrics, hf_config, longest[kind])}
+                  "eval_loss": metrics["eval_loss"],
+                  **predicted_peak(args.batch_size, metrics, hf_config, longest[kind])}
         append(args.jsonl, record)
         print(f"sft row {row['name']}: {record['steps_per_s']} steps/s, peak {record['peak_bytes']}", flush=True)
 

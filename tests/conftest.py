@@ -111,7 +111,8 @@ def pytest_configure(config):
         import torch
 
         if not torch.cuda.is_available():
-            raise pytest.UsageError(f"{DEVICE_VARIABLE}=cuda, but torch sees no CUDA device; unset it to test on the CPU")
+            raise pytest.UsageError(f"{DEVICE_VARIABLE}=cuda, but torch sees no CUDA device; unset it to test on "
+                                    "the CPU")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -103,7 +103,8 @@ def test_lora_scaling_is_the_references_alpha_times_x_a_b(device, tolerance):
             layer.lora_B["default"].weight.copy_(b.T)
         x = torch.randn(5, a.shape[0]).to(device)
         base_out = layer.base_layer(x)
-        assert torch.allclose(layer(x), base_out + alpha * (x @ a @ b), atol=tol.atol, rtol=tol.rtol), (name, tol.reason)
+        want = base_out + alpha * (x @ a @ b)
+        assert torch.allclose(layer(x), want, atol=tol.atol, rtol=tol.rtol), (name, tol.reason)
         # The reference draws A from kaiming_uniform on an (in, r) tensor: U(-1/sqrt(r), 1/sqrt(r)).
         bound = 1 / math.sqrt(rank)
         assert a.abs().max() <= bound and a.abs().max() > 0.5 * bound
