@@ -86,7 +86,7 @@ def tests(ctx: Context, deadline: float) -> dict:
     selection = SMOKE_TESTS if ctx.args.smoke else TEST_FILES
     command = [sys.executable, "-m", "pytest", "-m", "not cpu_only", *selection, "-v", "-rfE", "-p", "no:cacheprovider"]
     code = run_logged(command, log, deadline, {**ctx.env, "UNFREEZE_TEST_DEVICE": ctx.device})
-    result = {"command": f"UNFREEZE_TEST_DEVICE={ctx.device} pytest -m 'not cpu_only' {' '.join(TEST_FILES)}",
+    result = {"command": f"UNFREEZE_TEST_DEVICE={ctx.device} pytest -m 'not cpu_only' {' '.join(selection)}",
               **parse_pytest(log.read_text(errors="replace")), "exit_code": code}
     ran = sum(result["counts"].values())
     result["status"] = finished("done" if code == 0 else "failed", code is None, ran > 0)
