@@ -2,7 +2,7 @@
 
     pip install --no-deps llms-from-scratch      # the reference's building blocks (ch04, ch06, appendix_e)
     python benchmarks/bench_vs_reference.py [--rows last_layer last_block all lora] [--epochs 5]
-                                            [--subset N] [--results runs/bench_vs_reference]
+                                            [--subset N] [--results runs/bench_vs_reference] [--device cuda]
 
 Both tools get exactly the same inputs:
   * the same split: `unfreeze.data.sms_spam` cuts ../shared/data/sms_spam/SMSSpamCollection as the
@@ -175,12 +175,13 @@ def reference_setup(row: str, ref_cfg: dict, state: dict, lora_rank: int, lora_a
 
 
 def run_reference(row: str, ref_cfg: dict, state: dict, data: Path, encoder: BpeEncoder, epochs: int,
-                  lora_rank: int, lora_alpha: int) -> dict:
+                  lora_rank: int, lora_alpha: int, device_name: str = "cpu") -> dict:
     from llms_from_scratch.ch06 import calc_accuracy_loader, train_classifier_simple
 
     begin = time.perf_counter()
-    device = torch.device("cpu")
-    model = reference_setup(row, ref_cfg, state, lora_rank, lora_alpha)
+    device = torch.device(device_name)
+    # additional_experiments.py moves its model to the device after the setup; its loops move the batches.
+    model = reference_setup(row, ref_cfg, state, lora_rank, lora_alpha).to(device)
     loaders = reference_loaders(data, encoder)
     train_begin = time.perf_counter()
     torch.manual_seed(SEED)
@@ -199,11 +200,11 @@ def run_reference(row: str, ref_cfg: dict, state: dict, data: Path, encoder: Bpe
 
 # --- unfreeze classify, as a subprocess with the same flags ----------------------------------------
 def unfreeze_command(row: str, model_dir: Path, data: Path, tokenizer: Path, out: Path, epochs: int,
-                     lora_rank: int, lora_alpha: int) -> list[str]:
+                     lora_rank: int, lora_alpha: int, device: str = "cpu") -> list[str]:
     command = [sys.executable, "-m", "unfreeze", "classify", "--model_size", str(model_dir),
                "--weights", "pretrained", "--trainable_layers", row, "--num_epochs", str(epochs),
                "--data", str(data), "--tokenizer", str(tokenizer), "--out", str(out), "--seed", str(SEED),
-               "--device", "cpu", "--precision", "fp32"]
+               "--device", device, "--precision", "fp32"]
     if row == "lora":
         command += ["--lora_rank", str(lora_rank), "--lora_alpha", str(lora_alpha)]
     return command
@@ -276,6 +277,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", type=Path, default=SHARED / "gpt2_bpe")
     parser.add_argument("--results", type=Path, default=ROOT / "runs" / "bench_vs_reference",
                         help="folder for results.json and results.md")
+    parser.add_argument("--device", default="cpu", help="where both tools run: cpu or cuda (fp32 on both)")
     return parser.parse_args(argv)
 
 
@@ -304,18 +306,22 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_vs_reference_") as tmp:
         state, ref_cfg, data, model_dir, encoder, checks = prepare(args, Path(tmp))
+        if args.device != "cpu":  # the GPU's first-use costs (context, matmul library) outside the first row
+            x = torch.randn(64, 64, device=args.device)
+            (x @ x).sum().item()
         split = f"subset: first {args.subset} training examples" if args.subset else "the full reference split"
         setting = {"epochs": args.epochs, "split": split, **checks, "arch": args.arch, "precision": "fp32",
-                   "device": "cpu", "torch_threads": torch.get_num_threads(),
+                   "device": args.device, "torch_threads": torch.get_num_threads(),
                    "lora": f"rank {args.lora_rank}, alpha {args.lora_alpha}"}
         print("setting: " + ", ".join(f"{k}: {v}" for k, v in setting.items()), flush=True)
         for row in args.rows:
             print(f"[{row}] reference ...", flush=True)
-            ref = run_reference(row, ref_cfg, state, data, encoder, args.epochs, args.lora_rank, args.lora_alpha)
+            ref = run_reference(row, ref_cfg, state, data, encoder, args.epochs, args.lora_rank, args.lora_alpha,
+                                args.device)
             print(f"[{row}] reference {ref['wall_s']:.1f} s; unfreeze classify ...", flush=True)
             out = Path(tmp) / "runs" / row
             ours = run_unfreeze(unfreeze_command(row, model_dir, data, args.tokenizer, out, args.epochs,
-                                                 args.lora_rank, args.lora_alpha), out)
+                                                 args.lora_rank, args.lora_alpha, args.device), out)
             results.append(compare(row, args.epochs, ref, ours))
             print(f"[{row}] unfreeze {ours['wall_s']:.1f} s: ratio {results[-1]['ratio']:.2f}×", flush=True)
             if ours["cache_build"]:

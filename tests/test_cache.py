@@ -15,7 +15,6 @@ from unfreeze.errors import UsageError
 from unfreeze.models.trainable import apply_components, apply_preset
 
 LOG = logging.getLogger("test_cache")
-CPU = torch.device("cpu")
 GIB = 2**30
 
 
@@ -36,11 +35,11 @@ def test_budget_policy_keeps_then_halves_then_drops():
     assert not strict.fits and strict.estimated_bytes == 1000 and len(strict.notes) == 1
 
 
-def test_default_budget_is_a_quarter_of_available_memory():
-    available = policy.available_memory_bytes(CPU)
+def test_default_budget_is_a_quarter_of_available_memory(device):
+    available = policy.available_memory_bytes(device)  # on CUDA: the GPU's free memory
     assert available > 0
-    assert abs(policy.budget_bytes(None, CPU) - available / 4) < 0.05 * available  # free memory moves a little
-    assert policy.budget_bytes(0.5, CPU) == 0.5 * GIB
+    assert abs(policy.budget_bytes(None, device) - available / 4) < 0.05 * available  # free memory moves a little
+    assert policy.budget_bytes(0.5, device) == 0.5 * GIB
 
 
 def test_not_exact_is_an_error_only_when_demanded(caplog):
@@ -88,55 +87,58 @@ def test_classify_config_dropout_goes_through_the_same_list():
 # --- each recipe's outcome under the shared policy -----------------------------------------------------
 
 
-def _classifier_tokens():
+def _classifier_tokens(device):
     from test_classifier import tiny_classifier
 
     model = tiny_classifier()
     apply_preset(model, "last_block")
+    model.to(device)
     generator = torch.Generator().manual_seed(0)
     tokens = {"train": list(torch.randint(0, 5000, (6, 10), generator=generator)),
               "validation": list(torch.randint(0, 5000, (2, 10), generator=generator))}
     return model, tokens
 
 
-def _classify(budget_gb, mode="auto"):
-    model, tokens = _classifier_tokens()
+def _classify(budget_gb, device, mode="auto"):
+    model, tokens = _classifier_tokens(device)
     request = policy.CacheRequest(mode, budget_gb, "--cache_activations on", "--cache_budget_gb")
-    return memory.prepare(model, tokens, CPU, None, request, batch_size=4, log=LOG)
+    return memory.prepare(model, tokens, device, None, request, batch_size=4, log=LOG)
 
 
-def test_classify_over_budget_stores_bf16_then_goes_uncached():
+def test_classify_over_budget_stores_bf16_then_goes_uncached(device):
     fp32_bytes = 8 * 10 * 32 * 4  # 8 examples x 10 positions x width 32, fp32 (the hidden cache)
-    cache, info, _ = _classify(budget_gb=2 * fp32_bytes / GIB)
+    cache, info, _ = _classify(budget_gb=2 * fp32_bytes / GIB, device=device)
     assert (info["kind"], info["dtype"], info["bytes"]) == ("hidden", "float32", fp32_bytes)
-    cache, info, _ = _classify(budget_gb=0.75 * fp32_bytes / GIB)
+    assert cache.splits["train"][0].device.type == device.type  # the cache lives where the model runs
+    cache, info, _ = _classify(budget_gb=0.75 * fp32_bytes / GIB, device=device)
     assert (info["kind"], info["dtype"], info["bytes"]) == ("hidden", "bfloat16", fp32_bytes // 2)
     assert cache.splits["train"][0].dtype == torch.bfloat16
-    cache, info, seconds = _classify(budget_gb=0.25 * fp32_bytes / GIB)
+    cache, info, seconds = _classify(budget_gb=0.25 * fp32_bytes / GIB, device=device)
     assert cache is None and info == {"kind": "none", "bytes": 0, "reason": "over budget"} and seconds == 0.0
 
 
-def _sft(budget_gb, components=("pause_head",), mode="auto"):
+def _sft(budget_gb, device, components=("pause_head",), mode="auto"):
     model = tiny_model()
     set_dropout(model.hf_model, 0.0)
     apply_components(model, components)
+    model.to(device)
     tokenizer = model.tokenizer
     rows = [{"question": "1+1?", "answer": "2"}, {"question": "two plus three?", "answer": "5"}]
     examples = sft_data.encode_rows(tokenizer, rows, 64, model.control_tokens).examples
     collate = sft_data.Collator(sft_data.pad_token_id(tokenizer))
     request = policy.CacheRequest(mode, budget_gb, "cache_activations=on", "cache_budget_gb")
-    info, _ = final_hidden.prepare(model, examples, collate, request, device=CPU, autocast=contextlib.nullcontext,
+    info, _ = final_hidden.prepare(model, examples, collate, request, device=device, autocast=contextlib.nullcontext,
                                    dtype=torch.float32, batch_size=2, log=LOG)
     return info, examples
 
 
-def test_sft_is_exact_or_uncached_never_bf16():
-    info, examples = _sft(budget_gb=1.0)
+def test_sft_is_exact_or_uncached_never_bf16(device):
+    info, examples = _sft(budget_gb=1.0, device=device)
     fp32_bytes = sum(len(e.input_ids) for e in examples) * 32 * 4
     assert (info["kind"], info["dtype"], info["bytes"]) == ("final_hidden", "float32", fp32_bytes)
     # Between half and the full size classify would store bf16; sft keeps its promise of an exact cache.
-    info, examples = _sft(budget_gb=0.75 * fp32_bytes / GIB)
+    info, examples = _sft(budget_gb=0.75 * fp32_bytes / GIB, device=device)
     assert info == {"kind": "none", "bytes": 0, "reason": "over budget"}
     assert all(e.hidden is None for e in examples)
     with pytest.raises(UsageError, match="^cache_activations=on cannot be exact here"):
-        _sft(budget_gb=1.0, components=("pause_embedding", "pause_head"), mode="on")
+        _sft(budget_gb=1.0, device=device, components=("pause_embedding", "pause_head"), mode="on")

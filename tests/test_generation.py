@@ -1,5 +1,9 @@
 """Batched greedy decoding: the cached path equals the uncached one, left padding changes nothing, and the
-pause temperature rescales the odds of pausing and nothing else."""
+pause temperature rescales the odds of pausing and nothing else.
+
+The decoding tests run on the test device (`device` fixture). They compare token ids, which are equal or
+not on every device: the tiny LM's large initialisation keeps its logits far apart, so the float
+differences between kernels (CUDA) cannot flip a greedy choice."""
 
 from __future__ import annotations
 
@@ -63,13 +67,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return tiny_lm()
+def lm(device):
+    return tiny_lm().to(device)
 
 
 @pytest.fixture(scope="module")
-def pause_model():
-    return tiny_pause_model()
+def pause_model(device):
+    return tiny_pause_model().to(device)
 
 
 def prompts_of_lengths(*lengths: int, seed: int = 1) -> list[list[int]]:
@@ -78,6 +82,7 @@ def prompts_of_lengths(*lengths: int, seed: int = 1) -> list[list[int]]:
 
 
 def decode(step, prompts, **kwargs) -> list[list[int]]:
+    """Greedy decoding of `prompts`; the batch goes to `device` (default: the CPU, where the fakes run)."""
     kwargs = {"eos_id": EOS, "pad_id": EOS, "max_new_tokens": 24} | kwargs
     return [g.tokens for g in greedy_generate(step, prompts, **kwargs)]
 
@@ -96,48 +101,49 @@ def test_left_pad_and_positions_count_real_tokens_only():
 # --- cache equivalence ----------------------------------------------------------------------------------
 
 
-def test_cached_equals_uncached_plain_lm(lm):
+def test_cached_equals_uncached_plain_lm(lm, device):
     prompts = prompts_of_lengths(3, 9, 5, 1)
-    cached = decode(step_function(lm), prompts)
-    uncached = decode(step_function(lm), prompts, use_cache=False)
+    cached = decode(step_function(lm), prompts, device=device)
+    uncached = decode(step_function(lm), prompts, use_cache=False, device=device)
     assert cached == uncached
     assert all(len(set(row)) > 3 for row in cached), "outputs too repetitive to test anything"
 
 
-def test_left_padded_batch_equals_each_prompt_alone(lm):
+def test_left_padded_batch_equals_each_prompt_alone(lm, device):
     """Wrong position ids (counting the padding) would shift every padded row: caught here."""
     prompts = prompts_of_lengths(2, 11, 6, 4)
     step = step_function(lm)
-    batched = decode(step, prompts)
-    alone = [decode(step, [prompt])[0] for prompt in prompts]
+    batched = decode(step, prompts, device=device)
+    alone = [decode(step, [prompt], device=device)[0] for prompt in prompts]
     assert batched == alone
 
 
-def test_cached_equals_uncached_pause_model(pause_model):
+def test_cached_equals_uncached_pause_model(pause_model, device):
     prompts = prompts_of_lengths(3, 9, 5, 1)
     pause_id = pause_model.control_token_ids[0]
     step = step_function(pause_model)
-    cached = decode(step, prompts, pause_ids=[pause_id])
-    uncached = decode(step, prompts, pause_ids=[pause_id], use_cache=False)
+    cached = decode(step, prompts, pause_ids=[pause_id], device=device)
+    uncached = decode(step, prompts, pause_ids=[pause_id], use_cache=False, device=device)
     assert cached == uncached
     # The test means something only if pauses were emitted and fed back, between normal tokens.
     flat = [tok for row in cached for tok in row]
     assert 0 < flat.count(pause_id) < len(flat) / 2
 
 
-def test_pause_model_padded_batch_equals_each_prompt_alone(pause_model):
+def test_pause_model_padded_batch_equals_each_prompt_alone(pause_model, device):
     prompts = prompts_of_lengths(7, 2, 12)
     step = step_function(pause_model)
     ids = pause_model.control_token_ids
-    assert decode(step, prompts, pause_ids=ids) == [decode(step, [p], pause_ids=ids)[0] for p in prompts]
+    assert decode(step, prompts, pause_ids=ids, device=device) == [
+        decode(step, [p], pause_ids=ids, device=device)[0] for p in prompts]
 
 
-def test_pause_model_without_control_tokens_decodes_like_the_plain_lm(lm):
+def test_pause_model_without_control_tokens_decodes_like_the_plain_lm(lm, device):
     from unfreeze.models.control.tokens import ControlTokenLM
 
-    plain = ControlTokenLM.from_base(lm, word_tokenizer(), control_tokens=[])
+    plain = ControlTokenLM.from_base(lm, word_tokenizer(), control_tokens=[]).to(device)
     prompts = prompts_of_lengths(4, 8)
-    assert decode(step_function(plain), prompts) == decode(step_function(lm), prompts)
+    assert decode(step_function(plain), prompts, device=device) == decode(step_function(lm), prompts, device=device)
 
 
 # --- stopping --------------------------------------------------------------------------------------------
@@ -207,12 +213,12 @@ def test_the_tighter_of_max_new_tokens_and_max_length_wins_per_row():
     assert out[1].tokens[-1] == 4 and out[1].stopped_at_eos
 
 
-def test_max_length_batch_equals_each_prompt_alone(lm):
+def test_max_length_batch_equals_each_prompt_alone(lm, device):
     prompts = prompts_of_lengths(2, 11, 6)
     step = step_function(lm)
-    batched = decode(step, prompts, max_new_tokens=None, max_length=16)
+    batched = decode(step, prompts, max_new_tokens=None, max_length=16, device=device)
     assert [len(p) + len(row) for p, row in zip(prompts, batched)] == [16, 16, 16]
-    assert batched == [decode(step, [p], max_new_tokens=None, max_length=16)[0] for p in prompts]
+    assert batched == [decode(step, [p], max_new_tokens=None, max_length=16, device=device)[0] for p in prompts]
 
 
 @pytest.mark.parametrize("limits, message", [
@@ -283,21 +289,22 @@ def test_bad_pause_temperature_is_rejected(temperature):
         apply_pause_temperature(random_logprobs(), [3], temperature)
 
 
-def test_pause_temperature_zero_decodes_exactly_like_the_plain_lm():
+def test_pause_temperature_zero_decodes_exactly_like_the_plain_lm(device):
     """log p(tok) = log p_lm(tok) + log p_head(use LM): without pauses the argmax is the LM's argmax."""
-    chatty = tiny_pause_model(pause_bias=-1.0)  # pauses more often than not
+    chatty = tiny_pause_model(pause_bias=-1.0).to(device)  # pauses more often than not
     prompts = prompts_of_lengths(3, 9, 5)
     ids = chatty.control_token_ids
-    with_pauses = decode(step_function(chatty), prompts, pause_ids=ids)
+    with_pauses = decode(step_function(chatty), prompts, pause_ids=ids, device=device)
     assert sum(row.count(ids[0]) for row in with_pauses) > 10
-    never = decode(step_function(chatty), prompts, pause_ids=ids, pause_temperature=0.0)
+    never = decode(step_function(chatty), prompts, pause_ids=ids, pause_temperature=0.0, device=device)
     assert all(ids[0] not in row for row in never)
-    assert never == decode(step_function(chatty.base), prompts)
+    assert never == decode(step_function(chatty.base), prompts, device=device)
 
 
-def test_higher_pause_temperature_pauses_more(pause_model):
+def test_higher_pause_temperature_pauses_more(pause_model, device):
     prompts = prompts_of_lengths(3, 9, 5, 1)
     ids = pause_model.control_token_ids
     counts = [sum(row.count(ids[0]) for row in decode(step_function(pause_model), prompts, pause_ids=ids,
-                                                      pause_temperature=t)) for t in (0.0, 1.0, 50.0)]
+                                                      pause_temperature=t, device=device))
+              for t in (0.0, 1.0, 50.0)]
     assert counts[0] == 0 < counts[1] < counts[2]

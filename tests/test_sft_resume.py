@@ -1,5 +1,9 @@
 """`unfreeze sft` checkpoints: a run killed with SIGKILL continues from its latest checkpoint and ends
-exactly where an uninterrupted run ends; a kill during a save never leaves a checkpoint that looks complete."""
+exactly where an uninterrupted run ends; a kill during a save never leaves a checkpoint that looks complete.
+
+Every run goes where accelerate puts it: the test device (conftest hides the GPUs when that is the CPU).
+On the CPU "exactly" is bit for bit; on CUDA within the `tolerance` fixture's (kernels such as attention's
+backward need not be deterministic there)."""
 
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ def uninterrupted(tmp_path_factory):
     return path, metrics
 
 
-def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, uninterrupted, capsys):
+def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, uninterrupted, capsys, tolerance):
     path, expected = uninterrupted
     out = tmp_path / "killed"
     result = _killed_run(path, out, kill_at_step=13)  # steps 1..12 done; checkpoints at 5 and 10
@@ -90,11 +94,11 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, uninterrupted, capsy
     assert cli_main(["sft", str(path), "--out", str(out)]) == 0
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["resumed_from_step"] == 10
-    assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    tolerance().assert_close({k: resumed[k] for k in COMPARED}, {k: expected[k] for k in COMPARED})
     assert "resumed from" in (out / "run.log").read_text()
 
 
-def test_a_kill_during_a_save_leaves_no_checkpoint_that_looks_complete(tmp_path, uninterrupted):
+def test_a_kill_during_a_save_leaves_no_checkpoint_that_looks_complete(tmp_path, uninterrupted, tolerance):
     path, expected = uninterrupted
     out = tmp_path / "killed"
     result = _killed_run(path, out, kill_in_save=3)  # while writing the step-15 checkpoint
@@ -105,12 +109,13 @@ def test_a_kill_during_a_save_leaves_no_checkpoint_that_looks_complete(tmp_path,
     assert not (root / "step-00000015").exists()
     metrics = run_config(load_config(str(path), out=str(out)))
     assert metrics["resumed_from_step"] == 10
-    assert {k: metrics[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    tolerance().assert_close({k: metrics[k] for k in COMPARED}, {k: expected[k] for k in COMPARED})
     assert [p.name for p in complete_checkpoints(root)] == ["step-00000025", "step-00000027"]  # save_total_limit 2
     assert not list(root.glob(".*"))  # the abandoned staging folder is gone
 
 
-def test_resume_true_needs_a_checkpoint_and_resume_false_starts_afresh(tmp_path, pause_data, capsys):  # noqa: F811
+def test_resume_true_needs_a_checkpoint_and_resume_false_starts_afresh(tmp_path, pause_data, capsys,  # noqa: F811
+                                                                       tolerance):
     path = _tiny_config(tmp_path, pause_data, save_steps=4, train_limit=20)
     out = tmp_path / "run"
     assert cli_main(["sft", str(path), "resume=true", "--out", str(out)]) == 2
@@ -119,5 +124,6 @@ def test_resume_true_needs_a_checkpoint_and_resume_false_starts_afresh(tmp_path,
     assert first["resumed_from_step"] is None and complete_checkpoints(out / "checkpoints")
     (out / "metrics.json").unlink()  # as if it had been killed after its last checkpoint
     again = run_config(load_config(str(path), ["resume=false"], out=str(out)))
-    assert again["resumed_from_step"] is None and again["eval_loss"] == first["eval_loss"]
+    assert again["resumed_from_step"] is None
+    tolerance().assert_close(again["eval_loss"], first["eval_loss"], "eval_loss")
     assert "removed the checkpoints of an earlier run" in (out / "run.log").read_text()

@@ -191,7 +191,9 @@ class SFTTraining:
         run.scheduler.step()
         state.step += 1
         if state.step % schedule.log_every == 0 or state.step == run.total_steps:
-            loss, lm_loss, pause_loss = torch.stack(state.running).mean(0).tolist()
+            # Every process trained on its own micro-batches: the global batch's losses are their mean.
+            mean = self.accelerator.reduce(torch.stack(state.running).mean(0), reduction="mean")
+            loss, lm_loss, pause_loss = mean.tolist()
             state.running = []
             record = {"step": state.step, "train_loss": loss, "train_lm_loss": lm_loss,
                       "train_pause_loss": pause_loss, "lr": run.optimizer.param_groups[0]["lr"]}  # the next step's

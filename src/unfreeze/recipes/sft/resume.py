@@ -62,7 +62,9 @@ def make_resumable(run: Setup, accelerator: Any, log: Any, checkpoint: Path | No
     accelerator.register_save_state_pre_hook(checkpoints.keep_only_trainable_weights)
     if checkpoint is None:
         return
-    trainable = {name for name, param in run.model.named_parameters() if param.requires_grad}
+    # accelerate saves the unwrapped model's names (`pause_head.weight`, not DDP's `module.pause_head.weight`)
+    model = accelerator.unwrap_model(run.model)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
     stored = checkpoints.saved_tensor_names(checkpoint)
     if stored != trainable:
         raise UsageError(f"cannot resume from {checkpoint}: it stores {sorted(stored - trainable) or 'no'} "
