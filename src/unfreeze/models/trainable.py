@@ -109,12 +109,14 @@ def set_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> None:
         param.requires_grad_(id(param) in chosen)
 
 
-def trainable_summary(model: nn.Module, selection: Selection | None = None) -> TrainableSummary:
-    """Names, shapes and counts of what trains in `model` now (from `requires_grad`, not from a plan)."""
+def trainable_summary(model: nn.Module, selection: Selection | None = None, planned: bool = False) -> TrainableSummary:
+    """Names, shapes and counts of what trains in `model` now (from `requires_grad`), or, with `planned`, of
+    what `selection` would train once applied."""
+    chosen = {id(p) for p in selection.params} if planned and selection is not None else None
     names, shapes, trainable, total = [], [], 0, 0
     for name, param in model.named_parameters():  # yields a shared (tied) tensor once
         total += param.numel()
-        if param.requires_grad:
+        if (id(param) in chosen) if chosen is not None else param.requires_grad:
             trainable += param.numel()
             names.append(name)
             shapes.append(tuple(param.shape))
@@ -296,7 +298,7 @@ def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alp
             add(parts.root, lora_rank, lora_alpha, seed=seed, layout=lora_layout)  # reference | peft: models/lora.py
             parts = model_parts(model)  # the output layer is wrapped now
         lora = _parameters(lora_lib.lora_modules(parts.root))
-        return Selection([preset], _unique([*lora, *parts.output_parameters(preset)]))
+        return Selection([preset], _unique([*lora, *parts.output_parameters(preset)]), notes=_tied_note(parts))
     if preset == "all":
         return Selection([preset], _parameters([parts.root]))
     head, notes = parts.output_parameters(preset), _tied_note(parts)

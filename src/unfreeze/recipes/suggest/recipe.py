@@ -61,7 +61,8 @@ def validate(cfg: SuggestConfig) -> list[str]:
     return names
 
 
-def run(cfg: SuggestConfig) -> int:
+def run(cfg: SuggestConfig) -> dict:
+    """Rank the candidates; prints the table and returns suggestion.json's content (also written with --out)."""
     started = time.perf_counter()
     names = validate(cfg)
     log = run_logger(None, "unfreeze.suggest")
@@ -79,7 +80,7 @@ def run(cfg: SuggestConfig) -> int:
         seeds = [cfg.seed + i for i in range(cfg.seeds)]
         output.write_sweep(cfg.write_sweep, output.sweep_text(result["candidates"], setup.classify, seeds, cfg.top))
         print(f"written: {cfg.write_sweep} (unfreeze sweep {cfg.write_sweep})")
-    return 0
+    return result
 
 
 def cache_folder(cfg: SuggestConfig) -> Path:
