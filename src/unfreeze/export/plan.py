@@ -162,3 +162,26 @@ def plan_of(model: nn.Module, selection: Selection, choice: str | None = None, t
                      blocks=blocks, num_blocks=count, transposed=tree.transposed, notes=list(selection.notes),
                      shared=[name for i, name in first_names.items() if i in chosen and counts[i] > 1],
                      base_model=getattr(config, "_name_or_path", None) or None)
+
+
+def pause_plan(model: nn.Module, components: list[str]) -> TrainPlan:
+    """The plan of what trains in a pause model (`requires_grad`), named as in its saved plain causal LM of
+    V + n tokens (`models/control/folder.py`): the control tokens' rows of the input embedding matrix train
+    alone; the pause head is unfreeze's own and has no form elsewhere."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    plan = plan_of(model, Selection(list(components), trained), task="causal_lm")
+    hf = model.hf_model
+    ids = {id(p) for p in trained}
+    rows = []
+    if model.control_embeddings is not None and id(model.control_embeddings) in ids:
+        embedding = _module_name(hf, hf.get_input_embeddings())
+        plan.token_rows = {embedding: list(model.control_token_ids)}
+        start, end = model.control_token_ids[0], model.control_token_ids[-1] + 1
+        rows = [f"{embedding}.weight[{start}:{end}]"]
+    own = [f"pause_head.{name}" for name, p in model.pause_head.named_parameters() if id(p) in ids] \
+        if model.pause_head is not None else []
+    if own:
+        plan.untranslatable.append("the pause head (pause_head.weight, pause_head.bias in control_tokens.safetensors)")
+    lora = [name for name, p in hf.named_parameters() if id(p) in ids and name not in plan.trained]
+    plan.names = [*plan.trained, *rows, *lora, *own]
+    return plan

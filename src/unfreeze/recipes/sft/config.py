@@ -111,6 +111,9 @@ class SFTConfig:
     """experiment tracker (accelerate)"""
     out: str | None = option(None, path=True, role="out")
     """run folder (also --out): metrics.json, config.json, run.log, final/"""
+    export: str | None = option(None, path=True)
+    """folder to write what trained into for other stacks: adapter_config.json (PEFT), axolotl.yaml,
+    llamafactory.yaml, trainable_parameters.txt, and export.json (what was written, what not and why)"""
     # --- GSM8K test evaluation after training ------------------------------------------------------------
     test: bool = False
     """score <out>/final on the GSM8K test set by greedy generation"""
