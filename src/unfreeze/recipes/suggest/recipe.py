@@ -58,6 +58,8 @@ def validate(cfg: SuggestConfig) -> list[str]:
         check_output_path(cfg.out, "--out")
     if cfg.write_sweep is not None:
         check_output_path(cfg.write_sweep, "--write_sweep", kind="file")
+    if cfg.export is not None:
+        check_output_path(cfg.export, "--export")
     return names
 
 
@@ -71,6 +73,9 @@ def run(cfg: SuggestConfig) -> dict:
     print(output.render_table(result["candidates"]))
     print(f"\npick: {result['pick']}  (suggest {result['spent_s']:.0f}s = {result['spent_share']:.2f} of the "
           f"predicted sweep {result['sweep_predicted_s']:.0f}s)")
+    if cfg.export is not None:
+        result["export"] = output.write_exports(Path(cfg.export), result, setup, cfg.top)
+        print(f"written: {cfg.export} (the pick and the top {cfg.top} for PEFT, axolotl, LLaMA-Factory; export.json)")
     if cfg.out is not None:
         folder = Path(cfg.out)
         atomic_write_json(folder / "suggestion.json", result)
