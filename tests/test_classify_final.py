@@ -180,3 +180,20 @@ def test_a_save_killed_midway_leaves_no_folder_or_the_previous_one(spam_csv_dir,
             classify(spam_csv_dir, byte_tokenizer_dir, out, seed=5, overwrite=True)
     assert (out / "final" / "model.safetensors").read_bytes() == weights and (out / "final" / "README.md").is_file()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".final")) == []
+
+
+def test_a_sweep_runs_model_card_names_its_row(spam_csv_dir, byte_tokenizer_dir, tmp_path):
+    import yaml
+
+    sweep = tmp_path / "table.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "command": "classify", "seeds": [11],
+        "settings": {"weights": "random", "model_config": GPT2_TINY, "data": str(spam_csv_dir),
+                     "tokenizer": str(byte_tokenizer_dir), "num_epochs": 1, "batch_size": 4},
+        "rows": [{"name": "head_only", "options": {"trainable_layers": "last_layer"}, "published": {"test_acc": 0.9}}],
+    }), encoding="utf-8")
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "sw")]) == 0
+    card = (tmp_path / "sw" / "runs" / "head_only" / "seed-11" / "final" / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| sweep row |"))
+    assert "'row': 'head_only'" in row and "'seed': 11" in row and "'published': {'test_acc': 0.9}" in row
+    assert "table.yaml" in row

@@ -133,6 +133,18 @@ def test_axolotl_patterns_unfreeze_exactly_the_selection(arch, preset):
     assert set(unfrozen) == set(chosen.names) and all(rows is None for rows in unfrozen.values())
 
 
+def test_axolotl_block_patterns_stop_at_the_index():
+    """`^model.layers.1.`: the last period is literal, so block 1 of 12 never unfreezes blocks 10 and 11."""
+    config = make_config("llama")
+    config.num_hidden_layers = 12
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    chosen = unfreeze.select(model, "blocks:1-1")
+    patterns = yaml.safe_load(chosen.export("axolotl"))["unfrozen_parameters"]
+    unfrozen = axolotl_unfrozen([name for name, _ in model.named_parameters()], patterns)
+    assert set(unfrozen) == set(chosen.names) and not any(".layers.1" + d in n for n in unfrozen for d in "01")
+
+
 def test_axolotl_lora_keys():
     model = AutoModelForCausalLM.from_config(make_config("gpt2"))
     keys = yaml.safe_load(unfreeze.select(model, "lora", lora_rank=RANK, lora_alpha=ALPHA).export("axolotl"))
