@@ -46,7 +46,8 @@ def test_suggest_returns_its_ranking_and_exports_the_top_candidates(spam_csv_dir
     rows = result.metrics["candidates"]
     assert result.metrics["pick"] == rows[0]["name"] and len(rows) == 3
     listed = json.loads((tmp_path / "export" / "export.json").read_text())
-    assert listed["pick"] == rows[0]["name"] and [c["name"] for c in listed["candidates"]] == [r["name"] for r in rows[:2]]
+    assert listed["pick"] == rows[0]["name"]
+    assert [c["name"] for c in listed["candidates"]] == [r["name"] for r in rows[:2]]
     for entry in listed["candidates"]:
         folder = tmp_path / "export" / entry["dir"]
         assert (folder / "trainable_parameters.txt").is_file() and (folder / "export.json").is_file()

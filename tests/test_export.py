@@ -76,7 +76,7 @@ def test_peft_config_applied_by_peft_trains_unfreezes_lora_choice(arch, head):
     head_update = sum(p.numel() for n, p in ours.named_parameters() if n.startswith(f"{output}.lora_"))
     assert chosen.trainable_params - head_update == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
-    assert layers and all(layer.scaling["default"] == ALPHA for layer in layers)  # the reference's scale: alpha, not alpha / r
+    assert layers and all(layer.scaling["default"] == ALPHA for layer in layers)  # the reference's: alpha, not alpha/r
 
 
 def test_peft_writes_adapter_config_json_that_peft_reads(tmp_path):
@@ -167,8 +167,8 @@ def llamafactory_trainable(names: list[str], num_layers: int, args: dict) -> set
     return {name for name in names if any(piece in name for piece in wanted)}
 
 
-@pytest.mark.parametrize("arch,preset", [("gpt2", "last_block"), ("gpt2", "last_two_blocks"), ("gpt_neox", "last_block"),
-                                         ("llama", "blocks:0-1"), ("llama", "last_layer"), ("llama", "norms"),
+@pytest.mark.parametrize("arch,preset", [("gpt2", "last_block"), ("gpt2", "last_two_blocks"),
+                                         ("gpt_neox", "last_block"), ("llama", "blocks:0-1"), ("llama", "last_layer"), ("llama", "norms"),
                                          ("qwen2", "last_layer")])
 def test_llamafactory_arguments_train_exactly_the_selection(arch, preset):
     model = AutoModelForCausalLM.from_config(make_config(arch))

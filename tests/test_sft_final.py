@@ -19,7 +19,8 @@ from unfreeze.models.generation import greedy_generate, step_function
 from unfreeze.recipes.sft.recipe import load_config
 from unfreeze.recipes.sft.recipe import run as run_sft
 
-PROMPTS = ["### INPUT: Ann has 3 apples and gets 4 more. How many now?\n\n ### Answer:", "### INPUT: 2+2?\n\n ### Answer:"]
+PROMPTS = ["### INPUT: Ann has 3 apples and gets 4 more. How many now?\n\n ### Answer:",
+           "### INPUT: 2+2?\n\n ### Answer:"]
 
 
 def ours(model: ControlTokenLM, tokenizer, prompt: str, steps: int = 12) -> list[int]:

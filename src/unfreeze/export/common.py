@@ -35,8 +35,9 @@ def lora_settings(plan: TrainPlan, to: str) -> tuple[int, float] | None:
         return None
     fused = [layer for layer, adapted in plan.lora.items() if adapted.updates > 1]
     if fused:
-        raise UsageError(f"--to {to}: {plan.choice} gives {fused[0]} {plan.lora[fused[0]].updates} LoRA updates (the "
-                         "reference layout on a fused projection); PEFT's LoRA has one per layer; use --lora_layout peft")
+        raise UsageError(f"--to {to}: {plan.choice} gives {fused[0]} {plan.lora[fused[0]].updates} LoRA updates "
+                         "(the reference layout on a fused projection); PEFT's LoRA has one per layer; use "
+                         "--lora_layout peft")
     kinds = {(a.rank, a.scale) for a in plan.lora.values()}
     if len(kinds) > 1:
         raise UsageError(f"--to {to}: the LoRA layers of {plan.choice} differ in rank or scale ({sorted(kinds)})")

@@ -51,8 +51,8 @@ def freeze_arguments(plan: TrainPlan) -> dict:
     count = plan.num_blocks
     contiguous = indices == list(range(indices[0], indices[-1] + 1)) if indices else True
     if not contiguous or (indices and indices[0] > 0 and indices[-1] < count - 1):
-        raise UsageError(f"{why}: it trains blocks {indices[0]}-{indices[-1]} of 0-{count - 1}; freeze_trainable_layers "
-                         "names only the first or the last blocks")
+        raise UsageError(f"{why}: it trains blocks {indices[0]}-{indices[-1]} of 0-{count - 1}; "
+                         "freeze_trainable_layers names only the first or the last blocks")
     layers = 0 if not indices else (len(indices) if indices[-1] == count - 1 else -len(indices))
     in_blocks = [n for n in plan.plain_names if _block_index(n, plan.blocks) in indices]
     parts = list(dict.fromkeys(n[len(plan.blocks) + 1:].split(".")[1] for n in in_blocks if n in chosen))
@@ -63,17 +63,19 @@ def freeze_arguments(plan: TrainPlan) -> dict:
         wrong = sorted(got - chosen)
         missing = sorted(chosen - got)
         said = f"would also train {wrong[0]}" if wrong else f"would not train {missing[0]}"
-        raise UsageError(f"{why}: with freeze_trainable_layers {layers}, freeze_trainable_modules {','.join(modules)} and "
-                         f"freeze_extra_modules {','.join(extra) or '(none)'}, its substring rule {said}")
-    return {"finetuning_type": "freeze", "freeze_trainable_layers": layers,
-            "freeze_trainable_modules": ",".join(modules), **({"freeze_extra_modules": ",".join(extra)} if extra else {})}
+        raise UsageError(f"{why}: with freeze_trainable_layers {layers}, freeze_trainable_modules "
+                         f"{','.join(modules)} and freeze_extra_modules {','.join(extra) or '(none)'}, its substring "
+                         f"rule {said}")
+    arguments = {"finetuning_type": "freeze", "freeze_trainable_layers": layers,
+                 "freeze_trainable_modules": ",".join(modules)}
+    return {**arguments, "freeze_extra_modules": ",".join(extra)} if extra else arguments
 
 
 def lora_arguments(plan: TrainPlan) -> dict:
     rank, scale = lora_settings(plan, "llamafactory")
     alpha = scale * rank
-    keys = {"finetuning_type": "lora", "lora_rank": rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-            "lora_dropout": plan.lora_dropout, "lora_target": ",".join(leaf_names(lora_targets(plan), plan))}
+    keys = {"finetuning_type": "lora", "lora_rank": rank,
+            "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha, "lora_dropout": plan.lora_dropout, "lora_target": ",".join(leaf_names(lora_targets(plan), plan))}
     if plan.modules:  # handed to peft's modules_to_save, which matches name endings: full names are exact
         keys["additional_target"] = ",".join(plan.modules)
     return keys
@@ -94,6 +96,7 @@ def arguments(plan: TrainPlan) -> dict:
 
 
 def render(plan: TrainPlan) -> str:
-    head = f"### unfreeze export: {plan.choice} on {plan.base_model or plan.model_type} (LLaMA-Factory training arguments)\n"
+    head = (f"### unfreeze export: {plan.choice} on {plan.base_model or plan.model_type} "
+            "(LLaMA-Factory training arguments)\n")
     return head + yaml.safe_dump(arguments(plan), sort_keys=False, default_flow_style=False, width=1000)
 

@@ -37,13 +37,15 @@ def meta_model(cfg: ExportConfig):
         with torch.device("meta"):
             return auto.from_config(config)
     except Exception as err:  # noqa: BLE001 - an architecture transformers cannot build with this head
-        raise UsageError(f"--model {cfg.model}: cannot build a {getattr(config, 'model_type', '?')} model with --head "
-                         f"{cfg.head} ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
+        said = str(err).splitlines()[0][:160] if str(err) else ""
+        raise UsageError(f"--model {cfg.model}: cannot build a {getattr(config, 'model_type', '?')} model with "
+                         f"--head {cfg.head} ({type(err).__name__}: {said})") from None
 
 
 def validate(cfg: ExportConfig) -> None:
     require(cfg.choice is not None, "no choice: give one, e.g. `unfreeze export last_block --model gpt2 --to axolotl`")
-    require(cfg.model is not None and bool(str(cfg.model).strip()), "--model is missing: a hub id, a folder or a .gguf file")
+    require(cfg.model is not None and bool(str(cfg.model).strip()),
+            "--model is missing: a hub id, a folder or a .gguf file")
     require(cfg.lora_rank >= 1, f"--lora_rank must be at least 1 (got {cfg.lora_rank})")
     require(cfg.num_labels >= 1, f"--num_labels must be at least 1 (got {cfg.num_labels})")
     if cfg.out is not None:
