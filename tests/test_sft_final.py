@@ -97,3 +97,15 @@ def test_export_of_the_pause_rows(tmp_path, pause_data):
     assert peft_model.base_model.model.transformer.wte.token_indices["default"] == [pause_id]
     assert (export / "trainable_parameters.txt").read_text().split() == [
         f"transformer.wte.weight[{pause_id}:{pause_id + 1}]", "pause_head.weight", "pause_head.bias"]
+
+
+def test_a_pause_head_alone_has_no_form_but_its_names(tmp_path):
+    from unfreeze.export import formats
+    from unfreeze.export.plan import pause_plan
+    from unfreeze.models.trainable import apply_components
+
+    model = tiny_model()
+    apply_components(model, ["pause_head"])
+    record = formats.write_all(pause_plan(model, ["pause_head"]), tmp_path)
+    assert set(record["written"]) == {"names"} and "pause head" in record["not_written"]["peft"]
+    assert (tmp_path / "trainable_parameters.txt").read_text().split() == ["pause_head.weight", "pause_head.bias"]

@@ -19,6 +19,9 @@ def render(plan: TrainPlan, to: str) -> str:
     """The text of `plan` in form `to`; a UsageError (one line) where that form cannot hold it."""
     if to not in FORMATS:
         raise UsageError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
+    if to != "names" and not (plan.trained or plan.lora or plan.token_rows):
+        raise UsageError(f"--to {to}: {plan.choice} trains nothing another stack has "
+                         f"({'; '.join(plan.untranslatable) or 'no parameters'})")
     return FORMATS[to](plan)
 
 
@@ -33,9 +36,9 @@ def write_all(plan: TrainPlan, folder: Path) -> dict:
     """Every form that can hold `plan` into `folder` (each file atomically), and `export.json`: what was written,
     what was not and why, the notes. Returns export.json's content."""
     written, skipped, said = {}, {}, []
-    for to, write in FORMATS.items():
+    for to in FORMATS:
         try:
-            text = write(plan)
+            text = render(plan, to)
         except UsageError as err:
             skipped[to] = str(err)
             continue

@@ -42,7 +42,7 @@ def _block_index(name: str, blocks: str) -> int | None:
 def freeze_arguments(plan: TrainPlan) -> dict:
     """The freeze arguments of `plan` (checked against LLaMA-Factory's rule); UsageError where none can say it."""
     why = f"--to llamafactory: {plan.choice} cannot be written as LLaMA-Factory freeze arguments"
-    if plan.token_rows or plan.untranslatable:
+    if plan.token_rows:
         raise UsageError(f"{why}: it trains single rows of an embedding, which LLaMA-Factory's freeze tuning cannot")
     if plan.blocks is None:
         raise UsageError(f"{why}: the model's blocks could not be read")

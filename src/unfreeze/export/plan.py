@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
+from unfreeze.errors import UsageError
 from unfreeze.models import lora as lora_lib
 from unfreeze.models.trainable import Selection, model_parts, trainable_summary
 
@@ -151,7 +152,7 @@ def plan_of(model: nn.Module, selection: Selection, choice: str | None = None, t
     parts = model_parts(model)
     try:
         blocks, count = _module_name(root, parts.structure.blocks), len(parts.structure.blocks)
-    except Exception:  # noqa: BLE001 - a model whose stages cannot be read: no block-based form (LLaMA-Factory)
+    except UsageError:  # a model whose stages cannot be read: no block-based form (LLaMA-Factory)
         blocks, count = None, 0
     config = getattr(root, "config", None)
     if task is None:

@@ -35,7 +35,7 @@ def card(cfg: ClassifyConfig, inputs, summary, metrics: dict, notes: list[str]) 
                f"classify = pipeline(\"text-classification\", model=\"{Path(cfg.out) / 'final'}\")\n"
                f"classify(\"some text\")  # labels: {labels}")
     return model_card(task="text classification", base_model=inputs.source.name, weights=cfg.weights,
-                      data=str(inputs.splits.source), summary=summary.lines()[:1 + len(summary.notes)],
+                      data=str(inputs.splits.source), summary=summary.lines(),
                       command=command_line("classify", cfg), metrics=metrics, loading=loading, notes=notes,
                       out=cfg.out, pipeline_tag="text-classification")
 
