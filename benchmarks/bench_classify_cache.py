@@ -51,6 +51,7 @@ def run_once(data: Path, out: Path, preset: str, cache: str, epochs: int, precis
         "weights": "random", "model_config": json.dumps(ARCH), "data": str(data),
         "tokenizer": str(SHARED / "gpt2_bpe"), "trainable_layers": preset, "num_epochs": epochs,
         "cache_activations": cache, "out": str(out), "precision": precision, "device": "cpu",
+        "save_model": False,  # timed: the training and evaluation, not writing final/
     })
     begin = time.perf_counter()
     metrics = run_config(cfg)

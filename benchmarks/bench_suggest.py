@@ -70,7 +70,8 @@ def run_sweep(args, options: dict, folder: Path) -> dict:
     for name in args.candidates.split(","):
         for i in range(args.seeds):
             cfg = config_from_mapping(ClassifyConfig, {**options, "trainable_layers": name, "seed": 123 + i,
-                                                       "out": str(folder / f"{name}-{i}")})
+                                                       "out": str(folder / f"{name}-{i}"),
+                                                       "save_model": False})  # the sweep's training, not saving
             begin = time.perf_counter()
             metrics = run_config(cfg)
             metrics["wall_s"] = time.perf_counter() - begin

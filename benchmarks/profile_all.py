@@ -84,7 +84,8 @@ def main() -> None:
         cfg = config_from_mapping(ClassifyConfig, {
             "weights": "random", "model_config": json.dumps(ARCH), "data": str(data),
             "tokenizer": str(SHARED / "gpt2_bpe"), "trainable_layers": "all", "num_epochs": args.epochs,
-            "batch_size": args.batch_size, "precision": "fp32", "device": "cpu", "out": str(Path(tmp) / "run")})
+            "batch_size": args.batch_size, "precision": "fp32", "device": "cpu", "out": str(Path(tmp) / "run"),
+            "save_model": False})
         begin = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
             metrics = classify.run(cfg)

@@ -31,7 +31,8 @@ def test_suggest_ranks_candidates_on_smollm2(smollm2_gguf, shared_data, tmp_path
     result = json.loads((out / "suggestion.json").read_text())
     by_name = {r["name"]: r for r in result["candidates"]}
     assert set(by_name) == {"last_layer", "last_block", "last_blocks:2"}
-    assert by_name["last_layer"]["evidence"]["cache"] == "pooled" and by_name["last_layer"]["trainable_params"] == 576 * 2 + 2
+    assert by_name["last_layer"]["evidence"]["cache"] == "pooled"
+    assert by_name["last_layer"]["trainable_params"] == 576 * 2  # transformers' score head: no bias
     assert by_name["last_block"]["start_stage"] == 30 and by_name["last_block"]["evidence"]["cache"] == "hidden"
     assert by_name["last_blocks:2"]["start_stage"] == 29
     assert len(result["signals"]["probe_val_acc_per_boundary"]) == 30 + 2  # embeddings, 30 blocks, final norm

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from unfreeze.config import field_meta, fields_where
 from unfreeze.recipes.classify.config import ClassifyConfig
 from unfreeze.recipes.eval_gsm8k.config import EvalConfig
+from unfreeze.recipes.export.config import ExportConfig
 from unfreeze.recipes.inject_pauses.config import InjectPausesConfig
 from unfreeze.recipes.sft.config import SFTConfig
 from unfreeze.recipes.suggest.config import SuggestConfig
@@ -133,8 +134,14 @@ def run_inject_pauses(config: InjectPausesConfig) -> int:
     return run(config)
 
 
-def run_suggest(config: SuggestConfig) -> int:
+def run_suggest(config: SuggestConfig) -> dict:
     from unfreeze.recipes.suggest.recipe import run
+
+    return run(config)
+
+
+def run_export(config: ExportConfig) -> dict:
+    from unfreeze.recipes.export.recipe import run
 
     return run(config)
 
@@ -177,6 +184,8 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("eval-gsm8k", "score a model on GSM8K test by greedy generation", EvalConfig, run_eval_gsm8k),
     Task("suggest", "which parameters to train: rank candidates at a fraction of the sweep's cost", SuggestConfig,
          run_suggest),
+    Task("export", "write a choice for PEFT, axolotl or LLaMA-Factory, or as parameter names", ExportConfig, run_export,
+         positional=("choice",)),
 )}
 
 

@@ -48,12 +48,15 @@ def real_lengths(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
 class DecoderClassifier(nn.Module):
     def __init__(self, body: nn.Module, num_classes: int = 2, *, causal: bool = True,
                  token_pos: str = "last", average: bool = False, pad_token_id: int = PAD_TOKEN_ID,
-                 reference_padding: bool | None = None):
+                 reference_padding: bool | None = None, head_bias: bool = True):
         super().__init__()
         self.body = body  # the Hugging Face base model (GPT2Model, LlamaModel, ...)
         self._staged = StagedForward(body)
         self.structure = self._staged.structure
-        self.head = nn.Linear(self.hidden_size, num_classes)
+        # The reference's head has a bias; transformers' own classification heads (`score`) have none, and
+        # classify gives every model but GPT-2 that head, so that a saved classifier is the architecture's own
+        # (a bias cannot be carried by a model whose final norm has none: `export.classifier_folder`).
+        self.head = nn.Linear(self.hidden_size, num_classes, bias=head_bias)
         self.causal = causal
         self.token_pos = token_pos
         self.average = average

@@ -244,3 +244,76 @@ def lora_modules(model: nn.Module) -> list[nn.Module]:
         elif isinstance(getattr(module, "lora_A", None), nn.ModuleDict):
             found.extend([module.lora_A, module.lora_B])
     return found
+
+
+# --- reading the updates back: for saving a trained model in plain or peft form -------------------------
+
+
+def lora_factors(layer: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]] | None:
+    """A LoRA-adapted layer's updates as (A (in, r), B (r, out), scale), in column-block order: unfreeze's (either
+    form) or peft's (whose A is stored (r, in) and B (out, r)); None for a layer without LoRA."""
+    if isinstance(layer, LoRALayer):
+        return [(u.A, u.B, float(u.alpha)) for u in layer.updates]
+    if parametrize.is_parametrized(layer, "weight"):
+        merged = [m for m in layer.parametrizations.weight if isinstance(m, MergedLoRAWeight)]
+        if merged:
+            return [(u.A, u.B, float(u.alpha)) for u in merged[0].updates]
+    lora_a = getattr(layer, "lora_A", None)
+    if isinstance(lora_a, nn.ModuleDict) and len(lora_a):
+        name = layer.active_adapters[0]
+        return [(lora_a[name].weight.T, layer.lora_B[name].weight.T, float(layer.scaling[name]))]
+    return None
+
+
+def base_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight before any LoRA update, in the layer's own layout."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return getattr(layer, "base_layer", layer).weight
+
+
+def merged_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight with its LoRA update(s) folded in, in the base layer's layout ((in, out) for Conv1D)."""
+    factors = lora_factors(layer)
+    weight = base_weight(layer).detach()
+    if factors is None:
+        return weight
+    delta = torch.cat([scale * (a @ b) for a, b, scale in factors], dim=1).detach()  # (in, out)
+    return weight + (delta if isinstance(getattr(layer, "base_layer", layer), Conv1D) else delta.T)
+
+
+def plain_state_dict(model: nn.Module, merged: bool = True) -> dict[str, torch.Tensor]:
+    """`model`'s state dict as the model without LoRA names it: every adapted layer contributes its base layer's
+    tensors under its own name, its weight with the update folded in when `merged` (else as it was before LoRA)."""
+    state: dict[str, torch.Tensor] = {}
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        if lora_factors(module) is not None:
+            base = getattr(module, "base_layer", module)
+            state[prefix + "weight"] = merged_weight(module) if merged else base_weight(module).detach()
+            for name, param in base._parameters.items():
+                if param is not None and name != "weight":
+                    state[prefix + name] = param.detach()
+            return
+        for name, param in module._parameters.items():
+            if param is not None:
+                state[prefix + name] = param.detach()
+        for name, buffer in module._buffers.items():
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                state[prefix + name] = buffer.detach()
+        for name, child in module._modules.items():
+            if child is not None and name != "parametrizations":
+                walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    return state
+
+
+def adapted_layers(model: nn.Module) -> dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]:
+    """Every LoRA-adapted layer of `model` by qualified name, with its updates (`lora_factors`)."""
+    found = {}
+    for name, module in model.named_modules():
+        factors = lora_factors(module)
+        if factors is not None:
+            found[name] = factors
+    return found

@@ -34,6 +34,7 @@ from unfreeze.models.structure import (
     Structure,
     first_line,
     layer_mask_kinds,
+    order_by_registration,
     read_structure,
     text_config,
 )
@@ -96,18 +97,8 @@ class StagedForward:
     # --- the traced pass ----------------------------------------------------------------------------
     def _registered_order(self) -> None:
         """On the meta device no forward can run (masks read tensor values): the order in which the modules are
-        registered stands in for the order they run in, and the embedding width for the widths."""
-        s, container = self.structure, self.body
-        path = next(name for name, m in self.body.named_modules() if m is s.blocks).split(".")
-        for step in path:
-            names = [name for name, _ in container.named_children()]
-            for name, child in container.named_children():
-                if child in s.others:
-                    (s.before if names.index(name) < names.index(step) else s.after).append(child)
-            container = container.get_submodule(step)
-        s.after = [m for m in s.after if any(True for _ in m.parameters())]
-        s.before += [m for m in s.others if m not in s.before + s.after]
-        s.width = s.output_width = s.token_embedding.weight.shape[1]
+        registered stands in for the order they run in (`structure.order_by_registration`)."""
+        order_by_registration(self.body, self.structure)
 
     @torch.no_grad()
     def _trace(self) -> None:

@@ -94,6 +94,24 @@ def read_structure(body: nn.Module) -> Structure:
     return Structure(token_embedding, blocks, others)
 
 
+def order_by_registration(body: nn.Module, structure: Structure) -> Structure:
+    """Fill `before`/`after` from the order the modules are registered in, which stands in for the order they
+    run in where no forward can run (the meta device) or none is wanted (naming parameters: the final norm is
+    the norm registered after the blocks); the widths from the embedding."""
+    s, container = structure, body
+    path = next(name for name, m in body.named_modules() if m is s.blocks).split(".")
+    for step in path:
+        names = [name for name, _ in container.named_children()]
+        for name, child in container.named_children():
+            if child in s.others:
+                (s.before if names.index(name) < names.index(step) else s.after).append(child)
+        container = container.get_submodule(step)
+    s.after = [m for m in s.after if any(True for _ in m.parameters())]
+    s.before += [m for m in s.others if m not in s.before + s.after]
+    s.width = s.output_width = s.token_embedding.weight.shape[1]
+    return s
+
+
 def attention_implementation(config, requested: str = "auto") -> str:
     """The attention implementation classify runs: SDPA where the architecture has it, else eager (`auto`); an
     explicit request the architecture or this machine cannot honour is a UsageError."""

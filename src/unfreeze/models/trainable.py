@@ -6,11 +6,15 @@ module structure, never from parameter-name substrings, into a `Selection` of pa
 `set_trainable` trains exactly those and freezes everything else; `trainable_summary` counts what trains
 (a shared tensor once), for the log and metrics.json of either recipe.
 
-Classification presets (on a `DecoderClassifier`: blocks, final norm and head come from its structure):
+Classification presets, on any decoder model whose parts `model_parts` can read (unfreeze's
+`DecoderClassifier`, a Hugging Face `*ForCausalLM` / `*ForSequenceClassification` / base model, a peft
+`PeftModel`): the blocks and final norm come from the decoder stack's structure, the *output layer* is
+the classifier's new head, a causal LM's LM head (`get_output_embeddings()`) or a sequence classifier's
+`score` head:
 
 | preset            | modules                                                                   |
 |-------------------|---------------------------------------------------------------------------|
-| last_layer        | the new head                                                              |
+| last_layer        | the output layer (the head)                                               |
 | last_block        | the last transformer block, the final norm, the head                      |
 | last_two_blocks   | the last two blocks, the final norm, the head                             |
 | last_blocks:N     | the last N blocks, the final norm, the head                               |
@@ -44,12 +48,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable
 
 from torch import nn
 
 from unfreeze.errors import UsageError
 from unfreeze.models import lora as lora_lib
+from unfreeze.models.structure import Structure, order_by_registration, read_structure
 
 COMPONENTS: dict[str, str] = {
     "pause_embedding": "embedding rows of the control tokens (the delta next to the frozen base matrix)",
@@ -103,12 +109,14 @@ def set_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> None:
         param.requires_grad_(id(param) in chosen)
 
 
-def trainable_summary(model: nn.Module, selection: Selection | None = None) -> TrainableSummary:
-    """Names, shapes and counts of what trains in `model` now (from `requires_grad`, not from a plan)."""
+def trainable_summary(model: nn.Module, selection: Selection | None = None, planned: bool = False) -> TrainableSummary:
+    """Names, shapes and counts of what trains in `model` now (from `requires_grad`), or, with `planned`, of
+    what `selection` would train once applied."""
+    chosen = {id(p) for p in selection.params} if planned and selection is not None else None
     names, shapes, trainable, total = [], [], 0, 0
     for name, param in model.named_parameters():  # yields a shared (tied) tensor once
         total += param.numel()
-        if param.requires_grad:
+        if (id(param) in chosen) if chosen is not None else param.requires_grad:
             trainable += param.numel()
             names.append(name)
             shapes.append(tuple(param.shape))
@@ -136,7 +144,97 @@ def apply_components(model: nn.Module, components: Iterable[str]) -> TrainableSu
 
 def _parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     """The parameters of `modules`, each once, in order."""
-    return list({id(p): p for module in modules for p in module.parameters()}.values())
+    return _unique(p for module in modules for p in module.parameters())
+
+
+def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    return list({id(p): p for p in params}.values())
+
+
+# --- the parts a choice names, read from any decoder model ---------------------------------------------
+
+
+@dataclass
+class ModelParts:
+    """What a choice names, read from a model's modules (never from parameter names).
+
+    `root` holds every parameter (`all`; `set_trainable` freezes the rest of it). `body` is the decoder stack
+    (the Hugging Face base model); its `structure` (blocks, final norm) is read when first asked, because
+    the pause components need only the embeddings and the output layer, and sft runs models whose stages
+    classify cannot read. `output` is the output layer: unfreeze's classifier head, a causal LM's LM head,
+    a sequence classifier's head (None for a bare base model).
+    """
+
+    root: nn.Module
+    body: nn.Module
+    output: nn.Module | None
+    token_embedding: nn.Module | None
+    known_structure: Structure | None = None
+
+    @cached_property
+    def structure(self) -> Structure:
+        if self.known_structure is not None:
+            return self.known_structure
+        return order_by_registration(self.body, read_structure(self.body))  # no forward needed to name parts
+
+    def output_parameters(self, choice: str) -> list[nn.Parameter]:
+        """The output layer's own parameters (see `trained_view`); a model without one is refused."""
+        if self.output is None:
+            raise UsageError(f"{choice}: {type(self.root).__name__} has no output layer (a base model without a "
+                             "head); load it with AutoModelForCausalLM or AutoModelForSequenceClassification")
+        return list(trained_view(self.output).parameters())
+
+
+def trained_view(module: nn.Module) -> nn.Module:
+    """The module whose parameters train when `module` trains in full: a LoRA layer's base layer (the adapters
+    are LoRA's), the active copy of a peft `modules_to_save` wrapper (the copy is what peft trains)."""
+    copies = getattr(module, "modules_to_save", None)
+    active = getattr(module, "active_adapters", None)
+    if isinstance(copies, nn.ModuleDict) and active and active[0] in copies:
+        return copies[active[0]]
+    return getattr(module, "base_layer", module)
+
+
+def model_parts(model: nn.Module) -> ModelParts:
+    """The parts of unfreeze's classifier, a pause model (`hf_model`), a peft `PeftModel` or a transformers model."""
+    import dataclasses
+
+    from unfreeze.models.classifier import DecoderClassifier
+
+    if isinstance(model, DecoderClassifier):
+        return ModelParts(model, model.body, model.head, model.structure.token_embedding, model.structure)
+    inner = getattr(model, "hf_model", None)  # a pause model: the Hugging Face model it wraps
+    if inner is None and _is_peft_model(model):
+        inner = model.get_base_model()
+    if isinstance(inner, nn.Module):
+        return dataclasses.replace(model_parts(inner), root=model)
+    return _transformers_parts(model)
+
+
+def _is_peft_model(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _transformers_parts(model: nn.Module) -> ModelParts:
+    """A transformers model: the decoder stack is `base_model` (the module under `base_model_prefix`); the output
+    layer is `get_output_embeddings()` (a causal LM's LM head), else the one other child with parameters (a
+    sequence classifier's `score`)."""
+    body = getattr(model, "base_model", model)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None and body is not model:
+        heads = [(name, child) for name, child in model.named_children()
+                 if child is not body and any(True for _ in child.parameters())]
+        if len(heads) > 1:
+            raise UsageError(f"{type(model).__name__}: cannot tell its output layer among "
+                             f"{', '.join(name for name, _ in heads)}")
+        output = heads[0][1] if heads else None
+    try:
+        embedding = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        embedding = None
+    return ModelParts(model, body, output, embedding)
 
 
 # --- classification presets ---------------------------------------------------------------------------
@@ -176,9 +274,10 @@ def preset_blocks(preset: str, num_blocks: int, flag: str = "--trainable_layers"
 
 
 def norm_modules(model: nn.Module) -> list[nn.Module]:
-    """Every normalisation layer: torch's norm types, and the type of the model's final norm (its role)."""
-    kinds = (*TORCH_NORMS, type(model.final_norm))
-    return [m for m in model.body.modules() if isinstance(m, kinds)]
+    """Every normalisation layer of the decoder stack: torch's norm types, and the type of its final norm (its role)."""
+    parts = model_parts(model)
+    kinds = (*TORCH_NORMS, type(parts.structure.final_norm))
+    return [m for m in parts.body.modules() if isinstance(m, kinds)]
 
 
 def bias_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -188,31 +287,47 @@ def bias_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
                      seed: int | None = None, lora_layout: str = "reference") -> Selection:
-    """The parameters of one `--trainable_layers` preset of a `DecoderClassifier` (LoRA presets add LoRA first).
+    """The parameters of one `--trainable_layers` preset of any model `model_parts` reads (LoRA presets add LoRA
+    first, unless the model has LoRA layers already: a `PeftModel` trains its own adapters).
 
-    Block presets train the named blocks and the head, and the final norm whenever the last block trains.
+    Block presets train the named blocks and the output layer, and the final norm whenever the last block trains.
     """
     check_preset_syntax(preset)
+    parts = model_parts(model)
     if preset in ("lora", "lora_alternative"):
-        add = lora_lib.add_lora if preset == "lora" else lora_lib.add_merged_lora
-        add(model, lora_rank, lora_alpha, seed=seed, layout=lora_layout)  # reference | peft: models/lora.py
-        head_base = getattr(model.head, "base_layer", model.head)  # peft wraps the head
-        return Selection([preset], _parameters([*lora_lib.lora_modules(model), head_base]))
-    blocks, head = list(model.blocks), model.head
+        if not lora_lib.lora_modules(parts.root):
+            add = lora_lib.add_lora if preset == "lora" else lora_lib.add_merged_lora
+            add(parts.root, lora_rank, lora_alpha, seed=seed, layout=lora_layout)  # reference | peft: models/lora.py
+            parts = model_parts(model)  # the output layer is wrapped now
+        lora = _parameters(lora_lib.lora_modules(parts.root))
+        return Selection([preset], _unique([*lora, *parts.output_parameters(preset)]), notes=_tied_note(parts))
+    if preset == "all":
+        return Selection([preset], _parameters([parts.root]))
+    head, notes = parts.output_parameters(preset), _tied_note(parts)
+    blocks = list(parts.structure.blocks)
     chosen = preset_blocks(preset, len(blocks))
     if chosen is not None:
-        norm = [model.final_norm] if len(blocks) - 1 in chosen else []
-        return Selection([preset], _parameters([*(blocks[i] for i in chosen), *norm, head]))
-    if preset == "bias":
-        selection = Selection([preset], list({id(p): p for p in [*bias_parameters(model), head.weight]}.values()))
-    else:
-        modules = {"last_layer": [head], "all": [model], "norms": [*norm_modules(model), head]}[preset]
-        selection = Selection([preset], _parameters(modules))
-    if preset != "last_layer" and {id(p) for p in selection.params} <= {id(p) for p in head.parameters()}:
-        what = {"bias": "bias terms", "norms": "normalisation parameters"}.get(preset, "parameters it selects")
-        raise UsageError(f"--trainable_layers {preset}: {type(model.body).__name__} has no {what}, so only the new "
-                         "head would train; use --trainable_layers last_layer for that")
-    return selection
+        norm = [parts.structure.final_norm] if len(blocks) - 1 in chosen else []
+        body = _parameters([*(blocks[i] for i in chosen), *norm])
+        return Selection([preset], _unique([*body, *head]), notes=notes)
+    if preset == "last_layer":
+        return Selection([preset], head, notes=notes)
+    selected = bias_parameters(parts.root) if preset == "bias" else _parameters(norm_modules(model))
+    if {id(p) for p in selected} <= {id(p) for p in head}:
+        what = {"bias": "bias terms", "norms": "normalisation parameters"}[preset]
+        body = getattr(model, "body", None)  # unfreeze's classifier: its base model, and the head it adds
+        name, only = (type(body).__name__, "the new head") if body is not None else (type(parts.root).__name__,
+                                                                                      "the output layer")
+        raise UsageError(f"--trainable_layers {preset}: {name} has no {what}, so only {only} would train; use "
+                         "--trainable_layers last_layer for that")
+    return Selection([preset], _unique([*selected, *head]), notes=notes)
+
+
+def _tied_note(parts: ModelParts) -> list[str]:
+    shared = parts.token_embedding is not None and parts.output is not None and any(
+        p is q for p in trained_view(parts.output).parameters() for q in parts.token_embedding.parameters())
+    return ["note: the output layer shares its weight with the input embeddings (tied), so training it trains "
+            "them too"] if shared else []
 
 
 # --- pause-model components ---------------------------------------------------------------------------
@@ -222,14 +337,14 @@ def component_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Each component's parameters, located by module type/role."""
     from peft.tuners.lora import LoraLayer
 
-    hf = model.hf_model
+    found = model_parts(model)
     parts: dict[str, list[nn.Parameter]] = {name: [] for name in COMPONENTS}
     if model.control_embeddings is not None:
         parts["pause_embedding"] = [model.control_embeddings]
         parts["pause_head"] = list(model.pause_head.parameters())
-    parts["lm_head"] = list(hf.get_output_embeddings().parameters())
-    parts["lm_embeddings"] = list(hf.get_input_embeddings().parameters())
-    for module in hf.modules():
+    parts["lm_head"] = found.output_parameters("lm_head")
+    parts["lm_embeddings"] = list(found.token_embedding.parameters())
+    for module in model.hf_model.modules():
         if isinstance(module, LoraLayer):
             for attr in module.adapter_layer_names:  # peft's own list of its trainable sub-modules
                 parts["lora"].extend(getattr(module, attr).parameters())

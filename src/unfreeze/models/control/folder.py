@@ -13,14 +13,24 @@ from unfreeze.errors import UsageError
 from unfreeze.models.control.tokens import ADAPTER_DIR, FORMAT, MARKER_FILE, TENSORS_FILE, ControlTokenLM
 
 
-def write_folder(model: ControlTokenLM, folder: Path) -> None:
-    """Every file of a saved control-token model; `control_tokens.json` last (it marks the folder complete)."""
+def write_folder(model: ControlTokenLM, folder: Path, card: str | None = None) -> None:
+    """Every file of a saved control-token model; `control_tokens.json` last (it marks the folder complete).
+
+    The weights are those of a plain causal LM of V + n tokens (`plain_state_dict`): the control tokens' trained
+    rows appended to the input embeddings, zero rows to an untied LM head, and `suppress_tokens` in
+    generation_config.json, so `AutoModelForCausalLM.from_pretrained(folder)` generates as the pause model does
+    with its pause head switched off. `ControlTokenLM.from_pretrained` cuts the matrices back to V rows (folders
+    saved before held V rows; both load)."""
     from safetensors.torch import save_file
 
-    from unfreeze.files import atomic_write_json
+    from unfreeze.files import atomic_write_json, atomic_write_text
 
     folder.mkdir(parents=True)
-    model.hf_model.save_pretrained(folder, state_dict=base_state_dict(model.hf_model))
+    model.hf_model.save_pretrained(folder, state_dict=plain_state_dict(model))
+    if model.control_embeddings is not None:
+        _declare_control_rows(folder, model.vocab_size, model.control_token_ids)
+    if card is not None:
+        atomic_write_text(folder / "README.md", card)
     if model.has_lora:
         # save_embedding_layers=False: "auto" would look the base model up on the hub.
         model.base.save_pretrained(folder / ADAPTER_DIR, save_embedding_layers=False)
@@ -34,7 +44,48 @@ def write_folder(model: ControlTokenLM, folder: Path) -> None:
         "format": FORMAT, "version": 1, "control_tokens": model.control_tokens,
         "control_token_ids": model.control_token_ids, "base_vocab_size": model.base_vocab_size,
         "detach_head": model.detach_head, "lora": model.has_lora, "pause_tokenization": model.pause_tokenization,
+        "plain_vocab_size": model.vocab_size,  # the rows of the saved matrices (base + control tokens)
     })
+
+
+def plain_state_dict(model: ControlTokenLM) -> dict[str, torch.Tensor]:
+    """`base_state_dict` with the control tokens' rows appended: their trained (delta) embeddings to the input
+    embedding matrix, zeros to an untied LM head (and its bias): what the pause model's LM computes for every
+    normal token, as a plain model of V + n tokens."""
+    hf = model.hf_model
+    state = base_state_dict(hf)
+    if model.control_embeddings is None:
+        return state
+    names = {id(module): name for name, module in hf.named_modules()}
+    embedding, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+    key = f"{names[id(embedding)]}.weight"
+    rows = model.control_embeddings.detach().to(state[key].dtype)
+    state[key] = torch.cat([state[key], rows])
+    for name, param in head.named_parameters():
+        head_key = f"{names[id(head)]}.{name}"
+        if param is embedding.weight:
+            state[head_key] = state[key]  # tied: one matrix (transformers saves it once)
+        else:
+            state[head_key] = torch.cat([state[head_key], state[head_key].new_zeros((len(rows), *param.shape[1:]))])
+    return state
+
+
+def _declare_control_rows(folder: Path, rows: int, control_ids: list[int]) -> None:
+    """config.json says the matrices' V + n rows; generation_config.json suppresses the control tokens (the LM
+    head has no real row for them: the pause head decides pauses)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    config.get_text_config().vocab_size = rows
+    if config.get_text_config() is not config:
+        config.vocab_size = rows
+    config.save_pretrained(folder)
+    try:
+        generation = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    generation.suppress_tokens = list(control_ids)
+    generation.save_pretrained(folder)
 
 
 def base_state_dict(hf_model: nn.Module) -> dict[str, torch.Tensor]:
@@ -84,6 +135,8 @@ def load_folder(cls: type[ControlTokenLM], folder: Path, *, dtype: Any, merge_ad
         raise UsageError(f"model folder {folder}: {MARKER_FILE} is not an unfreeze control-token file")
     source = ModelSource(str(folder), flag="model")
     base = source.load("causal_lm", dtype=dtype)
+    if base.get_input_embeddings().weight.shape[0] > int(meta["base_vocab_size"]):
+        base.resize_token_embeddings(int(meta["base_vocab_size"]))  # the control rows come from TENSORS_FILE
     tokenizer = source.load_tokenizer()
     if (folder / ADAPTER_DIR).is_dir():
         from peft import PeftModel

@@ -25,8 +25,11 @@ Next-token log-probabilities over the extended vocabulary `V + n_control`:
 Training loss = [LM NLL on positions whose label is a normal token + head NLL on every labelled
 position] / number of labelled positions, which is exactly the NLL of the combined distribution.
 
-Saved folder (`save_pretrained`): the base model in plain Hugging Face format (LoRA not merged), the
-tokenizer (with the control tokens, and their strip flags), `adapter/` (peft LoRA, if any),
+Saved folder (`save_pretrained`): the base model in plain Hugging Face format (LoRA not merged) as a causal
+LM of V + n tokens -- the control tokens' trained rows in its embedding matrix, zero rows in an untied LM head,
+and the control tokens suppressed in generation_config.json, so plain transformers generates as this model
+does with its pause head switched off -- the tokenizer (with the control tokens, and their strip flags),
+`README.md` (the model card, when the run wrote one), `adapter/` (peft LoRA, if any),
 `control_tokens.safetensors` and `control_tokens.json` (written last: it marks the folder as a complete
 control-token model; it also records `pause_tokenization`). The folder is written beside its place and
 renamed into it whole (`models/control_folder.py` writes and reads it).
@@ -34,8 +37,6 @@ renamed into it whole (`models/control_folder.py` writes and reads it).
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -287,22 +288,16 @@ class ControlTokenLM(nn.Module):
 
     # --- saving -----------------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the folder described in the module docstring into a hidden staging folder beside it, then
-        swap it in whole: a save that is killed leaves the previous folder (or none), never a half-written
-        one that a loader would read as a model without its control tokens."""
-        from unfreeze.files import replace_folder
+    def save_pretrained(self, directory: str | Path, card: str | None = None) -> Path:
+        """Write the folder described in the module docstring (with `card` as its README.md) into a hidden
+        staging folder beside it, then swap it in whole: a save that is killed leaves the previous folder (or
+        none), never a half-written one that a loader would read as a model without its control tokens."""
+        from unfreeze.files import staged_folder
         from unfreeze.models.control.folder import write_folder
 
         folder = Path(directory)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            write_folder(self, staging)
-            replace_folder(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(folder) as staging:
+            write_folder(self, staging, card)
         return folder
 
 # --- helpers (module level so the sft recipe and tests can use them) ------------------------------------

@@ -163,3 +163,9 @@ class ClassifyConfig(ClassifierOptions):
     blocks), blocks:A-B (blocks A to B, 0-based, inclusive); block presets also train the head, and the final
     norm when they include the last block
     """
+    save_model: bool = True
+    """save the trained classifier in <out>/final/ (AutoModelForSequenceClassification, with its tokenizer and
+    model card; LoRA runs also a PEFT adapter in final/adapter/)"""
+    export: str | None = option(None, path=True)
+    """folder to write the choice into for other stacks: adapter_config.json (PEFT), axolotl.yaml,
+    llamafactory.yaml, trainable_parameters.txt, and export.json (what was written, what not and why)"""

@@ -13,6 +13,7 @@ import torch
 
 from unfreeze.data import labelled, sms_spam
 from unfreeze.errors import UsageError, require
+from unfreeze.files import check_output_path
 from unfreeze.models.classifier import PAD_TOKEN_ID
 from unfreeze.models.loading import ModelSource
 from unfreeze.models.model_config import context_size
@@ -52,6 +53,8 @@ def validate(cfg: ClassifyConfig) -> ClassifyConfig:
     for flag, value in (("--out", cfg.out), ("--tokenizer", cfg.tokenizer), ("--data", cfg.data)):
         require(value is None or bool(value.strip()), f"{flag} is empty; give a path, or leave {flag} out")
     model_source(cfg).check()
+    if getattr(cfg, "export", None) is not None:
+        check_output_path(cfg.export, "--export")
     return dataclasses.replace(cfg, precision="bf16-mixed" if cfg.precision == "bf16" else cfg.precision)
 
 

@@ -57,7 +57,8 @@ def check_structure(source: ModelSource, config, preset: str, lora_rank: int) ->
 def build_model(cfg, source: ModelSource, config, pad_token: int = PAD_TOKEN_ID,
                 num_classes: int = 2) -> tuple[DecoderClassifier, torch.Tensor]:
     """The base model (pretrained or random, seeded) + a fresh Linear(hidden, num_classes) head, seeded like the
-    reference; and torch's random state right after the head, where the reference draws LoRA's matrices.
+    reference (with its bias for GPT-2; without, as transformers' `score`, for every other model); and torch's
+    random state right after the head, where the reference draws LoRA's matrices.
 
     Random rows use transformers' initialisation (GPT-2: normal, std 0.02); the reference's own model uses
     PyTorch defaults (embeddings N(0, 1)); see README."""
@@ -66,7 +67,8 @@ def build_model(cfg, source: ModelSource, config, pad_token: int = PAD_TOKEN_ID,
     gpt2 = is_gpt2(config)
     model = DecoderClassifier(body, num_classes=num_classes, causal=not cfg.disable_causal_mask,
                               token_pos=cfg.trainable_token_pos, average=cfg.average_embeddings,
-                              pad_token_id=PAD_TOKEN_ID if gpt2 else pad_token, reference_padding=gpt2)
+                              pad_token_id=PAD_TOKEN_ID if gpt2 else pad_token, reference_padding=gpt2,
+                              head_bias=gpt2)  # other models: transformers' own head (`score`, no bias)
     after_head = torch.get_rng_state()
     if not gpt2:  # an architecture whose forward is not embeddings -> blocks -> norm is refused here
         check_staged_forward(model._staged, model.pad_token_id, model.structure.token_embedding.weight.shape[0],

@@ -23,6 +23,7 @@ from unfreeze.offline import require_downloads
 from unfreeze.recipes.classify.config import ClassifyConfig
 from unfreeze.recipes.classify.evaluate import evaluate, score_lines, score_metrics
 from unfreeze.recipes.classify.inputs import Inputs, downloads, load_inputs, validate
+from unfreeze.recipes.classify.outputs import save_outputs
 from unfreeze.models.trainable import TrainableSummary
 from unfreeze.recipes.classify.model import build_trainable_model
 from unfreeze.training.loop import ClassifierInputs, ClassifierTraining, Schedule
@@ -125,6 +126,7 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
     log.info(f"Training accuracy: {scores['train']['acc'] * 100:.2f}% | Validation accuracy: "
              f"{scores['validation']['acc'] * 100:.2f}% | Test accuracy: {scores['test']['acc'] * 100:.2f}%")
     log.info(score_lines(scores, splits.class_names))
+    metrics.update(save_outputs(cfg, inputs, training.model, summary, metrics, log))  # final/, --export DIR
     return metrics
 
 

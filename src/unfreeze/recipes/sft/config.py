@@ -120,6 +120,9 @@ class SFTConfig:
     """folder the tracker writes in (default: --out; a sweep passes its own folder)"""
     out: str | None = option(None, path=True, role="out")
     """run folder (also --out): metrics.json, config.json, run.log, final/"""
+    export: str | None = option(None, path=True)
+    """folder to write what trained into for other stacks: adapter_config.json (PEFT), axolotl.yaml,
+    llamafactory.yaml, trainable_parameters.txt, and export.json (what was written, what not and why)"""
     # --- GSM8K test evaluation after training ------------------------------------------------------------
     test: bool = False
     """score <out>/final on the GSM8K test set by greedy generation"""

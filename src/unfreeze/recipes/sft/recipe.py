@@ -23,6 +23,7 @@ from unfreeze.config import parse_args, to_dict
 from unfreeze.errors import UsageError
 from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.offline import require_downloads
+from unfreeze.recipes.sft import outputs as sft_outputs
 from unfreeze.tracking import check_tracker
 from unfreeze.recipes.sft import resume as sft_resume
 from unfreeze.recipes.sft import setup as sft_setup
@@ -100,7 +101,7 @@ def train_and_save(config: SFTConfig, precision: Precision, out: Path, folder: R
     loop.advance()
     losses = loop.finish()
     metrics = _metrics(run, config, accelerator, losses, precision)
-    final = save(run, config, accelerator, log)
+    final = save(run, config, accelerator, log, metrics)
     accelerator.free_memory()
     return metrics, final, run.data.test_file
 
@@ -150,17 +151,21 @@ def setup(config: SFTConfig, accelerator: Any, log: Any, precision: Precision,
     return run
 
 
-def save(run: Setup, config: SFTConfig, accelerator: Any, log: Any) -> Path:
-    """`<out>/final`: the trained model (LoRA merged when asked), written by the main process."""
+def save(run: Setup, config: SFTConfig, accelerator: Any, log: Any, metrics: dict | None = None) -> Path:
+    """`<out>/final`: the trained model (LoRA merged when asked) with its model card, written by the main process;
+    with `export`, what trained in other stacks' forms."""
     final = Path(config.out) / "final"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model)
+        record = sft_outputs.export(config, unwrapped, run.trainable, log)  # before a merge: the LoRA trained
         if config.merge_lora:
             unwrapped.merge_lora()
             log.info("merged the LoRA adapter into the weights")
-        unwrapped.save_pretrained(final)
+        unwrapped.save_pretrained(final, card=sft_outputs.card(config, unwrapped, run.trainable, metrics or {}))
         log.info(f"saved the model to {final}")
+        if record is not None and metrics is not None:
+            metrics["export"] = {"dir": config.export, **record}
     accelerator.wait_for_everyone()
     return final
 
@@ -257,6 +262,10 @@ def _check_config(config: SFTConfig, check_model: bool = True) -> None:
     """Problems that can be named before anything heavy is loaded."""
     if not config.out:
         raise UsageError("no run folder: pass --out DIR (or set `out` in the config)")
+    if config.export is not None:
+        from unfreeze.files import check_output_path
+
+        check_output_path(config.export, "export")
     if not config.data:
         raise UsageError("no data: set `data` to a folder from `unfreeze inject-pauses` or a GSM8K folder")
     for key in ("num_epochs", "batch_size", "accumulation_steps", "max_length", "eval_batch_size",

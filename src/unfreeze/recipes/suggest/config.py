@@ -32,3 +32,6 @@ class SuggestConfig(ClassifierOptions):
     """candidates written to --write_sweep"""
     write_sweep: str | None = option(None, path=True)
     """write a sweep file (YAML) of the top candidates, to confirm with `unfreeze sweep FILE`"""
+    export: str | None = option(None, path=True)
+    """folder to write the pick and the other --top candidates into for other stacks: one subfolder per
+    candidate, in rank order (1-<pick>/, 2-.../), each as classify's --export writes it, and export.json"""

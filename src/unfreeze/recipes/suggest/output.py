@@ -125,3 +125,21 @@ def sweep_text(rows: list[dict], classify_cfg: ClassifyConfig, seeds: list[int],
 
 def write_sweep(path: str, text: str) -> Path:
     return atomic_write_text(path, text)
+
+
+def write_exports(folder: Path, result: dict, setup, top: int) -> dict:
+    """The pick and the next candidates up to `top`, each in every form that can hold it (`export.formats`), in
+    `folder/<rank>-<name>/`; `folder/export.json` lists them. Returns that list."""
+    from unfreeze.export import formats
+    from unfreeze.files import atomic_write_json
+    from unfreeze.recipes.classify.outputs import export_plan
+
+    listed = []
+    for row in result["candidates"][:top]:
+        sub = folder / f"{row['rank']}-{re.sub(r'[^A-Za-z0-9_.-]', '_', row['name'])}"
+        plan = export_plan(setup.candidate(row["name"]), setup.inputs.config, len(setup.inputs.splits.class_names))
+        record = formats.write_all(plan, sub)
+        listed.append({"rank": row["rank"], "name": row["name"], "dir": sub.name, "written": record["written"],
+                       "not_written": record["not_written"]})
+    atomic_write_json(folder / "export.json", {"pick": result["pick"], "candidates": listed})
+    return listed

@@ -60,12 +60,15 @@ def validate(cfg: SuggestConfig) -> list[str]:
         target = check_output_path(cfg.write_sweep, "--write_sweep", kind="file")
         require(not target.exists() or cfg.overwrite, f"--write_sweep {cfg.write_sweep} exists; pass --overwrite to "
                 "replace it, or choose another file name")
+    if cfg.export is not None:
+        check_output_path(cfg.export, "--export")
     return names
 
 
-def run(cfg: SuggestConfig) -> int:
-    """setup -> signals -> measured steps -> successive halving -> the table, suggestion.json (last) and the
-    sweep file, in the one run lifecycle: an --out that holds a suggestion is refused without --overwrite."""
+def run(cfg: SuggestConfig) -> dict:
+    """setup -> signals -> measured steps -> successive halving -> the table, suggestion.json (last), the sweep
+    file and the exports, in the one run lifecycle: an --out holding a suggestion is refused without --overwrite.
+    Returns suggestion.json's content."""
     started = time.perf_counter()
     names = validate(cfg)
     with run_folder("suggest", cfg.out, cfg.overwrite, markers=(SUGGESTION,), tracking=Tracking.of(cfg)) as folder:
@@ -77,11 +80,14 @@ def run(cfg: SuggestConfig) -> int:
             seeds = [cfg.seed + i for i in range(cfg.seeds)]
             output.write_sweep(cfg.write_sweep, output.sweep_text(result["candidates"], setup.classify, seeds, cfg.top))
             print(f"written: {cfg.write_sweep} (unfreeze sweep {cfg.write_sweep})")
+        if cfg.export is not None:
+            result["export"] = output.write_exports(Path(cfg.export), result, setup, cfg.top)
+            print(f"written: {cfg.export} (the pick and the top {cfg.top} for PEFT, axolotl, LLaMA-Factory; export.json)")
         if folder.out is not None:
             output.plot(result["candidates"], folder.out / "suggestion.png")
             folder.finish(result, file=SUGGESTION)
             print(f"written: {folder.out / SUGGESTION}, {folder.out / 'suggestion.png'}")
-    return 0
+    return result
 
 
 def cache_folder(cfg: SuggestConfig) -> Path:
