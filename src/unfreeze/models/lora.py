@@ -161,8 +161,9 @@ class LoRALayer(nn.Module):
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
-             layout: str = "reference", flag: str = "--lora_rank") -> list[str]:
-    """LoRA on every linear layer of `model` (in place); returns the adapted names.
+             layout: str = "reference", flag: str = "--lora_rank", targets: list[str] | None = None) -> list[str]:
+    """LoRA on every linear layer of `model` (in place), or on `targets` (qualified names of some of them: the
+    blocks `lora:BLOCKS` names); returns the adapted names.
 
     `seed` None draws the A matrices from torch's global generator in module order, as the reference's
     `replace_linear_with_lora` does. Only the LoRA matrices stay trainable. `layout` (see the module
@@ -170,8 +171,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
     "peft" injects peft's LoRA. A rank the model's layers cannot use is refused first, naming `flag`.
     """
     _check_layout(layout)
-    check_rank(model, rank, flag)
-    targets = linear_layers(model)
+    targets = _targets(model, rank, flag, targets)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     if layout == "peft":
         _add_peft_lora(model, targets, rank, alpha, generator)
@@ -184,6 +184,15 @@ def add_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
         layer = model.get_submodule(name)
         setattr(model.get_submodule(parent_name), child, LoRALayer(layer, rank, alpha, blocks.get(layer, 1), generator))
     return targets
+
+
+def _targets(model: nn.Module, rank: int, flag: str, targets: list[str] | None) -> list[str]:
+    """The layers to adapt (every linear layer unless named), their rank checked first."""
+    if targets is None:
+        check_rank(model, rank, flag)
+        return linear_layers(model)
+    check_rank({name: model.get_submodule(name) for name in targets}, rank, flag)
+    return list(targets)
 
 
 def _add_peft_lora(model: nn.Module, targets: list[str], rank: int, alpha: float,
@@ -219,11 +228,10 @@ class MergedLoRAWeight(nn.Module):
 
 
 def add_merged_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
-                    layout: str = "reference", flag: str = "--lora_rank") -> list[str]:
+                    layout: str = "reference", flag: str = "--lora_rank", targets: list[str] | None = None) -> list[str]:
     """The reference's `lora_alternative`: the same function as `add_lora` (same layout), computed on the weight."""
     _check_layout(layout)
-    check_rank(model, rank, flag)
-    targets = linear_layers(model)
+    targets = _targets(model, rank, flag, targets)
     blocks = fused_blocks(model) if layout == "reference" else {}
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     for param in model.parameters():

@@ -1,52 +1,51 @@
 """What trains: the one place that turns a choice into a set of parameters and sets `requires_grad`.
 
-A choice is either a classification preset (`unfreeze classify --trainable_layers`) or a list of
-pause-model components (the `unfreeze_*` / `lora` switches of `unfreeze sft`). Both are resolved from
-module structure, never from parameter-name substrings, into a `Selection` of parameters;
-`set_trainable` trains exactly those and freezes everything else; `trainable_summary` counts what trains
-(a shared tensor once), for the log and metrics.json of either recipe.
+A choice is written in one vocabulary for every task (`unfreeze classify` and `unfreeze sft`
+`--trainable_layers`, `unfreeze export`, `unfreeze.select`; the grammar is `models/choice.py`), plus, in
+sft, the pause switches (`unfreeze_*`, `lora`), which join it. Every word is resolved from module
+structure, never from parameter-name substrings, into a `Selection`; `set_trainable` trains exactly those
+parameters and freezes the rest; `trainable_summary` counts what trains (a shared tensor once).
 
-Classification presets, on any decoder model whose parts `model_parts` can read (unfreeze's
-`DecoderClassifier`, a Hugging Face `*ForCausalLM` / `*ForSequenceClassification` / base model, a peft
-`PeftModel`): the blocks and final norm come from the decoder stack's structure, the *output layer* is
-the classifier's new head, a causal LM's LM head (`get_output_embeddings()`) or a sequence classifier's
-`score` head:
+The parts a word names are read by `model_parts` from any decoder model (unfreeze's `DecoderClassifier`, a
+pause model, a Hugging Face `*ForCausalLM` / `*ForSequenceClassification` / base model, a peft
+`PeftModel`): the blocks and the final norm from the decoder stack's structure, a block's attention and MLP
+by `models/block_parts.py`, the *output layer* (classify's new head, a causal LM's LM head, a sequence
+classifier's `score`), the input embeddings (`get_input_embeddings()`), and a pause model's own tensors.
 
-| preset            | modules                                                                   |
-|-------------------|---------------------------------------------------------------------------|
-| last_layer        | the output layer (the head)                                               |
-| last_block        | the last transformer block, the final norm, the head                      |
-| last_two_blocks   | the last two blocks, the final norm, the head                             |
-| last_blocks:N     | the last N blocks, the final norm, the head                               |
-| blocks:A-B        | blocks A..B (0-based, inclusive), the head; the final norm if B is the last block |
-| all               | everything                                                                |
-| lora              | LoRA on every linear layer (head included), plus the head's own weight and bias |
-| lora_alternative  | the same with the merged-weight LoRA                                      |
-| bias              | every bias of every module (BitFit), plus the head                        |
-| norms             | every normalisation layer (torch's norm types and the final norm's type), plus the head |
+| word                  | trains                                                                          |
+|-----------------------|---------------------------------------------------------------------------------|
+| last_layer            | the output layer                                                                |
+| last_block            | the last block, the final norm, the output layer                                |
+| last_two_blocks       | the last two blocks, the final norm, the output layer                           |
+| last_blocks:N         | the last N blocks, the final norm, the output layer                             |
+| blocks:SET            | blocks SET (3,7,9-11; 0-based), the output layer; the final norm with the last block |
+| all                   | everything                                                                      |
+| bias                  | every bias of the decoder (BitFit), the output layer                            |
+| norms                 | every normalisation layer of the decoder, the output layer                      |
+| lora                  | LoRA on every linear layer (the output layer's too), and the output layer       |
+| lora_alternative      | the same with the merged-weight LoRA (classify)                                 |
+| attention:BLOCKS      | the attention module of each of those blocks (only it)                          |
+| mlp:BLOCKS            | the feed-forward of each of those blocks (only it)                              |
+| lora:BLOCKS           | LoRA on the linear layers of those blocks (only the adapters)                   |
+| embeddings            | the input embeddings; in sft also the rows of the tokens the run adds           |
+| new_tokens            | only the rows of the tokens the run adds (sft's pause token), a delta           |
+| pause_head            | sft's pause head                                                                |
 
-The LoRA presets train the head's own weight and bias because the reference creates the head after
-freezing the model and never freezes it.
+BLOCKS is last_block, last_two_blocks, last_blocks:N, blocks:SET or all. The presets (the first ten words,
+today's) train the output layer too, as they always have; the parts (the last six) train only what they
+name: join `+last_layer` for the output layer. Classify's head is new, so it trains under every choice. In
+sft, `lora` puts the adapter on `lora_target_modules` (peft), and the switches map onto words: lm_head =
+the output layer, lm_embeddings = the input embeddings' base rows, pause_embedding = new_tokens,
+pause_head, lora = the adapters.
 
-Pause-model components (on a `ControlTokenLM`):
-
-| component       | tensors                                                                 |
-|-----------------|-------------------------------------------------------------------------|
-| pause_embedding | `model.control_embeddings` (the delta rows of the control tokens)       |
-| pause_head      | `model.pause_head` (weight, bias)                                       |
-| lm_head         | the module returned by `get_output_embeddings()`                        |
-| lm_embeddings   | the module returned by `get_input_embeddings()` (base vocabulary rows)  |
-| lora            | the adapter sub-modules (`LoraLayer.adapter_layer_names`) of every peft LoRA layer |
-
-Two choices change the model before they can name parameters, because those parameters do not exist
-yet: the LoRA presets add the adapters, and training exactly one of a *tied* LM head / input embedding
-unties them first (the LM head gets its own copy of the matrix and `tie_word_embeddings` becomes False,
-so a saved model stays untied); the other one then stays bit-identical.
+Two choices change the model before they can name parameters: LoRA adds the adapters (unless the model has
+them: a PeftModel, a pause model given `lora`), and, in a pause model, training exactly one of a *tied* LM
+head / input embedding unties them (the LM head gets its own copy, `tie_word_embeddings` becomes False).
 """
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable
@@ -54,7 +53,9 @@ from typing import Iterable
 from torch import nn
 
 from unfreeze.errors import UsageError
+from unfreeze.models import block_parts
 from unfreeze.models import lora as lora_lib
+from unfreeze.models.choice import PRESETS, SYNTAX, Term, check_syntax, parse_choice
 from unfreeze.models.structure import Structure, order_by_registration, read_structure
 
 COMPONENTS: dict[str, str] = {
@@ -64,13 +65,18 @@ COMPONENTS: dict[str, str] = {
     "lm_embeddings": "the LM input token embeddings",
     "lora": "LoRA adapters on the body (the model must have been given LoRA)",
 }
+# The switches as words: (kind, preset) of the Term each stands for.
+_COMPONENT_TERMS = {"pause_embedding": "new_tokens", "pause_head": "pause_head", "lm_head": "last_layer",
+                    "lm_embeddings": "base_embeddings", "lora": "adapters"}
+PRESET_SYNTAX = SYNTAX
+TORCH_NORMS = block_parts.TORCH_NORMS
 
 
 @dataclass
 class Selection:
     """A choice resolved to the parameters it trains."""
 
-    choice: list[str]  # the preset, or the components switched on
+    choice: list[str]  # the words of the choice (and the switches switched on)
     params: list[nn.Parameter]
     untied: bool = False  # tied input/output embeddings were untied to honour the choice
     notes: list[str] = field(default_factory=list)
@@ -129,15 +135,16 @@ def trainable_summary(model: nn.Module, selection: Selection | None = None, plan
 
 def apply_preset(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
                  seed: int | None = None, lora_layout: str = "reference") -> TrainableSummary:
-    """`--trainable_layers preset` on a classifier, in place: select, apply, count."""
+    """`--trainable_layers CHOICE` on a classifier, in place: select, apply, count."""
     selection = preset_selection(model, preset, lora_rank, lora_alpha, seed, lora_layout)
     set_trainable(model, selection.params)
     return trainable_summary(model, selection)
 
 
-def apply_components(model: nn.Module, components: Iterable[str]) -> TrainableSummary:
-    """Train exactly `components` (names from COMPONENTS) of a pause model, in place: select, apply, count."""
-    selection = component_selection(model, components)
+def apply_components(model: nn.Module, components: Iterable[str], choice: str | None = None) -> TrainableSummary:
+    """Train exactly `components` (names from COMPONENTS) of a pause model, joined with the words of `choice`,
+    in place: select, apply, count."""
+    selection = component_selection(model, components, choice)
     set_trainable(model, selection.params)
     return trainable_summary(model, selection)
 
@@ -162,7 +169,8 @@ class ModelParts:
     (the Hugging Face base model); its `structure` (blocks, final norm) is read when first asked, because
     the pause components need only the embeddings and the output layer, and sft runs models whose stages
     classify cannot read. `output` is the output layer: unfreeze's classifier head, a causal LM's LM head,
-    a sequence classifier's head (None for a bare base model).
+    a sequence classifier's head (None for a bare base model). `pause` is the pause model (its control rows
+    and pause head), `new_head` whether the output layer is new (classify's head: it trains under any choice).
     """
 
     root: nn.Module
@@ -170,6 +178,8 @@ class ModelParts:
     output: nn.Module | None
     token_embedding: nn.Module | None
     known_structure: Structure | None = None
+    pause: nn.Module | None = None
+    new_head: bool = False
 
     @cached_property
     def structure(self) -> Structure:
@@ -197,17 +207,16 @@ def trained_view(module: nn.Module) -> nn.Module:
 
 def model_parts(model: nn.Module) -> ModelParts:
     """The parts of unfreeze's classifier, a pause model (`hf_model`), a peft `PeftModel` or a transformers model."""
-    import dataclasses
-
     from unfreeze.models.classifier import DecoderClassifier
 
     if isinstance(model, DecoderClassifier):
-        return ModelParts(model, model.body, model.head, model.structure.token_embedding, model.structure)
+        return ModelParts(model, model.body, model.head, model.structure.token_embedding, model.structure,
+                          new_head=True)
     inner = getattr(model, "hf_model", None)  # a pause model: the Hugging Face model it wraps
-    if inner is None and _is_peft_model(model):
-        inner = model.get_base_model()
     if isinstance(inner, nn.Module):
-        return dataclasses.replace(model_parts(inner), root=model)
+        return dataclasses.replace(model_parts(inner), root=model, pause=model)
+    if _is_peft_model(model):
+        return dataclasses.replace(model_parts(model.get_base_model()), root=model)
     return _transformers_parts(model)
 
 
@@ -237,45 +246,44 @@ def _transformers_parts(model: nn.Module) -> ModelParts:
     return ModelParts(model, body, output, embedding)
 
 
-# --- classification presets ---------------------------------------------------------------------------
-
-PRESETS = ("last_layer", "last_block", "last_two_blocks", "all", "lora", "lora_alternative", "bias", "norms")
-PRESET_SYNTAX = "last_blocks:N (the last N blocks), blocks:A-B (blocks A to B, inclusive, 0-based)"
-_LAST_BLOCKS = re.compile(r"last_blocks:(\d+)")
-_BLOCK_RANGE = re.compile(r"blocks:(\d+)-(\d+)")
-# torch's own normalisation layers; a model's own norm class (LlamaRMSNorm, ...) is the type of its final norm.
-TORCH_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+# --- words -> parameters --------------------------------------------------------------------------------
 
 
 def check_preset_syntax(preset: str, flag: str = "--trainable_layers") -> str:
-    """A preset name, `last_blocks:N` or `blocks:A-B` (bounds are checked against the model later)."""
-    if preset in PRESETS or _LAST_BLOCKS.fullmatch(preset) or _BLOCK_RANGE.fullmatch(preset):
-        return preset
-    raise UsageError(f"{flag} {preset!r}: invalid choice, not one of: {', '.join(PRESETS)}, or {PRESET_SYNTAX}")
+    """A choice that parses (`models/choice.py`); bounds are checked against the model later."""
+    return check_syntax(preset, flag)
 
 
-def preset_blocks(preset: str, num_blocks: int, flag: str = "--trainable_layers") -> range | None:
-    """The 0-based blocks a block preset trains (None for the other presets); bounds checked here."""
-    fixed = {"last_block": 1, "last_two_blocks": 2}
-    if preset in fixed:
-        return range(max(num_blocks - fixed[preset], 0), num_blocks)
-    if match := _LAST_BLOCKS.fullmatch(preset):
-        count = int(match.group(1))
-        if not 1 <= count <= num_blocks:
-            raise UsageError(f"{flag} {preset}: N must be between 1 and the model's {num_blocks} blocks")
-        return range(num_blocks - count, num_blocks)
-    if match := _BLOCK_RANGE.fullmatch(preset):
-        first, last = int(match.group(1)), int(match.group(2))
-        if not first <= last < num_blocks:
-            raise UsageError(f"{flag} {preset}: the model has blocks 0-{num_blocks - 1}; use blocks:A-B with "
-                             f"A <= B <= {num_blocks - 1}")
-        return range(first, last + 1)
-    return None
+def preset_blocks(preset: str, num_blocks: int, flag: str = "--trainable_layers") -> list[int] | None:
+    """The 0-based blocks the choice's block terms name (None when it has none); every term's bounds checked."""
+    found: set[int] = set()
+    named = False
+    for term in parse_choice(preset, flag):
+        if term.blocks is not None:
+            found.update(term.blocks.indices(num_blocks, flag, term.text))
+            named = True
+    return sorted(found) if named else None
 
 
-def norm_modules(model: nn.Module) -> list[nn.Module]:
-    """Every normalisation layer of the decoder stack: torch's norm types, and the type of its final norm (its role)."""
+def check_choice(model: nn.Module, choice: str | list[Term], flag: str = "--trainable_layers") -> list[Term]:
+    """What can be checked of a choice on a model without changing it (the meta device will do): its blocks exist,
+    every block's attention or MLP it names can be read, `bias`/`norms` name more than the output layer. LoRA is
+    not added (its rank is `lora.check_rank`'s); returns the terms."""
+    terms = parse_choice(choice, flag) if isinstance(choice, str) else list(choice)
     parts = model_parts(model)
+    for term in terms:
+        if term.kind in ("blocks", "attention", "mlp"):
+            _block_modules(parts, term, flag)
+        elif term.blocks is not None:
+            term.blocks.indices(len(parts.structure.blocks), flag, term.text)
+        elif term.kind in ("bias", "norms"):
+            term_parameters(parts, term, flag)
+    return terms
+
+
+def norm_modules(model: nn.Module | ModelParts) -> list[nn.Module]:
+    """Every normalisation layer of the decoder stack: torch's norm types, and the type of its final norm (its role)."""
+    parts = model if isinstance(model, ModelParts) else model_parts(model)
     kinds = (*TORCH_NORMS, type(parts.structure.final_norm))
     return [m for m in parts.body.modules() if isinstance(m, kinds)]
 
@@ -285,70 +293,152 @@ def bias_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [m.bias for m in model.modules() if isinstance(getattr(m, "bias", None), nn.Parameter)]
 
 
-def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
-                     seed: int | None = None, lora_layout: str = "reference") -> Selection:
-    """The parameters of one `--trainable_layers` preset of any model `model_parts` reads (LoRA presets add LoRA
-    first, unless the model has LoRA layers already: a `PeftModel` trains its own adapters).
+def _block_modules(parts: ModelParts, term: Term, flag: str) -> list[nn.Module]:
+    """The modules `term` names inside its blocks: whole blocks, or each block's attention or MLP."""
+    blocks = parts.structure.blocks
+    indices = term.blocks.indices(len(blocks), flag, term.text)
+    if term.kind == "blocks":
+        return [blocks[i] for i in indices] + ([parts.structure.final_norm] if len(blocks) - 1 in indices else [])
+    norm_types = (type(parts.structure.final_norm),)
+    return [m for i in indices for m in block_parts.block_part(parts.body, blocks, i, term.kind, flag, term.text,
+                                                                  norm_types)]
 
-    Block presets train the named blocks and the output layer, and the final norm whenever the last block trains.
-    """
-    check_preset_syntax(preset)
+
+def _adapters(parts: ModelParts, term: Term, flag: str) -> list[nn.Parameter]:
+    """LoRA's own parameters (of the chosen blocks, for lora:BLOCKS)."""
+    where = parts.root if term.blocks is None else nn.ModuleList(_block_modules(parts, Term("blocks", term.text,
+                                                                                              term.blocks), flag))
+    found = _parameters(lora_lib.lora_modules(where))
+    if not found:
+        raise UsageError(f"cannot train {term.text}: the model has no LoRA adapter" +
+                         (" (set lora: true)" if parts.pause is not None else ""))
+    return found
+
+
+def _pause_tensors(parts: ModelParts, term: Term) -> list[nn.Parameter]:
+    pause = parts.pause
+    if pause is None or pause.control_embeddings is None:
+        why = ("the model has no control tokens (pause_token is null)" if pause is not None else
+               "only sft adds tokens (its pause token); this model has none")
+        raise UsageError(f"cannot train {term.text}: {why}")
+    return [pause.control_embeddings] if term.kind == "new_tokens" else list(pause.pause_head.parameters())
+
+
+def _body_only(parts: ModelParts, term: Term, selected: list[nn.Parameter], flag: str) -> list[nn.Parameter]:
+    """`bias`/`norms` must name something besides the output layer (else only the head would train)."""
+    head = {id(p) for p in parts.output_parameters(term.text)}
+    if {id(p) for p in selected} <= head:
+        what = {"bias": "bias terms", "norms": "normalisation parameters"}[term.kind]
+        name, only = (type(parts.body).__name__, "the new head") if parts.new_head else (type(parts.root).__name__,
+                                                                                          "the output layer")
+        raise UsageError(f"{flag} {term.kind}: {name} has no {what}, so only {only} would train; use "
+                         f"{flag} last_layer for that")
+    return selected
+
+
+def term_parameters(parts: ModelParts, term: Term, flag: str = "--trainable_layers") -> list[nn.Parameter]:
+    """The parameters one word names on the model of `parts` (the output layer included for presets)."""
+    kind = term.kind
+    if kind == "all":
+        return _parameters([parts.root])
+    if kind in ("blocks", "attention", "mlp"):
+        found = _parameters(_block_modules(parts, term, flag))
+    elif term.lora or kind == "adapters":
+        found = _adapters(parts, term, flag)
+    elif kind == "bias":
+        found = _body_only(parts, term, [m.bias for m in parts.body.modules()
+                                         if isinstance(getattr(m, "bias", None), nn.Parameter)]
+                           + parts.output_parameters(kind), flag)
+    elif kind == "norms":
+        found = _body_only(parts, term, _parameters(norm_modules(parts)) + parts.output_parameters(kind), flag)
+    elif kind in ("embeddings", "base_embeddings"):
+        found = list(parts.token_embedding.parameters())
+        if kind == "embeddings" and parts.pause is not None and parts.pause.control_embeddings is not None:
+            found.append(parts.pause.control_embeddings)
+    elif kind in ("new_tokens", "pause_head"):
+        found = _pause_tensors(parts, term)
+    else:  # last_layer
+        found = []
+    return _unique([*found, *(parts.output_parameters(term.text) if term.preset else [])])
+
+
+def _add_lora(model: nn.Module, parts: ModelParts, term: Term, rank: int, alpha: float, seed: int | None,
+              layout: str, flag: str) -> ModelParts:
+    """Give a model without LoRA its adapters: every linear layer (`lora`), or those of the chosen blocks."""
+    if lora_lib.lora_modules(parts.root):
+        return parts  # a PeftModel (or a pause model given `lora`) trains the adapters it has
+    if parts.pause is not None:
+        raise UsageError(f"cannot train {term.text}: the model has no LoRA adapter (set lora: true)")
+    targets = None
+    if term.blocks is not None:
+        inside = {id(m) for block in _block_modules(parts, Term("blocks", term.text, term.blocks), flag)
+                  for m in block.modules()}
+        targets = [name for name in lora_lib.linear_layers(parts.root) if id(parts.root.get_submodule(name)) in inside]
+    add = lora_lib.add_lora if term.kind == "lora" else lora_lib.add_merged_lora
+    add(parts.root, rank, alpha, seed=seed, layout=layout, targets=targets)  # reference | peft: models/lora.py
+    return model_parts(model)  # the output layer may be wrapped now
+
+
+def _trains_tied_output(parts: ModelParts, chosen: list[nn.Parameter]) -> bool:
+    if parts.output is None or parts.token_embedding is None:
+        return False
+    shared = {id(p) for p in trained_view(parts.output).parameters()} & {id(p) for p in parts.token_embedding.parameters()}
+    return bool(shared & {id(p) for p in chosen})
+
+
+def _untie_if_one(parts: ModelParts, terms: list[Term]) -> tuple[bool, list[str]]:
+    """A pause model trains exactly one of a tied LM head and input embedding: untie them first."""
+    if parts.pause is None:
+        return False, []
+    kinds = {t.kind for t in terms}
+    output = any(t.preset and t.kind != "all" for t in terms)
+    embeddings = bool(kinds & {"embeddings", "base_embeddings"})
+    if "all" in kinds or output == embeddings or not untie_embeddings(parts.pause):
+        return False, []
+    only = "the output layer (lm_head)" if output else "the input embeddings"
+    return True, [f"note: input and output embeddings were tied; untied them so that only {only} trains"]
+
+
+def choice_selection(model: nn.Module, terms: list[Term], lora_rank: int = 8, lora_alpha: float = 8,
+                     seed: int | None = None, lora_layout: str = "reference", flag: str = "--trainable_layers",
+                     with_output: bool = False) -> Selection:
+    """The parameters of `terms` (parsed words) on any model `model_parts` reads. `with_output`: the output layer
+    trains whatever the words say (a new head; unfreeze's classifier always)."""
     parts = model_parts(model)
-    if preset in ("lora", "lora_alternative"):
-        if not lora_lib.lora_modules(parts.root):
-            add = lora_lib.add_lora if preset == "lora" else lora_lib.add_merged_lora
-            add(parts.root, lora_rank, lora_alpha, seed=seed, layout=lora_layout)  # reference | peft: models/lora.py
-            parts = model_parts(model)  # the output layer is wrapped now
-        lora = _parameters(lora_lib.lora_modules(parts.root))
-        return Selection([preset], _unique([*lora, *parts.output_parameters(preset)]), notes=_tied_note(parts))
-    if preset == "all":
-        return Selection([preset], _parameters([parts.root]))
-    head, notes = parts.output_parameters(preset), _tied_note(parts)
-    blocks = list(parts.structure.blocks)
-    chosen = preset_blocks(preset, len(blocks))
-    if chosen is not None:
-        norm = [parts.structure.final_norm] if len(blocks) - 1 in chosen else []
-        body = _parameters([*(blocks[i] for i in chosen), *norm])
-        return Selection([preset], _unique([*body, *head]), notes=notes)
-    if preset == "last_layer":
-        return Selection([preset], head, notes=notes)
-    selected = bias_parameters(parts.root) if preset == "bias" else _parameters(norm_modules(model))
-    if {id(p) for p in selected} <= {id(p) for p in head}:
-        what = {"bias": "bias terms", "norms": "normalisation parameters"}[preset]
-        body = getattr(model, "body", None)  # unfreeze's classifier: its base model, and the head it adds
-        name, only = (type(body).__name__, "the new head") if body is not None else (type(parts.root).__name__,
-                                                                                      "the output layer")
-        raise UsageError(f"--trainable_layers {preset}: {name} has no {what}, so only {only} would train; use "
-                         "--trainable_layers last_layer for that")
-    return Selection([preset], _unique([*selected, *head]), notes=notes)
+    adapter = next((t for t in terms if t.lora), None)
+    if adapter is not None:
+        parts = _add_lora(model, parts, adapter, lora_rank, lora_alpha, seed, lora_layout, flag)
+    untied, notes = _untie_if_one(parts, terms)
+    chosen = [p for term in terms for p in term_parameters(parts, term, flag)]
+    if with_output or parts.new_head:
+        chosen += parts.output_parameters(flag)
+    if _trains_tied_output(parts, chosen) and "all" not in {t.kind for t in terms}:
+        notes.append("note: the output layer shares its weight with the input embeddings (tied), so training it "
+                     "trains them too")
+    return Selection([t.text for t in terms], _unique(chosen), untied, notes)
 
 
-def _tied_note(parts: ModelParts) -> list[str]:
-    shared = parts.token_embedding is not None and parts.output is not None and any(
-        p is q for p in trained_view(parts.output).parameters() for q in parts.token_embedding.parameters())
-    return ["note: the output layer shares its weight with the input embeddings (tied), so training it trains "
-            "them too"] if shared else []
+def preset_selection(model: nn.Module, preset: str, lora_rank: int = 8, lora_alpha: float = 8,
+                     seed: int | None = None, lora_layout: str = "reference", with_output: bool = False) -> Selection:
+    """The parameters of one choice (`a+b`, see the module docstring) of any model `model_parts` reads."""
+    return choice_selection(model, parse_choice(preset), lora_rank, lora_alpha, seed, lora_layout,
+                            with_output=with_output)
 
 
-# --- pause-model components ---------------------------------------------------------------------------
+# --- the pause switches ----------------------------------------------------------------------------------
 
 
 def component_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Each component's parameters, located by module type/role."""
-    from peft.tuners.lora import LoraLayer
-
-    found = model_parts(model)
-    parts: dict[str, list[nn.Parameter]] = {name: [] for name in COMPONENTS}
-    if model.control_embeddings is not None:
-        parts["pause_embedding"] = [model.control_embeddings]
-        parts["pause_head"] = list(model.pause_head.parameters())
-    parts["lm_head"] = found.output_parameters("lm_head")
-    parts["lm_embeddings"] = list(found.token_embedding.parameters())
-    for module in model.hf_model.modules():
-        if isinstance(module, LoraLayer):
-            for attr in module.adapter_layer_names:  # peft's own list of its trainable sub-modules
-                parts["lora"].extend(getattr(module, attr).parameters())
-    return parts
+    """Each component's parameters, located by module type/role (empty where the model has none)."""
+    parts = model_parts(model)
+    found: dict[str, list[nn.Parameter]] = {}
+    for name, kind in _COMPONENT_TERMS.items():
+        try:
+            found[name] = term_parameters(parts, Term(kind, name, preset=False))
+        except UsageError:
+            found[name] = []
+    found["lm_head"] = parts.output_parameters("lm_head")
+    return found
 
 
 def untie_embeddings(model: nn.Module) -> bool:
@@ -363,27 +453,23 @@ def untie_embeddings(model: nn.Module) -> bool:
     return True
 
 
-def component_selection(model: nn.Module, components: Iterable[str]) -> Selection:
-    """The parameters of the switched-on components of a `ControlTokenLM` (untying tied embeddings if needed)."""
+def component_selection(model: nn.Module, components: Iterable[str], choice: str | None = None,
+                        flag: str = "trainable_layers") -> Selection:
+    """The parameters of the switched-on components of a `ControlTokenLM` and of the words of `choice` (untying
+    tied embeddings where exactly one of them trains)."""
     wanted = list(dict.fromkeys(components))
     unknown = [c for c in wanted if c not in COMPONENTS]
     if unknown:
         raise UsageError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
-    if not wanted:
+    terms = parse_choice(choice, flag) if choice else []
+    if not wanted and not terms:
         raise UsageError("nothing left to train: switch on at least one of unfreeze_pause_embedding, "
-                         "unfreeze_pause_head, unfreeze_lm_head, unfreeze_lm_embeddings, lora")
-    notes, untied = [], False
-    if ("lm_head" in wanted) != ("lm_embeddings" in wanted):
-        untied = untie_embeddings(model)
-        if untied:
-            only = "lm_head" if "lm_head" in wanted else "lm_embeddings"
-            notes.append(f"note: input and output embeddings were tied; untied them so that only {only} trains")
-    parts = component_parameters(model)
-    chosen: dict[int, nn.Parameter] = {}
-    for name in wanted:
-        if not parts[name]:
-            why = "the model has no control tokens (pause_token is null)" if name.startswith("pause") else (
-                "the model has no LoRA adapter (set lora: true)")
-            raise UsageError(f"cannot train {name}: {why}")
-        chosen.update({id(p): p for p in parts[name]})
-    return Selection(wanted, list(chosen.values()), untied, notes)
+                         "unfreeze_pause_head, unfreeze_lm_head, unfreeze_lm_embeddings, lora, or set trainable_layers")
+    switched = [Term(_COMPONENT_TERMS[name], name, preset=name == "lm_head") for name in wanted]
+    return choice_selection(model, [*terms, *switched], flag=flag)
+
+
+__all__ = ["COMPONENTS", "PRESETS", "PRESET_SYNTAX", "ModelParts", "Selection", "TrainableSummary", "apply_components",
+           "apply_preset", "bias_parameters", "check_preset_syntax", "choice_selection", "component_parameters",
+           "component_selection", "model_parts", "norm_modules", "preset_blocks", "preset_selection", "set_trainable",
+           "term_parameters", "trainable_summary", "trained_view", "untie_embeddings"]

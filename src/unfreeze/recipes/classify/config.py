@@ -17,22 +17,22 @@ from typing import ClassVar, Literal
 from jsonargparse.typing import register_type
 
 from unfreeze.config import option
-from unfreeze.errors import UsageError
 from unfreeze.tracking import ReportTo
 
 
 class TrainableLayers(str):
-    """A preset name, `last_blocks:N` or `blocks:A-B` (checked when parsed; bounds checked against the model)."""
+    """A choice of what trains in the one vocabulary (`models/choice.py`): checked when parsed, so a bad word is one
+    line before anything runs; whether its blocks exist is checked against the model (on the meta device)."""
 
 
 def _trainable_layers(value) -> TrainableLayers:
-    from unfreeze.models.trainable import PRESET_SYNTAX, PRESETS, check_preset_syntax
+    from unfreeze.models.choice import ChoiceError, check_syntax
 
     text = str(value)
     try:
-        return TrainableLayers(check_preset_syntax(text))
-    except UsageError:
-        raise ValueError(f"{text!r}: invalid choice, not one of: {', '.join(PRESETS)}, or {PRESET_SYNTAX}") from None
+        return TrainableLayers(check_syntax(text))
+    except ChoiceError as err:
+        raise err.value_error(text) from None
 
 
 register_type(TrainableLayers, serializer=str, deserializer=_trainable_layers)
@@ -149,7 +149,8 @@ class ClassifierOptions:
     """folder the tracker writes in (default: --out; a sweep passes its own folder)"""
 
     # The reference's names for options that carry one name across every task here.
-    ALIASES: ClassVar[dict[str, str]] = {"eval_freq": "eval_every", "eval_iter": "eval_batches"}
+    ALIASES: ClassVar[dict[str, str]] = {"eval_freq": "eval_every", "eval_iter": "eval_batches",
+                                         "trainable": "trainable_layers"}
 
 
 @dataclass
@@ -158,10 +159,12 @@ class ClassifyConfig(ClassifierOptions):
     additional_experiments.py."""
 
     trainable_layers: TrainableLayers = "last_block"
-    """which parameters train: last_layer (the head), last_block, last_two_blocks, all, lora, lora_alternative,
-    bias (every bias + head, BitFit), norms (every normalisation layer + head), last_blocks:N (the last N
-    blocks), blocks:A-B (blocks A to B, 0-based, inclusive); block presets also train the head, and the final
-    norm when they include the last block
+    """which parameters train (also --trainable; sft takes the same words): last_layer (the head), last_block,
+    last_two_blocks, all, lora, lora_alternative, bias (every bias, BitFit), norms (every normalisation layer),
+    last_blocks:N (the last N blocks), blocks:SET (e.g. 3,7,9-11; 0-based) -- the block words also train the
+    final norm when they include the last block -- and the parts attention:BLOCKS, mlp:BLOCKS, lora:BLOCKS
+    (BLOCKS: last_block, last_blocks:N, blocks:SET or all), embeddings; join several with + (e.g.
+    mlp:blocks:8-11+norms); the new head trains under every choice (docs/trainable.md)
     """
     save_model: bool = True
     """save the trained classifier in <out>/final/ (AutoModelForSequenceClassification, with its tokenizer and

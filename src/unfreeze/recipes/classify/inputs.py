@@ -14,6 +14,7 @@ import torch
 from unfreeze.data import labelled, sms_spam
 from unfreeze.errors import UsageError, require
 from unfreeze.files import check_output_path
+from unfreeze.models.choice import parse_choice
 from unfreeze.models.classifier import PAD_TOKEN_ID
 from unfreeze.models.loading import ModelSource
 from unfreeze.models.model_config import context_size
@@ -48,7 +49,7 @@ def validate(cfg: ClassifyConfig) -> ClassifyConfig:
             f"--cache_budget_gb must be a number of GiB >= 0 (got {cfg.cache_budget_gb}); leave it out for a "
             "quarter of the free memory")
     require(-2**63 <= cfg.seed < 2**64, f"--seed {cfg.seed} does not fit in 64 bits; use e.g. 123")
-    require(not (cfg.trainable_layers.startswith("lora") and cfg.lora_alpha == 0),
+    require(not (any(term.lora for term in parse_choice(cfg.trainable_layers)) and cfg.lora_alpha == 0),
             "--lora_alpha 0 scales every LoRA update to zero, so nothing but the head would learn; use e.g. 8")
     for flag, value in (("--out", cfg.out), ("--tokenizer", cfg.tokenizer), ("--data", cfg.data)):
         require(value is None or bool(value.strip()), f"{flag} is empty; give a path, or leave {flag} out")

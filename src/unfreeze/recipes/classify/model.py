@@ -12,6 +12,7 @@ import torch
 
 from unfreeze.errors import UsageError
 from unfreeze.models import lora, trainable
+from unfreeze.models.choice import parse_choice
 from unfreeze.models.classifier import PAD_TOKEN_ID, DecoderClassifier
 from unfreeze.models.loading import ModelSource
 from unfreeze.models.model_config import check_fits_in_memory, is_gpt2, parse_model_config
@@ -37,8 +38,8 @@ def body_config(source: ModelSource):
 
 
 def check_structure(source: ModelSource, config, preset: str, lora_rank: int) -> None:
-    """The model's stages can be read, the preset's blocks exist, `bias` selects something beyond the head and a
-    LoRA rank fits its layers (on the meta device: nothing allocated)."""
+    """The model's stages can be read, the choice's blocks exist and their attention or MLP can be read, `bias`
+    selects something beyond the head and a LoRA rank fits its layers (on the meta device: nothing allocated)."""
     from transformers import AutoModel
 
     try:
@@ -47,11 +48,16 @@ def check_structure(source: ModelSource, config, preset: str, lora_rank: int) ->
     except Exception as err:  # noqa: BLE001 - an architecture transformers cannot build
         raise UsageError(f"{source.flag}: cannot build a {getattr(config, 'model_type', '?')} base model "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})") from None
-    trainable.preset_blocks(preset, len(read_structure(body).blocks))
-    if preset in ("lora", "lora_alternative"):
+    read_structure(body)  # an architecture whose stages cannot be read: said before the words are
+    terms = parse_choice(preset)
+    sft_only = [term.text for term in terms if term.kind in ("new_tokens", "pause_head")]
+    if sft_only:
+        raise UsageError(f"--trainable_layers {sft_only[0]}: classify adds no tokens and has no pause head "
+                         "(new_tokens and pause_head are sft's words)")
+    if any(term.lora for term in terms):
         lora.check_rank(body, lora_rank, "--lora_rank")
-    if preset == "bias":  # on a model without biases it selects only the head: said before any work
-        trainable.preset_selection(DecoderClassifier(body), "bias")  # (`norms` is judged on the built model)
+    # `bias` on a model without biases selects only the head: said before any work (`norms` too)
+    trainable.check_choice(DecoderClassifier(body), terms)
 
 
 def build_model(cfg, source: ModelSource, config, pad_token: int = PAD_TOKEN_ID,
