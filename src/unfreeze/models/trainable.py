@@ -395,8 +395,9 @@ def _untie_if_one(parts: ModelParts, terms: list[Term]) -> tuple[bool, list[str]
     embeddings = bool(kinds & {"embeddings", "base_embeddings"})
     if "all" in kinds or output == embeddings or not untie_embeddings(parts.pause):
         return False, []
-    only = "the output layer (lm_head)" if output else "the input embeddings"
-    return True, [f"note: input and output embeddings were tied; untied them so that only {only} trains"]
+    said = ("the output layer trains without the input embeddings" if output else
+            "the input embeddings train without the output layer")
+    return True, [f"note: input and output embeddings were tied; untied them so that {said}"]
 
 
 def choice_selection(model: nn.Module, terms: list[Term], lora_rank: int = 8, lora_alpha: float = 8,

@@ -186,8 +186,10 @@ class ControlTokenLM(nn.Module):
         return torch.where(is_control.unsqueeze(-1), control.to(embeds.dtype), embeds)
 
     def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05,
-                 target_modules: Sequence[str] | None = None) -> None:
-        """Wrap the base model with a peft LoRA adapter (targets default to q_proj,v_proj or GPT-2's c_attn)."""
+                 target_modules: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> None:
+        """Wrap the base model with a peft LoRA adapter (targets default to q_proj,v_proj or GPT-2's c_attn); with
+        `layers`, only in those blocks (0-based): peft's `layers_to_transform`, the blocks' list named as the
+        model's structure finds it, and the adapted layers checked to lie exactly in those blocks."""
         from peft import LoraConfig, get_peft_model
         from transformers.pytorch_utils import Conv1D
 
@@ -198,12 +200,16 @@ class ControlTokenLM(nn.Module):
         targets = list(target_modules) if target_modules else default_lora_targets(self.hf_model)
         leaf_types = {type(m) for name, m in self.hf_model.named_modules() if name.rsplit(".", 1)[-1] in targets}
         check_rank({n: m for n, m in self.hf_model.named_modules() if n.rsplit(".", 1)[-1] in targets}, r, "lora_rank")
+        where = _block_layers(self.hf_model, layers) if layers is not None else {}
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                            task_type="CAUSAL_LM", fan_in_fan_out=Conv1D in leaf_types)  # GPT-2 stores W transposed
+                            task_type="CAUSAL_LM", fan_in_fan_out=Conv1D in leaf_types,  # GPT-2 stores W transposed
+                            **where)
         try:
             self.base = get_peft_model(self.base, config)
         except ValueError as err:
             raise UsageError(f"lora_target_modules {','.join(targets)}: {str(err).splitlines()[0]}") from None
+        if layers is not None:
+            _check_adapted_blocks(self.hf_model, layers, targets)
 
     def merge_lora(self) -> None:
         """Fold the LoRA update into the base weights and drop the adapter."""
@@ -309,6 +315,33 @@ def is_peft_model(module: nn.Module) -> bool:
     except ImportError:  # pragma: no cover - peft is a dependency
         return False
     return isinstance(module, PeftModel)
+
+
+def _blocks_and_name(hf_model: nn.Module) -> tuple[nn.ModuleList, str]:
+    from unfreeze.models.trainable import model_parts
+
+    blocks = model_parts(hf_model).structure.blocks
+    return blocks, next(name for name, module in hf_model.named_modules() if module is blocks)
+
+
+def _block_layers(hf_model: nn.Module, layers: Sequence[int]) -> dict:
+    """peft's keys for an adapter on `layers` only: the indices, and the last name of the blocks' list (`h`,
+    `layers`), which peft matches as `<pattern>.<index>.` in a layer's name."""
+    _, name = _blocks_and_name(hf_model)
+    return {"layers_to_transform": sorted(layers), "layers_pattern": name.rsplit(".", 1)[-1]}
+
+
+def _check_adapted_blocks(hf_model: nn.Module, layers: Sequence[int], targets: Sequence[str]) -> None:
+    """The adapter sits in exactly the chosen blocks (peft matched its pattern as intended), read from structure."""
+    from unfreeze.models.lora import lora_modules
+
+    blocks, _ = _blocks_and_name(hf_model)
+    adapted = {i for i, block in enumerate(blocks) if lora_modules(block)}
+    outside = [m for m in lora_modules(hf_model) if not any(m is x for i in layers for x in blocks[i].modules())]
+    if adapted != set(layers) or outside:
+        raise UsageError(f"lora on blocks {','.join(map(str, sorted(layers)))}: peft adapted blocks "
+                         f"{sorted(adapted)} with targets {','.join(targets)}; set lora_target_modules to layers "
+                         "inside every block")
 
 
 def default_lora_targets(hf_model: nn.Module) -> list[str]:

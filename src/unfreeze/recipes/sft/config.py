@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 
 from unfreeze.config import option
 from unfreeze.data.gsm8k import PROMPT_TEMPLATE
+from unfreeze.recipes.classify.config import TrainableLayers
 from unfreeze.tracking import ReportTo
 
 
@@ -43,6 +44,12 @@ class SFTConfig:
     """train the LM input embeddings (untied from the LM head if only they train)"""
     lora: bool = False
     """train a LoRA adapter on the body (peft)"""
+    trainable_layers: TrainableLayers | None = None
+    """what else trains, in classify's words (also `trainable`), joined with the switches above: last_layer (the
+    LM head), last_block, last_blocks:N, blocks:SET (e.g. 3,7,9-11), bias, norms, all, lora (these presets train
+    the LM head too), and the parts attention:BLOCKS, mlp:BLOCKS, lora:BLOCKS (the adapter on those blocks only),
+    embeddings, new_tokens (the pause row), pause_head; join with +, e.g. lora:last_blocks:8+new_tokens
+    (docs/trainable.md)"""
     lora_rank: int = 16
     """LoRA rank (also accepted as lora_r, the reference's name)"""
     lora_alpha: int = 32
@@ -170,7 +177,8 @@ class SFTConfig:
     the default is the PauseToken reference's GSM8K prompt; test: true generates with it too"""
 
     # The reference's names (Hugging Face TrainingArguments, peft) for options named alike in every task here.
-    ALIASES: ClassVar[dict[str, str]] = {"lora_r": "lora_rank", "gradient_accumulation_steps": "accumulation_steps"}
+    ALIASES: ClassVar[dict[str, str]] = {"lora_r": "lora_rank", "gradient_accumulation_steps": "accumulation_steps",
+                                         "trainable": "trainable_layers"}
     # Keys an older version took, and what replaced them.
     RETIRED: ClassVar[dict[str, str]] = {
         "dtype": "dtype was replaced by precision: precision=bf16-pure for bf16 weights, fp32 otherwise",

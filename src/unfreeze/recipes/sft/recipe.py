@@ -251,6 +251,15 @@ def _cache_hidden_states(config: SFTConfig, model: Any, examples: list, collate:
                                 batch_size=config.eval_batch_size, log=log)
 
 
+def _model_config(config: SFTConfig) -> Any:
+    """The architecture of `model` (a saved pause-model folder's own config.json), read without weights."""
+    if _saved_folder(config):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(Path(config.model).expanduser()))
+    return sft_setup.model_source(config).config()
+
+
 def _saved_folder(config: SFTConfig) -> bool:
     """`model` is a saved pause-model folder (`<out>/final` of an earlier run): it brings its own weights."""
     from unfreeze.models.control.tokens import MARKER_FILE
@@ -296,8 +305,9 @@ def _check_config(config: SFTConfig, check_model: bool = True) -> None:
             raise UsageError(f"{', '.join(on)} need a control token, but pause_token is null")
     if check_model and not _saved_folder(config):
         sft_setup.model_source(config).check()
-    if config.merge_lora and not config.lora:
-        raise UsageError("merge_lora: true needs lora: true")
+    sft_setup.check_choice(config, (lambda: _model_config(config)) if check_model else None)
+    if config.merge_lora and not (config.lora or any(term.lora for term in sft_setup.choice_terms(config))):
+        raise UsageError("merge_lora: true needs lora: true (or a lora word in trainable_layers)")
     check_tracker(config.report_to, "report_to")
 
 

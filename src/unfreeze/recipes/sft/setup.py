@@ -56,15 +56,57 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
         base = source.load("causal_lm", dtype=dtype)
         model = ControlTokenLM.from_base(base, tokenizer, tokens, config.detach_head, config.pause_tokenization)
         said = f"model: {config.model} ({config.weights} weights); control tokens {tokens or 'none'}"
-    if config.lora:
+    adapter = next((term for term in choice_terms(config) if term.lora), None)
+    if config.lora or adapter is not None:
         targets = [t.strip() for t in config.lora_target_modules.split(",")] if config.lora_target_modules else None
-        model.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, targets)
+        model.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, targets, adapter_blocks(model, adapter))
     log.info(said)  # once the model is whole: a refused LoRA rank is then the only line said
     return model.train()
 
 
+def choice_terms(config: SFTConfig) -> list:
+    """The words of `trainable_layers` (none when unset)."""
+    from unfreeze.models.choice import parse_choice
+
+    return parse_choice(config.trainable_layers, "trainable_layers") if config.trainable_layers else []
+
+
+def adapter_blocks(model: Any, adapter: Any) -> list[int] | None:
+    """The blocks a `lora:BLOCKS` word puts the adapter on (None: every block the targets are in)."""
+    if adapter is None or adapter.blocks is None:
+        return None
+    from unfreeze.models.trainable import model_parts
+
+    return adapter.blocks.indices(len(model_parts(model).structure.blocks), "trainable_layers", adapter.text)
+
+
+def check_choice(config: SFTConfig, model_config: Any = None) -> None:
+    """What the words of `trainable_layers` name exists in the model (`model_config()` built on the meta device:
+    nothing is allocated); the pause words need a pause token, sft's LoRA is peft's (no lora_alternative)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from unfreeze.models.trainable import check_choice as check_on
+
+    terms = choice_terms(config)
+    kinds = {term.kind for term in terms}
+    if "lora_alternative" in kinds:
+        raise UsageError("trainable_layers lora_alternative: sft's LoRA is peft's; use lora or lora:BLOCKS")
+    if not config.pause_token and kinds & {"new_tokens", "pause_head"}:
+        raise UsageError(f"trainable_layers {config.trainable_layers}: new_tokens and pause_head need a control "
+                         "token, but pause_token is null")
+    if model_config is None or not kinds & {"blocks", "attention", "mlp", "lora", "bias", "norms"}:
+        return
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config())
+    except Exception as err:  # noqa: BLE001 - an architecture transformers cannot build: the load says it later
+        raise UsageError(f"model {config.model}: cannot build it as a causal LM ({type(err).__name__})") from None
+    check_on(model, terms, "trainable_layers")
+
+
 def trainable_model(config: SFTConfig, log: Any, precision: Any) -> tuple[Any, Any]:
-    """The model with exactly the configured components trainable, and the summary of what trains.
+    """The model with exactly the configured components and words trainable, and the summary of what trains.
 
     The weights load in `precision.weights`; with `precision.cast_everything` LoRA (which peft makes fp32)
     and the new control-token tensors take that dtype too -- pure bf16 training.
@@ -83,7 +125,7 @@ def trainable_model(config: SFTConfig, log: Any, precision: Any) -> tuple[Any, A
 
         set_dropout(model.hf_model, config.dropout)
     components = [name for name, key in COMPONENT_SWITCHES.items() if getattr(config, key)]
-    trainable = set_trainable(model, components)
+    trainable = set_trainable(model, components, config.trainable_layers)
     for line in trainable.lines():
         log.info(line)
     if config.gradient_checkpointing:
