@@ -9,8 +9,8 @@ period literal: `layers.3.` never matches `layers.30.`), a single tensor `^<name
 `^<embedding weight>$[V:V+n]` (left out when the whole matrix trains: a range would then restrict it).
 
 With LoRA the choice is axolotl's adapter keys (`adapter: lora`, `lora_r`, `lora_alpha`, `lora_dropout`,
-`lora_target_modules`, `lora_modules_to_save`, `peft_trainable_token_indices`), which axolotl hands to peft:
-the mapping of `--to peft`.
+`lora_target_modules`, `peft_layers_to_transform` and `peft_layers_pattern` for LoRA on a block set,
+`lora_modules_to_save`, `peft_trainable_token_indices`), which axolotl hands to peft: the mapping of `--to peft`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import yaml
 
 from unfreeze.errors import UsageError
-from unfreeze.export.common import dropped_lora_note, leaf_names, lora_settings, lora_targets
+from unfreeze.export.common import dropped_lora_note, lora_settings, lora_target_keys, lora_targets
 from unfreeze.export.plan import TrainPlan
 
 
@@ -54,8 +54,12 @@ def settings(plan: TrainPlan) -> dict:
                          "LoRA keeps only whole modules (lora_modules_to_save); use --to names")
     rank, scale = lora
     alpha = scale * rank
+    targets = lora_target_keys(plan)
     keys = {"adapter": "lora", "lora_r": rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-            "lora_dropout": plan.lora_dropout, "lora_target_modules": leaf_names(lora_targets(plan), plan)}
+            "lora_dropout": plan.lora_dropout, "lora_target_modules": targets["target_modules"]}
+    if "layers_to_transform" in targets:  # LoRA on a block set: axolotl hands these keys to peft's LoraConfig
+        keys["peft_layers_to_transform"] = targets["layers_to_transform"]
+        keys["peft_layers_pattern"] = [targets["layers_pattern"]]
     if set(lora_targets(plan)) & set(plan.transposed):
         keys["lora_fan_in_fan_out"] = True
     if plan.modules:

@@ -29,6 +29,28 @@ def leaf_names(targets: list[str], plan: TrainPlan) -> list[str]:
     return leaves if picked == set(targets) else list(targets)
 
 
+def lora_target_keys(plan: TrainPlan) -> dict:
+    """How PEFT's `LoraConfig` names the adapted layers: by their last names where those pick exactly them; else
+    by those names restricted to blocks (`layers_to_transform`, `layers_pattern`: LoRA on a block set), where
+    peft's own matching rule (`check_target_module_exists`) picks exactly them; else by their full names."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = lora_targets(plan)
+    leaves = leaf_names(targets, plan)
+    if leaves != list(targets) or not targets or plan.blocks is None:
+        return {"target_modules": leaves}
+    inside = [t for t in targets if t.startswith(plan.blocks + ".")]
+    indices = sorted({int(t[len(plan.blocks) + 1:].split(".", 1)[0]) for t in inside})
+    short = list(dict.fromkeys(t.rsplit(".", 1)[-1] for t in targets))
+    keys = {"target_modules": short, "layers_to_transform": indices, "layers_pattern": plan.blocks.rsplit(".", 1)[-1]}
+    rule = LoraConfig(**keys)
+    if len(inside) == len(targets) and {m for m in module_names(plan) if check_target_module_exists(rule, m)} == set(
+            targets):
+        return keys
+    return {"target_modules": list(targets)}
+
+
 def lora_settings(plan: TrainPlan, to: str) -> tuple[int, float] | None:
     """(rank, scale) shared by every adapted layer, or None without LoRA; a UsageError for layouts no stack holds."""
     if not plan.lora:

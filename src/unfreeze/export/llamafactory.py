@@ -51,7 +51,8 @@ def freeze_arguments(plan: TrainPlan) -> dict:
     count = plan.num_blocks
     contiguous = indices == list(range(indices[0], indices[-1] + 1)) if indices else True
     if not contiguous or (indices and indices[0] > 0 and indices[-1] < count - 1):
-        raise UsageError(f"{why}: it trains blocks {indices[0]}-{indices[-1]} of 0-{count - 1}; "
+        named = f"{indices[0]}-{indices[-1]}" if contiguous else ",".join(map(str, indices))
+        raise UsageError(f"{why}: it trains blocks {named} of 0-{count - 1}; "
                          "freeze_trainable_layers names only the first or the last blocks")
     layers = 0 if not indices else (len(indices) if indices[-1] == count - 1 else -len(indices))
     in_blocks = [n for n in plan.plain_names if _block_index(n, plan.blocks) in indices]

@@ -7,6 +7,7 @@ the adapter; peft refuses a config whose only targets are such modules), and row
 * LoRA choices: `LoraConfig(r, lora_alpha = scale * r, target_modules)` -- peft scales by lora_alpha / r, the
   reference by alpha, hence lora_alpha = alpha * r as in `models/lora.py` -- with the modules that train in
   full as `modules_to_save` (the output layer; its own LoRA update is left out, see `common.lora_targets`);
+  LoRA on a block set (`lora:last_blocks:8`) as `layers_to_transform` with `layers_pattern` (`common.lora_target_keys`);
 * new-token rows: `trainable_token_indices` beside LoRA, `TrainableTokensConfig` alone;
 * every other choice trains whole modules or single tensors and no adapter, which PEFT cannot express:
   a UsageError says so (axolotl, LLaMA-Factory and names can).
@@ -21,7 +22,7 @@ import enum
 import json
 
 from unfreeze.errors import UsageError
-from unfreeze.export.common import dropped_lora_note, leaf_names, lora_settings, lora_targets
+from unfreeze.export.common import dropped_lora_note, lora_settings, lora_target_keys, lora_targets
 from unfreeze.export.plan import TrainPlan
 
 
@@ -46,7 +47,7 @@ def peft_config(plan: TrainPlan):
     rank, scale = settings
     alpha = scale * rank
     return LoraConfig(r=rank, lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
-                      lora_dropout=plan.lora_dropout, bias="none", target_modules=leaf_names(targets, plan),
+                      lora_dropout=plan.lora_dropout, bias="none", **lora_target_keys(plan),
                       modules_to_save=list(plan.modules) or None, trainable_token_indices=plan.token_rows or None,
                       fan_in_fan_out=bool(set(targets) & set(plan.transposed)), task_type=task,
                       base_model_name_or_path=plan.base_model)

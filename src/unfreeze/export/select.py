@@ -71,17 +71,19 @@ class Selected:
 
 
 def select(model: nn.Module, choice: str | Sequence[str], *, lora_rank: int = 8, lora_alpha: float = 8,
-           lora_layout: str = "peft", seed: int | None = None) -> Selected:
-    """Resolve `choice` on `model`: a `--trainable_layers` preset (last_layer, last_block, last_blocks:N,
-    blocks:A-B, all, lora, lora_alternative, bias, norms), or, for a pause model, a list of its components
-    (pause_embedding, pause_head, lm_head, lm_embeddings, lora).
+           lora_layout: str = "peft", seed: int | None = None, with_output: bool = False) -> Selected:
+    """Resolve `choice` on `model`: words of the one vocabulary (`--trainable_layers`: last_layer, last_block,
+    last_blocks:N, blocks:SET, all, lora, lora_alternative, bias, norms, attention:BLOCKS, mlp:BLOCKS,
+    lora:BLOCKS, embeddings, new_tokens, pause_head, joined with +; see `unfreeze.models.trainable`), or, for a
+    pause model, a list of its components (pause_embedding, pause_head, lm_head, lm_embeddings, lora).
+    `with_output`: the output layer trains whatever the words say (a head new to the task, as classify's is).
 
     The LoRA presets add adapters of `lora_rank`, scaled by `lora_alpha` as the reference scales them (alpha,
     not alpha/r), in `lora_layout` "peft" (peft's layers) or "reference" (unfreeze's, three updates on GPT-2's
     fused c_attn); `seed` draws their A matrices (None: torch's global generator).
     """
     if isinstance(choice, str):
-        selection = trainable.preset_selection(model, choice, lora_rank, lora_alpha, seed, lora_layout)
+        selection = trainable.preset_selection(model, choice, lora_rank, lora_alpha, seed, lora_layout, with_output)
         name = choice
     else:
         selection = trainable.component_selection(model, choice)

@@ -22,7 +22,7 @@ def export_plan(cfg: ClassifyConfig, config, num_labels: int):
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     plan = select(model, cfg.trainable_layers, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                  lora_layout=cfg.lora_layout).plan()
+                  lora_layout=cfg.lora_layout, with_output=True).plan()  # classify's head trains under any choice
     plan.base_model = cfg.model or cfg.model_size
     return plan
 
