@@ -82,7 +82,8 @@ def test_disk_cache_computes_repeats_once_and_holds_the_in_memory_bits(tmp_path,
     start = memory.frozen_prefix_stages(model.stage_modules())
     plan = memory.plan_cache(model, start, [10] * 6, model.hidden_size, torch.float32)
     in_ram = memory.build_cache(model, plan, tokens, device, 2, None)
-    stored = disk.build(model, tokens, tmp_path, "key", [plan.start_stage], device, None, batch_size=2)
+    stored, built = disk.get_or_build(model, tokens, tmp_path, [plan.start_stage], "fp32", device, batch_size=2)
+    assert built
     for split, rows in in_ram.splits.items():
         on_disk = stored.hidden(split, plan.start_stage, list(range(len(rows))))
         for position, row in enumerate(rows):

@@ -59,12 +59,20 @@ def test_a_second_run_reads_the_frozen_prefix_from_disk(spam_csv_dir, byte_token
         two = run_config(config(spam_csv_dir, byte_tokenizer_dir, tmp_path, "two", device, feature_cache_dir=features))
     assert second.calls == 0 and not two["cache"]["shared"]["built"] and two["cache_build_s"] == 0
     tolerance().assert_close({k: two[k] for k in ("test_acc", "history")}, {k: one[k] for k in ("test_acc", "history")})
-    # last_layer freezes every block: the same network and data, so the same folder (its pooled features)
+    # last_layer freezes every block: the same network and data, so the same folder; its pooled features are
+    # added, computed from the stored input of the last block (the same batches: the pooling reads every position)
     with FrozenBlockCalls() as third:
         head = run_config(config(spam_csv_dir, byte_tokenizer_dir, tmp_path, "head", device, feature_cache_dir=features,
                                  trainable_layers="last_layer"))
-    assert third.calls == 0 and head["cache"]["kind"] == "pooled" and not head["cache"]["shared"]["built"]
-    assert len(cache_folders(tmp_path / "features")) == 1
+    assert head["cache"]["kind"] == "pooled" and head["cache"]["shared"]["built"]
+    assert third.calls == 0  # no block ran in full: the last one at the pooled position only
+    (folder,) = cache_folders(tmp_path / "features")
+    (pooled,) = (tmp_path / "features" / folder).glob("pooled-*/entry.json")
+    assert json.loads(pooled.read_text())["start"] == 3  # boundary 3: the input of block 2 of 3
+    with FrozenBlockCalls() as fourth:
+        again = run_config(config(spam_csv_dir, byte_tokenizer_dir, tmp_path, "again", device,
+                                  feature_cache_dir=features, trainable_layers="last_layer"))
+    assert fourth.calls == 0 and not again["cache"]["shared"]["built"]
 
 
 @pytest.mark.parametrize("preset", ["last_block", "last_layer"])

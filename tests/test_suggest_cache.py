@@ -70,13 +70,19 @@ def test_stored_values_equal_the_in_memory_cache_and_the_uncached_path(tmp_path,
         for split, rows in tokens.items():
             index = list(range(len(rows)))
             stored, in_memory = cache.hidden(split, start, index), torch.stack(in_ram.splits[split])
-            # both keep only the positions pooling reads (`needed_length`: 9 of 12 for flexible pooling)
-            assert torch.equal(stored[:, :in_memory.shape[1]], in_memory)
-            assert not stored[:, in_memory.shape[1]:].any()
+            # The store keeps every position a pooling may read (GPT-2's reference padding: all 12), the in-memory
+            # cache those its pooling reads (`needed_length`: 9 of 12 for flexible pooling). Where they are the same
+            # positions, the same batches: the same bits; else the same function of a longer batch (float rounding).
+            assert stored.shape[1] == 12 and stored.abs().sum(-1).gt(0).all()
             ids = torch.stack(rows)
             ids = ids[:, :model.needed_length(ids)]  # as every reader runs them (training.loop.ClassifierInputs)
             resumed = model.head(model.pooled_features(stored[:, :ids.shape[1]], start, ids))
-            assert torch.equal(resumed, model(ids))  # the uncached path, bit for bit
+            if in_memory.shape[1] == 12:
+                assert torch.equal(stored, in_memory)
+                assert torch.equal(resumed, model(ids))  # the uncached path, bit for bit
+            else:
+                torch.testing.assert_close(stored[:, :in_memory.shape[1]], in_memory, rtol=0, atol=1e-6)
+                torch.testing.assert_close(resumed, model(ids), rtol=0, atol=1e-6)
     pooled_plan = memory.CachePlan(model.final_stage + 1, True, "test")
     pooled = memory.build_cache(model, pooled_plan, tokens, CPU, 4, None)
     for split in tokens:
@@ -110,7 +116,7 @@ def test_a_second_run_reuses_the_cache_without_a_forward_pass(tmp_path):
     assert disk.get_or_build(second, tokens, tmp_path, [3], "fp32", CPU)[1]
 
 
-@pytest.mark.parametrize("change", ["weights", "data", "context_length", "pooling", "precision"])
+@pytest.mark.parametrize("change", ["weights", "data", "context_length", "causal_mask", "precision"])
 def test_a_cache_of_other_inputs_is_never_reused(tmp_path, change):
     tokens = token_splits()
     disk.get_or_build(frozen(tiny()), tokens, tmp_path, [2], "fp32", CPU)
@@ -122,8 +128,8 @@ def test_a_cache_of_other_inputs_is_never_reused(tmp_path, change):
         tokens["test"][0][0] = (tokens["test"][0][0] + 1) % 299
     elif change == "context_length":
         tokens = {split: [r[:-1] for r in rows] for split, rows in tokens.items()}
-    elif change == "pooling":
-        model = frozen(tiny(token_pos="flexible"))
+    elif change == "causal_mask":
+        model = frozen(tiny(causal=False))
     else:
         precision = "bf16"
     counter = StageCounter(model)

@@ -1,21 +1,18 @@
-"""An on-disk, memory-mapped frozen-prefix cache shared by every candidate (and every later run).
+"""An on-disk, memory-mapped frozen-prefix store shared by every run (and every later run) that freezes the same network.
 
-One forward pass over every example stores
+What a frozen prefix computes depends on the frozen weights, the architecture and its config, the token ids of
+every split, the mask semantics (causal, padding), the precision and the device type -- not on how a run reads
+it afterwards. So the store's key hashes exactly those (`cache_key`), and one folder serves classify runs of
+any pooling and any boundary, and sft runs (`cache/sft_prefix.py`), of that network and data:
 
-  * `pooled`: the pooled vector at every block boundary (one vector per example per boundary; small), and
-  * `hidden`: the (length, hidden) states at the boundaries that candidates start from (under an
-    attention mask, every model but the reference's GPT-2: the real positions, zeros after them).
+    <cache_dir>/<key>/meta.json           the rows (their stored positions per split), width, dtype
+    <cache_dir>/<key>/hidden-<b>/         hidden states at boundary b (see `cache/prefix.py`), rows one after another
+    <cache_dir>/<key>/pooled-<p>/         classify: pooled vectors of pooling p at the boundaries its entry.json lists
 
-Boundary `b` is the input of stage `b` (the output of stages `0 .. b-1`, see `models/classifier.py`):
-`b = 1` is the embeddings' output, `b = final_stage` the last block's, `b = final_stage + 1` the final
-norm's. The stored values are computed exactly as `cache/memory.py` computes them (same stage
-calls, same autocast, same storage dtype), so a run started from them equals the in-memory cache and
-the uncached path.
-
-Files live in `<cache_dir>/<key>/`, where the key hashes everything the values depend on: the frozen
-model's weights (bytes) and config, the token ids of every split (data, tokenizer and context length), the pooling,
-the precision and the device type. A build writes into a temporary folder and renames it into place
-after `meta.json` is written, so a killed build leaves only a `.tmp` folder that no reader opens.
+Each entry is built in a temporary folder and renamed into place after its `entry.json` is written; the first
+build writes the whole key folder that way (`meta.json` last), so a killed build leaves only a `.tmp` folder no
+reader opens. A build adds only what is missing, and a missing boundary is computed from the latest boundary
+already stored before it (fp32 stores: they hold the exact values) instead of from the embeddings.
 """
 
 from __future__ import annotations
@@ -25,33 +22,31 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from unfreeze.cache.memory import build_batches, trimmed_ids, distinct_rows, stored_length
+from unfreeze.cache import build, memory
 from unfreeze.errors import UsageError
 
-FORMAT = 2  # bump when the layout changes: old caches then never match
+FORMAT = 3  # bump when the layout changes: old caches then never match
+_write_split = build.write_split  # one split's pass (tests replace it to stop a build midway)
 
 
 # --- identity -----------------------------------------------------------------------------------------
 
 
-def weights_fingerprint(modules) -> str:
-    """A hash of the bytes (and shapes, dtypes) of every parameter and buffer of `modules`, in order."""
+def weights_fingerprint(tensors) -> str:
+    """A hash of the bytes (and shapes, dtypes) of `tensors` (or of every parameter and buffer of modules), in order."""
     digest = hashlib.blake2b(digest_size=16)
-    seen: set[int] = set()
-    for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            if id(tensor) in seen:
-                continue
-            seen.add(id(tensor))
-            data = tensor.detach().cpu().contiguous()
-            digest.update(f"{tuple(data.shape)}{data.dtype}".encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    items = [t for item in tensors for t in ([*item.parameters(), *item.buffers()]
+                                             if isinstance(item, torch.nn.Module) else [item])]
+    for tensor in {id(t): t for t in items}.values():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(data.shape)}{data.dtype}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 
@@ -66,72 +61,91 @@ def tokens_fingerprint(tokens: dict[str, list[torch.Tensor]]) -> str:
     return digest.hexdigest()
 
 
+def as_prefix(model):
+    """classify's `DecoderClassifier` as a `cache.prefix.ClassifierPrefix`; a prefix as it is."""
+    from unfreeze.cache.prefix import ClassifierPrefix
+    from unfreeze.models.classifier import DecoderClassifier
+
+    return ClassifierPrefix(model) if isinstance(model, DecoderClassifier) else model
+
+
 def cache_key(model, tokens: dict[str, list[torch.Tensor]], precision: str, device: torch.device) -> str:
-    """What the stored values depend on, hashed: the key of a cache folder."""
-    stage_modules = [m for stage in model.stage_modules() for m in stage]
-    parts = {
-        "format": FORMAT,
-        "weights": weights_fingerprint(stage_modules),
-        "architecture": type(model).__name__,
-        # The same weights under another config (head count, rotary base, norm eps, attention kernel)
-        # compute other values.
-        "config": json.loads(model.body.config.to_json_string(use_diff=False)),
-        "tokens": tokens_fingerprint(tokens),
-        "lengths": sorted({len(r) for rows in tokens.values() for r in rows}),
-        "pooling": {"token_pos": model.token_pos, "average": model.average, "causal": model.causal,
-                    "pad_token_id": model.pad_token_id, "reference_padding": model.reference_padding},
-        "precision": precision,
-        "device": device.type,
-    }
+    """What the stored values depend on, hashed: the key of a store folder (no pooling: see the module docstring)."""
+    prefix = as_prefix(model)
+    parts = {"format": FORMAT, "weights": weights_fingerprint(prefix.weight_tensors()), **prefix.identity(),
+             "tokens": tokens_fingerprint(tokens), "precision": precision, "device": device.type}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-# --- the cache as read back ---------------------------------------------------------------------------
+def pooling_entry(model) -> tuple[str, dict]:
+    """The folder name of a classifier's pooled vectors, and the pooling it names."""
+    pooling = {"token_pos": model.token_pos, "average": model.average}
+    return "pooled-" + hashlib.sha256(json.dumps(pooling, sort_keys=True).encode()).hexdigest()[:12], pooling
+
+
+# --- the store as read back ---------------------------------------------------------------------------
 
 
 @dataclass
 class DiskCache:
-    """A complete cache folder, memory-mapped: `pooled(split, b)` and `hidden(split, b, indices)`."""
+    """A store folder, memory-mapped: `hidden(split, b, rows)`, `row(split, b, i)` and `pooled(split, b)`."""
 
     folder: Path
     meta: dict
+    pooled_name: str | None = None  # the entry of this run's pooling (classify)
+    entries: dict = field(default_factory=dict)  # entry name -> its entry.json
 
     @property
     def boundaries(self) -> list[int]:
-        return list(self.meta["hidden_boundaries"])
+        return sorted(e["boundary"] for e in self.entries.values() if "boundary" in e)
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.meta["dtype"] == "bfloat16" else torch.float32
 
-    def _map(self, name: str, shape: list[int]) -> np.memmap:
+    def _map(self, path: Path, shape: tuple[int, ...]) -> np.memmap:
         stored = np.uint16 if self.dtype == torch.bfloat16 else np.float32
-        return np.memmap(self.folder / name, dtype=stored, mode="r", shape=tuple(shape))
+        return np.memmap(path, dtype=stored, mode="r", shape=shape)
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.array(array))  # a private, writable copy
-        return tensor.view(torch.bfloat16) if self.dtype == torch.bfloat16 else tensor
-
-    def pooled(self, split: str, boundary: int, indices=None) -> torch.Tensor:
-        """(n, hidden) pooled vectors at `boundary` (all examples, or `indices`)."""
-        n = self.meta["sizes"][split]
-        mapped = self._map(f"pooled_{split}.bin", [self.meta["num_boundaries"], n, self.meta["hidden_size"]])
-        rows = mapped[boundary - 1] if indices is None else mapped[boundary - 1][np.asarray(indices)]
-        return self._tensor(rows)
-
-    def hidden(self, split: str, boundary: int, indices) -> torch.Tensor:
-        """(batch, length, hidden) states at a stored `boundary` for the examples `indices`; only the
-        positions the run reads are stored (zeros after them: the reader cuts to its `needed_length`)."""
+    def flat(self, split: str, boundary: int) -> np.memmap:
+        """Every stored position of `split` at `boundary`, rows one after another: (positions, width)."""
         if boundary not in self.boundaries:
             raise KeyError(f"boundary {boundary} is not stored (stored: {self.boundaries})")
-        shape = [self.meta["sizes"][split], self.meta["length"], self.meta["hidden_size"]]
-        return self._tensor(self._map(f"hidden_{boundary}_{split}.bin", shape)[np.asarray(indices)])
+        total = sum(self.meta["lengths"][split])
+        return self._map(self.folder / f"hidden-{boundary}" / f"{split}.bin", (total, self.meta["hidden_size"]))
+
+    def row(self, split: str, boundary: int, index: int) -> torch.Tensor:
+        """One row's stored positions at `boundary`, (length, width): a view of the file, read when used."""
+        lengths = self.meta["lengths"][split]
+        start = int(np.sum(lengths[:index]))
+        return build.from_stored(self.flat(split, boundary)[start:start + lengths[index]], self.dtype)
+
+    def hidden(self, split: str, boundary: int, indices, length: int | None = None) -> torch.Tensor:
+        """(batch, length, width) states at a stored `boundary` for rows `indices`: each row's stored positions,
+        zeros after them (`length`: the store's row length unless given)."""
+        flat, lengths = self.flat(split, boundary), self.meta["lengths"][split]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+        index = [int(i) for i in indices]
+        out = torch.zeros(len(index), length or self.meta["length"], self.meta["hidden_size"], dtype=self.dtype)
+        for slot, i in enumerate(index):
+            n = min(lengths[i], out.shape[1])
+            out[slot, :n] = build.from_stored(np.array(flat[offsets[i]:offsets[i] + n]), self.dtype)
+        return out
+
+    def pooled(self, split: str, boundary: int, indices=None) -> torch.Tensor:
+        """(n, width) pooled vectors of this run's pooling at `boundary` (all examples, or `indices`)."""
+        entry = self.entries.get(self.pooled_name or "", {})
+        if boundary not in entry.get("boundaries", []):
+            raise KeyError(f"no pooled vectors at boundary {boundary} for this pooling")
+        shape = (len(entry["boundaries"]), self.meta["sizes"][split], self.meta["hidden_size"])
+        mapped = self._map(self.folder / self.pooled_name / f"{split}.bin", shape)[entry["boundaries"].index(boundary)]
+        return build.from_stored(np.array(mapped if indices is None else mapped[np.asarray(indices)]), self.dtype)
 
     def nbytes(self) -> int:
-        return sum(f.stat().st_size for f in self.folder.iterdir())
+        return sum(f.stat().st_size for f in self.folder.rglob("*") if f.is_file())
 
     def reader(self, start_stage: int) -> "DiskReader":
-        """The activations a run starting at `start_stage` reads (`cache.protocol.ActivationReader`):
+        """The activations a classify run starting at `start_stage` reads (`cache.protocol.ActivationReader`):
         pooled vectors past the final norm, else the hidden states stored at that boundary."""
         if start_stage <= self.meta["num_boundaries"] - 1 and start_stage not in self.boundaries:
             raise KeyError(f"boundary {start_stage} is not stored (stored: {self.boundaries})")
@@ -140,7 +154,7 @@ class DiskCache:
 
 @dataclass
 class DiskReader:
-    """One boundary of a `DiskCache`, read as the loop reads any cache."""
+    """One boundary of a `DiskCache`, read as the classify loop reads any cache."""
 
     cache: DiskCache
     start_stage: int
@@ -155,8 +169,18 @@ class DiskReader:
         return self.cache.nbytes()
 
 
-def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=()) -> DiskCache | None:
-    """The complete cache `key` if it holds `boundaries`; None otherwise (never a partial build)."""
+def _entries(folder: Path) -> dict:
+    found = {}
+    for entry in folder.iterdir():
+        try:
+            found[entry.name] = json.loads((entry / "entry.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a temporary folder, or one a killed build left
+    return found
+
+
+def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=(), pooled_name: str | None = None) -> DiskCache | None:
+    """The store `key` if it is whole and holds `boundaries`; None otherwise (never a partial build)."""
     folder = Path(cache_dir) / key
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -164,9 +188,12 @@ def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=()) -> DiskCac
         return None
     if meta.get("key") != key or not meta.get("complete") or meta.get("format") != FORMAT:
         return None
-    if not set(boundaries) <= set(meta["hidden_boundaries"]):
+    cache = DiskCache(folder, meta, pooled_name, _entries(folder))
+    if not set(boundaries) <= set(cache.boundaries):
         return None
-    return DiskCache(folder, meta)
+    used = [e for name, e in cache.entries.items() if name == pooled_name or e.get("boundary") in boundaries]
+    cache.meta = {**meta, "build_s": round(sum(e.get("build_s", 0.0) for e in used), 3)}
+    return cache
 
 
 # --- building -----------------------------------------------------------------------------------------
@@ -174,7 +201,7 @@ def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=()) -> DiskCac
 
 def estimate_bytes(sizes: dict[str, int], length: int, hidden_size: int, num_boundaries: int,
                    hidden_boundaries, dtype: torch.dtype) -> tuple[int, int]:
-    """(bytes of the pooled vectors, bytes of one boundary's hidden states)."""
+    """(bytes of the pooled vectors at every boundary, bytes of one boundary's hidden states at `length` per row)."""
     per = torch.empty(0, dtype=dtype).element_size()
     n = sum(sizes.values())
     return n * num_boundaries * hidden_size * per, n * length * hidden_size * per
@@ -194,9 +221,9 @@ def fit_disk_budget(pooled_bytes: int, hidden_bytes: int, boundaries: list[int],
     return sorted(kept)
 
 
-def _remove_dead_temporaries(cache_dir: Path, key: str) -> None:
+def _remove_dead_temporaries(folder: Path, prefix: str) -> None:
     """Temporary folders of builds whose process is gone (killed); a live build's is left alone."""
-    for tmp in cache_dir.glob(f".{key}.tmp-*"):
+    for tmp in folder.glob(f".{prefix}.tmp-*"):
         pid = tmp.name.rsplit("-", 2)[-2]
         try:
             os.kill(int(pid), 0)
@@ -206,137 +233,167 @@ def _remove_dead_temporaries(cache_dir: Path, key: str) -> None:
             pass
 
 
-@torch.no_grad()
-def _write_split(model, rows: list[torch.Tensor], positions: list[int], files: dict, device, autocast_dtype, dtype,
-                 batch_size) -> None:
-    """One pass of the frozen network over `rows`, every boundary's output written where it is wanted.
-
-    Batches are formed as the in-memory cache forms them (`memory`): examples grouped by the
-    positions the pooled output depends on (`stored_length`: the real tokens under an attention mask,
-    nothing after the pooled position under a causal mask) and each batch run only up to its longest;
-    only those positions are written (the rest of a row stays zero, positions nothing reads). Row i of
-    `rows` is written at `positions[i]` of the split's files.
-    """
-    final = model.final_stage
-    for indices in build_batches(model, rows, batch_size):
-        ids = trimmed_ids(model, [rows[i] for i in indices]).to(device)
-        lengths = [stored_length(model, rows[i]) for i in indices]
-        where = np.asarray([positions[i] for i in indices])
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            hidden = model.embed(ids)
-            for boundary in range(1, final + 2):
-                if boundary == final:  # the last block's input: where the final pooled vector starts from
-                    before_last = hidden
-                if boundary > 1:  # the output of stage boundary-1 (a block, or the final norm)
-                    hidden = model.run_stages(hidden, boundary - 1, boundary, input_ids=ids)
-                if boundary in files["hidden"]:
-                    stored = _as_stored(hidden.to(dtype))
-                    for row, i, length in zip(stored, where, lengths):
-                        files["hidden"][boundary][i, :length] = row[:length]
-                if boundary == final + 1:
-                    # The final features as classify computes them (the last block at the pooled position
-                    # only, `pooled_features`), so a run from the disk cache equals one from memory bit for bit.
-                    pooled = model.pooled_features(before_last, final - 1, ids)
-                else:
-                    pooled = model.pool(hidden, ids)
-                files["pooled"][boundary - 1, where] = _as_stored(pooled.to(dtype))
+def _temporary(parent: Path, name: str) -> Path:
+    _remove_dead_temporaries(parent, name)
+    tmp = parent / f".{name}.tmp-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir(parents=True)
+    return tmp
 
 
-def _write_distinct_rows(model, tokens: dict[str, list[torch.Tensor]], files: dict, device, autocast_dtype, dtype,
-                         batch_size) -> None:
-    """Compute each distinct example once, in the in-memory cache's batches (`memory.distinct_rows`,
-    split by split: the same bits), and copy it to where it repeats."""
-    new_rows, where = distinct_rows(tokens)
-    first_at: dict[int, tuple[str, int]] = {}
-    for split, indices in where.items():
-        for position, index in enumerate(indices):
-            first_at.setdefault(index, (split, position))
-    for split in tokens:
-        fresh = [position for position, index in enumerate(where[split]) if first_at[index] == (split, position)]
-        _write_split(model, new_rows[split], fresh, files[split], device, autocast_dtype, dtype, batch_size)
-    for split, indices in where.items():
-        for position, index in enumerate(indices):
-            source, at = first_at[index]
-            if (source, at) != (split, position):
-                files[split]["pooled"][:, position] = files[source]["pooled"][:, at]
-                for boundary, mapped in files[split]["hidden"].items():
-                    mapped[position] = files[source]["hidden"][boundary][at]
+@dataclass
+class _Request:
+    """What a run asks of the store: hidden boundaries, and (classify) the pooled vectors of its pooling."""
+
+    boundaries: list[int]
+    pooled: list[int]  # boundaries of pooled vectors (empty: none)
+    pooled_name: str | None
+    pooling: dict | None
 
 
-def _as_stored(tensor: torch.Tensor) -> np.ndarray:
-    tensor = tensor.detach().cpu()
-    return tensor.view(torch.uint16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+def _request(prefix, boundaries, pooled: str | None) -> _Request:
+    last = prefix.num_blocks
+    if pooled is None or not hasattr(prefix.model, "pool"):
+        return _Request(sorted(set(boundaries)), [], None, None)
+    name, pooling = pooling_entry(prefix.model)
+    wanted = list(range(1, last + 3)) if pooled == "all" else [last + 2]
+    return _Request(sorted(set(boundaries)), wanted, name, pooling)
 
 
-def build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | os.PathLike, key: str,
-          hidden_boundaries, device: torch.device, autocast_dtype: torch.dtype | None,
-          batch_size: int = 16) -> DiskCache:
-    """Run the frozen network once over every split and store the cache `key` (atomically)."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temporaries(cache_dir, key)
-    dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
+def _passes(prefix, tokens, request: _Request, missing: list[int], found: DiskCache | None,
+            fp32: bool) -> list[tuple[build.Pass, list[int], list[int]]]:
+    """The passes that write `missing` hidden boundaries and (if asked) the pooled vectors: (pass, hidden
+    boundaries, pooled boundaries). The pooled vectors join the stored states' pass where the pooling reads every
+    stored position (the same batches), else they get their own pass in classify's in-memory batches."""
+    last = prefix.num_blocks
+    # pooled vectors at boundary b <= L+1 pool the states there; the final ones (L+2) run the last block at the
+    # pooled position from boundary L (`pooled_features`)
+    pooled_stop = max([b for b in request.pooled if b <= last + 1] + ([last] if last + 2 in request.pooled else []),
+                      default=0)
+    same = request.pooled and all(memory.stored_length(prefix.model, row) == prefix.free_length(row)
+                                  for rows in tokens.values() for row in rows)
+    passes = []
+    pooled_here = request.pooled if same else []
+    if missing or pooled_here:
+        first = min([*missing, *([min(request.pooled[0], last)] if pooled_here else [])])
+        stored = [b for b in (found.boundaries if found and fp32 else []) if b <= first]
+        start = max(stored) if stored else 1
+        stop = max([*missing, *([pooled_stop] if pooled_here else [])])
+        source = (lambda split, rows, length, b=start: found.hidden(split, b, rows, length)) if stored else None
+        passes.append((build.Pass(start, stop, source), missing, pooled_here))
+    if request.pooled and not same:
+        passes.append((build.Pass(1, pooled_stop, pooling_batches=True), [], request.pooled))
+    return passes
+
+
+def _write_entries(prefix, tokens, root: Path, passes, lengths: dict, dtype: torch.dtype, device: torch.device,
+                   autocast_dtype, batch_size: int, request: _Request, folders: dict[str, Path]) -> None:
+    """Run `passes`, writing each new entry into its own temporary folder under `root` (name -> folder, in
+    `folders`, as they are made: a failed build removes them)."""
     stored = np.uint16 if dtype == torch.bfloat16 else np.float32
-    lengths = {len(r) for rows in tokens.values() for r in rows}
-    if len(lengths) != 1:
-        raise UsageError("the disk cache needs every example padded to one length; drop --no_padding")
-    length, hidden_size = lengths.pop(), int(model.hidden_size)
-    num_boundaries = model.final_stage + 1
-    tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    was_training = model.training
-    model.eval()
-    begin = time.perf_counter()
-    try:
-        files = {split: {"pooled": np.memmap(tmp / f"pooled_{split}.bin", dtype=stored, mode="w+",
-                                             shape=(num_boundaries, len(rows), hidden_size)),
-                         "hidden": {b: np.memmap(tmp / f"hidden_{b}_{split}.bin", dtype=stored, mode="w+",
-                                                 shape=(len(rows), length, hidden_size)) for b in hidden_boundaries}}
-                 for split, rows in tokens.items()}
-        _write_distinct_rows(model, tokens, files, device, autocast_dtype, dtype, batch_size)
-        for split_files in files.values():
-            for mapped in [split_files["pooled"], *split_files["hidden"].values()]:
+    width = prefix.hidden_size
+    for run, hidden, pooled in passes:
+        begin = time.perf_counter()
+        targets = {split: build.Targets(lengths[split]) for split in tokens}
+        for boundary in hidden:
+            folders[f"hidden-{boundary}"] = folder = _temporary(root, f"hidden-{boundary}")
+            for split, target in targets.items():
+                target.hidden[boundary] = np.memmap(folder / f"{split}.bin", dtype=stored, mode="w+",
+                                                    shape=(max(sum(target.lengths), 1), width))
+        if pooled:
+            folders[request.pooled_name] = folder = _temporary(root, request.pooled_name)
+            for split, target in targets.items():
+                mapped = np.memmap(folder / f"{split}.bin", dtype=stored, mode="w+",
+                                   shape=(len(pooled), max(len(target.lengths), 1), width))
+                target.pooled = {b: mapped[i] for i, b in enumerate(pooled)}
+        build.write_rows(prefix, tokens, targets, run, device, autocast_dtype, dtype, batch_size,
+                         writer=lambda *args: _write_split(*args))
+        seconds = round(time.perf_counter() - begin, 3)
+        for target in targets.values():
+            for mapped in [*target.hidden.values(), *target.pooled.values()]:
                 mapped.flush()
-        del files
-        meta = {"key": key, "format": FORMAT, "complete": True, "dtype": str(dtype).replace("torch.", ""),
-                "sizes": {s: len(r) for s, r in tokens.items()}, "length": length, "hidden_size": hidden_size,
-                "num_boundaries": num_boundaries, "hidden_boundaries": sorted(hidden_boundaries),
-                "build_s": round(time.perf_counter() - begin, 3)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")  # last file: marks it whole
-        target = cache_dir / key
-        if target.exists():  # an older cache of the same key that lacked a boundary
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        model.train(was_training)
-    return DiskCache(target, meta)
+        for boundary in hidden:
+            _finish(folders[f"hidden-{boundary}"], {"boundary": boundary, "start": run.start, "build_s": seconds})
+        if pooled:
+            _finish(folders[request.pooled_name], {"pooling": request.pooling, "boundaries": pooled,
+                                                   "start": run.start, "build_s": seconds})
+
+
+def _finish(folder: Path, entry: dict) -> None:
+    (folder / "entry.json").write_text(json.dumps(entry, indent=2), encoding="utf-8")  # last file: marks it whole
+
+
+def _move_into(folders: dict[str, Path], target: Path) -> None:
+    """Rename each finished entry into `target` (an entry another build finished first stays: it is the same)."""
+    for name, folder in folders.items():
+        try:
+            os.replace(folder, target / name)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | os.PathLike, boundaries,
-                 precision: str, device: torch.device, budget_bytes: float | None = None,
-                 batch_size: int = 16) -> tuple[DiskCache, bool]:
-    """The cache of (model, tokens, pooling, precision, device): reused when complete, else built.
+                 precision: str, device: torch.device, budget_bytes: float | None = None, batch_size: int = 16,
+                 pooled: str | None = "all") -> tuple[DiskCache, bool]:
+    """The store of (frozen network, tokens, precision, device) holding `boundaries` and, for a classifier, the
+    pooled vectors of its pooling (`pooled`: "all" boundaries, "final" only, None); what is missing is built.
 
-    Returns (cache, built). Hidden boundaries over the disk budget (default: a quarter of the free disk
-    under `cache_dir`) are left out; the candidates starting there then run their prefix each step.
+    `model`: classify's `DecoderClassifier`, or a prefix (`cache/prefix.py`). Returns (cache, built). Hidden
+    boundaries over the disk budget (default: a quarter of the free disk under `cache_dir`) are left out; the
+    runs starting there then run their prefix each step.
     """
-    key = cache_key(model, tokens, precision, device)
-    autocast_dtype = torch.bfloat16 if precision != "fp32" else None
-    sizes = {split: len(rows) for split, rows in tokens.items()}
-    length = max(len(r) for rows in tokens.values() for r in rows)
+    prefix = as_prefix(model)
+    key = cache_key(prefix, tokens, precision, device)
+    autocast_dtype = torch.bfloat16 if precision not in ("fp32", "float32") else None
     dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
-    pooled_bytes, hidden_bytes = estimate_bytes(sizes, length, int(model.hidden_size), model.final_stage + 1,
-                                                boundaries, dtype)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    request = _request(prefix, boundaries, pooled)
+    lengths = {split: [prefix.free_length(row) for row in rows] for split, rows in tokens.items()}
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    found = open_cache(cache_dir, key, (), request.pooled_name)
+    stored = found.boundaries if found is not None else []
+    have_pooled = found is not None and set(request.pooled) <= set(
+        found.entries.get(request.pooled_name, {}).get("boundaries", []))
+    per = torch.empty(0, dtype=dtype).element_size()
+    hidden_bytes = sum(map(sum, lengths.values())) * prefix.hidden_size * per
+    pooled_bytes = 0 if have_pooled else sum(map(len, lengths.values())) * len(request.pooled) * prefix.hidden_size * per
     budget = budget_bytes if budget_bytes is not None else shutil.disk_usage(cache_dir).free / 4
-    kept = fit_disk_budget(pooled_bytes, hidden_bytes, list(boundaries), budget)
-    found = open_cache(cache_dir, key, kept)
-    if found is not None:
-        return found, False
-    older = open_cache(cache_dir, key)  # the same inputs with other boundaries: a rebuild keeps them too
-    if older is not None:
-        kept = fit_disk_budget(pooled_bytes, hidden_bytes, sorted({*kept, *older.boundaries}), budget)
-    return build(model, tokens, cache_dir, key, kept, device, autocast_dtype, batch_size), True
+    kept = fit_disk_budget(pooled_bytes, hidden_bytes, sorted({*request.boundaries, *stored}), budget)
+    missing = [b for b in request.boundaries if b in kept and b not in stored]
+    if found is not None and not missing and (have_pooled or not request.pooled):
+        return open_cache(cache_dir, key, [b for b in request.boundaries if b in stored], request.pooled_name), False
+    passes = _passes(prefix, tokens, replace(request, pooled=[] if have_pooled else request.pooled), missing, found,
+                     dtype == torch.float32)
+    was_training = prefix.model.training
+    prefix.model.eval()
+    root = found.folder if found is not None else _temporary(cache_dir, key)
+    folders: dict[str, Path] = {}
+    try:
+        _write_entries(prefix, tokens, root, passes, lengths, dtype, device, autocast_dtype, batch_size, request,
+                       folders)
+        if found is not None:
+            _move_into(folders, root)
+        else:
+            _first_build(root, folders, cache_dir / key, {
+                "key": key, "format": FORMAT, "complete": True, "dtype": str(dtype).replace("torch.", ""),
+                "sizes": {s: len(r) for s, r in tokens.items()}, "lengths": lengths, "hidden_size": prefix.hidden_size,
+                "length": max(len(r) for rows in tokens.values() for r in rows),
+                "num_boundaries": prefix.num_blocks + 2})
+    except BaseException:
+        for folder in [root] if found is None else folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        prefix.model.train(was_training)
+    return open_cache(cache_dir, key, [b for b in request.boundaries if b in kept], request.pooled_name), True
+
+
+def _first_build(root: Path, folders: dict[str, Path], target: Path, meta: dict) -> None:
+    """Entries in place inside `root`, `meta.json` last, then `root` renamed to `target` whole."""
+    for name, folder in folders.items():
+        os.replace(folder, root / name)
+    (root / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    try:
+        os.replace(root, target)
+    except OSError:  # another build made the folder first: add what it lacks
+        _move_into({name: root / name for name in folders}, target)
+        shutil.rmtree(root, ignore_errors=True)

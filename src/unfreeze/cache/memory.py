@@ -137,11 +137,16 @@ def build_batches(model: DecoderClassifier, rows: list[torch.Tensor], batch_size
     up to its longest: the build costs the positions the run reads, not the padded ones. GPT-2 under the
     reference's semantics has no mask on padding: unpadded rows of different lengths go one by one.
     """
-    order = list(range(len(rows)))
-    if model.reference_padding and len({len(r) for r in rows}) > 1:
-        return [[i] for i in order]
-    lengths = [stored_length(model, row) for row in rows]
-    order.sort(key=lambda i: lengths[i])
+    one_by_one = model.reference_padding and len({len(r) for r in rows}) > 1
+    return batches_by_length([stored_length(model, row) for row in rows], batch_size, one_by_one)
+
+
+def batches_by_length(lengths: list[int], batch_size: int, one_by_one: bool = False) -> list[list[int]]:
+    """Row indices per build batch: rows sorted by length, at least `batch_size` rows, else up to
+    `BUILD_TOKENS_PER_BATCH` positions (each batch runs only up to its longest row); `one_by_one`: in order."""
+    if one_by_one:
+        return [[i] for i in range(len(lengths))]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, current = [], []
     for i in order:  # ascending lengths: the newest row is the batch's longest
         if current and len(current) >= batch_size and (len(current) + 1) * lengths[i] > BUILD_TOKENS_PER_BATCH:

@@ -2,12 +2,15 @@
 
 The in-memory cache (`memory`) is built by every run anew; the on-disk one (`disk`) is keyed by
 everything its values depend on (the frozen network's weights, every split's token ids, so data,
-tokenizer and context length, the pooling, the precision and the device type) and so is built once and
-read by every later run that freezes the same network: the rows and seeds of `unfreeze sweep`,
-`unfreeze suggest`, and classify runs of other presets. It is built in the same batches as the
-in-memory cache, and its reader (`disk.DiskReader`) hands the training loop the same tensors the in-memory
-cache would (rows zero-padded past the positions the run reads), so a run's metrics are the same with it and
-without it.
+tokenizer and context length, the mask semantics, the precision and the device type) and so is built once
+and read by every later run that freezes the same network: the rows and seeds of `unfreeze sweep`,
+`unfreeze suggest`, and classify runs of other choices and other poolings (the hidden states are stored for
+every position a pooling may read; each pooling's own pooled vectors beside them). A run asks only for what
+it reads: the hidden states at its boundary, or, when only the head trains, its pooling's final pooled
+vectors. Its reader (`disk.DiskReader`) hands the training loop the tensors the in-memory cache would: the
+same bits where the run's pooling reads every stored position (every pooling under an attention mask but
+`first`; `last` and mean under GPT-2's reference padding), else the same function of a longer batch (the
+last bits may differ; tests/test_shared_cache.py says by how much).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def prepare(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str, precis
     boundaries = [] if plan.pooled else [plan.start_stage]
     begin = time.perf_counter()
     budget = budget_gb * 2**30 if budget_gb is not None else None
-    cache, built = disk.get_or_build(model, tokens, cache_dir, boundaries, precision, device, budget, batch_size)
+    cache, built = disk.get_or_build(model, tokens, cache_dir, boundaries, precision, device, budget, batch_size,
+                                     pooled="final" if plan.pooled else None)
     seconds = time.perf_counter() - begin if built else 0.0
     if not plan.pooled and plan.start_stage not in cache.boundaries:
         return None, None, 0.0  # over the disk budget: the in-memory cache decides

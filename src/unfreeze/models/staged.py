@@ -141,10 +141,12 @@ class StagedForward:
 
     # --- one call of the model's forward ----------------------------------------------------------------
     def _inputs(self, shape, key_mask: torch.Tensor | None, causal: bool, input_ids: torch.Tensor | None = None,
-                like: torch.Tensor | None = None) -> dict:
-        """The forward's keyword arguments: the ids (else zeros in place of the embeddings) and the mask."""
+                like: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> dict:
+        """The forward's keyword arguments: the ids or embeddings (else zeros in place of the embeddings), the mask."""
         weight = self.structure.token_embedding.weight
-        if input_ids is not None:
+        if inputs_embeds is not None:
+            inputs = {"inputs_embeds": inputs_embeds}
+        elif input_ids is not None:
             inputs = {"input_ids": input_ids}
         else:  # what the forward computes from these before the blocks is replaced at the boundary
             device = like.device if like is not None else weight.device
@@ -215,12 +217,16 @@ class StagedForward:
         raise _Stop(output if isinstance(output, torch.Tensor) else output[0])
 
     # --- stages -----------------------------------------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The hidden state the forward hands block 0 (embeddings, position embeddings, embedding norms...)."""
+    def embed(self, input_ids: torch.Tensor | None, key_mask: torch.Tensor | None = None,
+              inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """The hidden state the forward hands block 0 (embeddings, position embeddings, embedding norms...), from the
+        token ids or, as a pause model runs its LM (`ControlTokenLM.embed`), from given token embeddings."""
         def stop(*args, **kwargs):
             raise _Stop(self._hidden_of(0, args, kwargs))
 
-        return self._call(self._inputs(input_ids.shape, key_mask, True, input_ids=input_ids), replace={0: stop})
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        inputs = self._inputs(shape, key_mask, True, input_ids=input_ids, inputs_embeds=inputs_embeds)
+        return self._call(inputs, replace={0: stop})
 
     def run(self, hidden: torch.Tensor, first: int, stop: int, key_mask: torch.Tensor | None,
             causal: bool, final_norm: bool, input_ids: torch.Tensor | None = None) -> torch.Tensor:
