@@ -1,6 +1,5 @@
 """The cache package: one budget policy for both recipes, one dropout helper, each recipe's outcome."""
 
-import contextlib
 import logging
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 from transformers import GPT2Config
 
 from pause_helpers import tiny_model
-from unfreeze.cache import final_hidden, memory, policy
+from unfreeze.cache import memory, policy, sft_prefix
 from unfreeze.models.dropout import DROPOUT_ATTRIBUTES, active_dropout, set_config_dropout, set_dropout
 from unfreeze.data import sft_data
 from unfreeze.errors import UsageError
@@ -125,10 +124,9 @@ def _sft(budget_gb, device, components=("pause_head",), mode="auto"):
     tokenizer = model.tokenizer
     rows = [{"question": "1+1?", "answer": "2"}, {"question": "two plus three?", "answer": "5"}]
     examples = sft_data.encode_rows(tokenizer, rows, 64, model.control_tokens).examples
-    collate = sft_data.Collator(sft_data.pad_token_id(tokenizer))
     request = policy.CacheRequest(mode, budget_gb, "cache_activations=on", "cache_budget_gb")
-    info, _ = final_hidden.prepare(model, examples, collate, request, device=device, autocast=contextlib.nullcontext,
-                                   dtype=torch.float32, batch_size=2, log=LOG)
+    info, _ = sft_prefix.prepare(model, {"train": examples}, sft_data.pad_token_id(tokenizer), request, device=device,
+                                 autocast_dtype=None, dtype=torch.float32, precision="fp32", batch_size=2, log=LOG)
     return info, examples
 
 

@@ -5,7 +5,7 @@ sft runs where accelerate puts it: the test device (conftest hides the GPUs when
 import pytest
 import torch
 
-from unfreeze.cache import final_hidden
+from unfreeze.cache import sft_prefix
 from unfreeze.models.dropout import set_dropout
 from unfreeze.models.trainable import apply_components
 from unfreeze.recipes.sft.recipe import load_config
@@ -45,7 +45,7 @@ def test_never_caches_when_the_hidden_state_depends_on_a_trainable_tensor(compon
     model = tiny_model()
     set_dropout(model.hf_model, 0.0)
     apply_components(model, components)
-    assert not final_hidden.plan(model, [5], torch.float32).enabled
+    assert not sft_prefix.plan(model, [5], torch.float32).enabled
 
 
 def test_a_tied_trainable_lm_head_never_caches():
@@ -55,22 +55,22 @@ def test_a_tied_trainable_lm_head_never_caches():
     hf = model.hf_model
     assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight  # tied
     hf.get_output_embeddings().weight.requires_grad_(True)  # training the head trains the embeddings
-    assert not final_hidden.plan(model, [5], torch.float32).enabled
+    assert not sft_prefix.plan(model, [5], torch.float32).enabled
     # Untied by `apply_components` when only the LM head trains: then the body is frozen and caching is exact.
     apply_components(model, ["lm_head", "pause_head"])
-    assert final_hidden.plan(model, [5], torch.float32).enabled
+    assert sft_prefix.plan(model, [5], torch.float32).enabled
 
 
 def test_dropout_and_lora_prevent_caching():
     model = tiny_model()
     apply_components(model, ["pause_head"])
     set_dropout(model.hf_model, 0.1)
-    assert "dropout" in final_hidden.plan(model, [5], torch.float32).reason
+    assert "dropout" in sft_prefix.plan(model, [5], torch.float32).reason
     model = tiny_model()
     set_dropout(model.hf_model, 0.0)
     model.add_lora(r=2, alpha=4, dropout=0.0)
     apply_components(model, ["lora"])
-    assert not final_hidden.plan(model, [5], torch.float32).enabled
+    assert not sft_prefix.plan(model, [5], torch.float32).enabled
 
 
 def test_cache_on_where_not_exact_is_an_error(tmp_path, pause_data):  # noqa: F811

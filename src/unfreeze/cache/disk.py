@@ -114,11 +114,11 @@ class DiskCache:
         total = sum(self.meta["lengths"][split])
         return self._map(self.folder / f"hidden-{boundary}" / f"{split}.bin", (total, self.meta["hidden_size"]))
 
-    def row(self, split: str, boundary: int, index: int) -> torch.Tensor:
-        """One row's stored positions at `boundary`, (length, width): a view of the file, read when used."""
-        lengths = self.meta["lengths"][split]
-        start = int(np.sum(lengths[:index]))
-        return build.from_stored(self.flat(split, boundary)[start:start + lengths[index]], self.dtype)
+    def rows(self, split: str, boundary: int) -> list[torch.Tensor]:
+        """Every row's stored positions at `boundary`, (length, width) each: views of the file, read when used."""
+        flat, lengths = self.flat(split, boundary), self.meta["lengths"][split]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+        return [build.from_stored(flat[start:start + n], self.dtype) for start, n in zip(starts, lengths)]
 
     def hidden(self, split: str, boundary: int, indices, length: int | None = None) -> torch.Tensor:
         """(batch, length, width) states at a stored `boundary` for rows `indices`: each row's stored positions,
@@ -331,20 +331,26 @@ def _move_into(folders: dict[str, Path], target: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+_BY_PRECISION = object()
+
+
 def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | os.PathLike, boundaries,
                  precision: str, device: torch.device, budget_bytes: float | None = None, batch_size: int = 16,
-                 pooled: str | None = "all") -> tuple[DiskCache, bool]:
+                 pooled: str | None = "all", autocast_dtype=_BY_PRECISION, dtype: torch.dtype | None = None
+                 ) -> tuple[DiskCache, bool]:
     """The store of (frozen network, tokens, precision, device) holding `boundaries` and, for a classifier, the
     pooled vectors of its pooling (`pooled`: "all" boundaries, "final" only, None); what is missing is built.
 
     `model`: classify's `DecoderClassifier`, or a prefix (`cache/prefix.py`). Returns (cache, built). Hidden
     boundaries over the disk budget (default: a quarter of the free disk under `cache_dir`) are left out; the
-    runs starting there then run their prefix each step.
+    runs starting there then run their prefix each step. The build runs under bf16 autocast and stores bf16
+    unless `precision` is fp32 (classify's two); sft names its own (`autocast_dtype`, `dtype`).
     """
     prefix = as_prefix(model)
     key = cache_key(prefix, tokens, precision, device)
-    autocast_dtype = torch.bfloat16 if precision not in ("fp32", "float32") else None
-    dtype = torch.bfloat16 if autocast_dtype is not None else torch.float32
+    if autocast_dtype is _BY_PRECISION:
+        autocast_dtype = torch.bfloat16 if precision not in ("fp32", "float32") else None
+    dtype = dtype or (torch.bfloat16 if autocast_dtype is not None else torch.float32)
     request = _request(prefix, boundaries, pooled)
     lengths = {split: [prefix.free_length(row) for row in rows] for split, rows in tokens.items()}
     cache_dir = Path(cache_dir)

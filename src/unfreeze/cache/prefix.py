@@ -84,15 +84,17 @@ class CausalLMPrefix:
 
         self.model, self.pad_id = model, pad_id
         parts = model_parts(model)
-        self.staged = StagedForward(parts.body, parts.structure)
-        self.num_blocks = len(parts.structure.blocks)
+        self.staged = StagedForward(parts.body)  # its own traced structure: what runs before, between, after blocks
+        self.num_blocks = len(self.staged.structure.blocks)
         self.hidden_size = int(parts.token_embedding.weight.shape[1])
         self.dtype = parts.token_embedding.weight.dtype
 
     def identity(self) -> dict:
         hf = self.model.hf_model
-        return {"architecture": type(hf).__name__, "config": json.loads(hf.config.to_json_string(use_diff=False)),
-                "control_tokens": list(self.model.control_tokens), "mask": "right padding, causal"}
+        config = json.loads(hf.config.to_json_string(use_diff=False))
+        config.pop("tie_word_embeddings", None)  # the LM head's business (untied to train it alone), not the body's
+        return {"architecture": type(hf).__name__, "config": config, "control_tokens": list(self.model.control_tokens),
+                "mask": "right padding, causal"}
 
     def weight_tensors(self) -> list[torch.Tensor]:
         rows = [self.model.control_embeddings] if self.model.control_embeddings is not None else []

@@ -93,6 +93,7 @@ class ControlTokenLM(nn.Module):
         self.detach_head = bool(detach_head)
         self.control_tokens = list(control_tokens)
         self.pause_tokenization = check_pause_tokenization(pause_tokenization)
+        self._resume = None  # set by `resume_from`: what runs on cached states before the heads
         lm_head = self.hf_model.get_output_embeddings()
         token_embeddings = self.hf_model.get_input_embeddings()
         if lm_head is None or token_embeddings is None:
@@ -216,6 +217,16 @@ class ControlTokenLM(nn.Module):
         if self.has_lora:
             self.base = self.base.merge_and_unload()
 
+    def resume_from(self, boundary: int | None, prefix=None) -> None:
+        """`cached_hidden` holds the states at block boundary `boundary` (`unfreeze.cache.prefix`): forward runs
+        the rest of the LM from there (`prefix`, the LM's staged forward), then the heads. None: they are the final
+        hidden states (after the final norm), and only the heads run."""
+        if boundary is None:
+            self._resume = None
+        else:
+            last = prefix.num_blocks + 2
+            self._resume = lambda hidden, mask: prefix.advance(hidden, (None, mask.bool()), boundary, last)
+
     # --- forward ----------------------------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -225,15 +236,18 @@ class ControlTokenLM(nn.Module):
         """Combined next-token log-probs (and the losses when `labels` are given).
 
         `return_logprobs=False` skips building the (B, T, V + n) tensor: training needs only the losses.
-        `cached_hidden`: the final hidden states of these inputs, computed earlier by `final_hidden`
-        (see `unfreeze.cache.final_hidden`): only the LM head and the pause head run.
+        `cached_hidden`: the states of these inputs at a block boundary, computed once by `unfreeze.cache.sft_prefix`:
+        only what follows it runs (`resume_from`; after the final norm: only the LM head and the pause head).
         `logits_to_keep=k > 0`: only the last k positions' outputs (generation needs just the last one).
         """
         n = len(self.control_tokens)
         if logits_to_keep and labels is not None:
             raise ValueError("logits_to_keep is for generation; the losses need every position")
         if cached_hidden is not None:
-            hidden = cached_hidden.to(self.hf_model.get_output_embeddings().weight.dtype)
+            hidden = cached_hidden
+            if self._resume is not None:  # the blocks after the cached boundary, and the final norm
+                hidden = self._resume(hidden.to(self.hf_model.get_input_embeddings().weight.dtype), attention_mask)
+            hidden = hidden.to(self.hf_model.get_output_embeddings().weight.dtype)
             out = None
             logits = self.hf_model.get_output_embeddings()(hidden).float()
         else:

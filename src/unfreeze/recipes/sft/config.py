@@ -96,13 +96,18 @@ class SFTConfig:
     Mistral/Llama 0.0)
     """
     cache_activations: Literal["auto", "on", "off"] = "auto"
-    """compute the frozen body's final hidden states once when only heads on top train and no dropout is
-    active: auto, on, off
+    """compute the frozen prefix's hidden states once where everything that trains lies after a block boundary
+    (and no dropout is active before it): each step then runs only the blocks after it and the heads; auto, on, off
     """
     cache_budget_gb: float | None = None
     """memory the hidden-state cache may use (default: a quarter of free memory); above it the run goes
     uncached
     """
+    feature_cache_dir: str | None = option(None, path=True)
+    """folder of shared on-disk frozen-prefix stores (the same as classify's): reused when one matches this run's
+    frozen network, data and precision, else built there; memory otherwise (default: none)"""
+    feature_cache_budget_gb: float | None = None
+    """disk the shared store may use (default: a quarter of the free disk under feature_cache_dir)"""
     gradient_checkpointing: bool = False
     """recompute activations in backward (saves memory on big models)"""
     eval_every: int = 500

@@ -130,8 +130,7 @@ def setup(config: SFTConfig, accelerator: Any, log: Any, precision: Precision,
     collate = sft_data.Collator(sft_data.pad_token_id(model.tokenizer))
     cache_info, cache_s = {"kind": "none", "bytes": 0}, 0.0
     if config.cache_activations != "off":
-        cache_info, cache_s = _cache_hidden_states(config, model, data.train.examples + data.val.examples,
-                                                   collate, accelerator, precision, log)
+        cache_info, cache_s = _cache_hidden_states(config, model, data, collate.pad_id, accelerator, precision, log)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(data.train.examples, batch_size=config.batch_size, shuffle=True,
                               collate_fn=collate, generator=generator)
@@ -238,17 +237,22 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _cache_hidden_states(config: SFTConfig, model: Any, examples: list, collate: Any, accelerator: Any,
+def _cache_hidden_states(config: SFTConfig, model: Any, data: Any, pad_id: int, accelerator: Any,
                          precision: Precision, log: Any) -> tuple[dict[str, Any], float]:
-    """Store each example's final hidden states when that is exact and fits the budget (`unfreeze.cache`)."""
-    from unfreeze.cache import final_hidden
+    """Store each example's states where everything that trains begins, when that is exact and fits the budget
+    (`unfreeze.cache.sft_prefix`); with `feature_cache_dir`, in the shared disk store (the main process builds it
+    first, the others read it)."""
+    from unfreeze.cache import sft_prefix
     from unfreeze.cache.policy import CacheRequest
 
     request = CacheRequest(config.cache_activations, config.cache_budget_gb, "cache_activations=on", "cache_budget_gb")
     dtype = precision.autocast_dtype or model.hf_model.dtype
-    return final_hidden.prepare(model, examples, collate, request, device=accelerator.device,
-                                autocast=lambda: precision.autocast(accelerator.device), dtype=dtype,
-                                batch_size=config.eval_batch_size, log=log)
+    splits = {"train": data.train.examples, "validation": data.val.examples}
+    with accelerator.main_process_first():
+        return sft_prefix.prepare(model, splits, pad_id, request, device=accelerator.device,
+                                  autocast_dtype=precision.autocast_dtype, dtype=dtype, precision=precision.name,
+                                  batch_size=config.eval_batch_size, log=log, cache_dir=config.feature_cache_dir,
+                                  disk_budget_gb=config.feature_cache_budget_gb)
 
 
 def _model_config(config: SFTConfig) -> Any:
