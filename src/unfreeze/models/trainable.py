@@ -55,7 +55,7 @@ from torch import nn
 
 from unfreeze.errors import UsageError
 from unfreeze.models import lora as lora_lib
-from unfreeze.models.structure import Structure, order_by_registration, read_structure
+from unfreeze.models.structure import Structure
 
 COMPONENTS: dict[str, str] = {
     "pause_embedding": "embedding rows of the control tokens (the delta next to the frozen base matrix)",
@@ -175,7 +175,9 @@ class ModelParts:
     def structure(self) -> Structure:
         if self.known_structure is not None:
             return self.known_structure
-        return order_by_registration(self.body, read_structure(self.body))  # no forward needed to name parts
+        from unfreeze.models.staged import traced_structure
+
+        return traced_structure(self.body)
 
     def output_parameters(self, choice: str) -> list[nn.Parameter]:
         """The output layer's own parameters (see `trained_view`); a model without one is refused."""
