@@ -28,7 +28,11 @@ class Setup:
     inputs: Inputs
     base_model: torch.nn.Module  # built with the run's seed: what the cache and the signals read
     after_head: torch.Tensor  # torch's random state right after the head: where LoRA's matrices are drawn
-    build_s: float  # seconds one build takes (part of every sweep run's cost)
+    build_s: float  # seconds of building the model (wall)
+    load_s: float = 0.0  # seconds of work every run of a sweep spends before training: the data read and
+    # tokenised, the model's config checked, the model built (`cost.work_seconds`, as a later run of a process)
+    once_s: float = 0.0  # what only the first run of a process spends on top (imports, first reads of files)
+    check_s: float = 0.0  # the options checked and the data read and tokenised (part of load_s)
 
     @property
     def tokens(self) -> dict:
@@ -68,13 +72,29 @@ def classify_config(cfg: SuggestConfig, **changes) -> ClassifyConfig:
     return ClassifyConfig(**values)
 
 
+def _silent() -> logging.Logger:
+    """A logger that says nothing: the second, timing-only check repeats the first one's lines."""
+    quiet = logging.getLogger("unfreeze.suggest.timing")
+    quiet.propagate, quiet.handlers = False, [logging.NullHandler()]
+    return quiet
+
+
 def prepare(cfg: SuggestConfig, log: logging.Logger) -> Setup:
     """Check every input and read the data as classify does before it writes anything; build the base model."""
     from unfreeze.recipes.classify.recipe import check
+    from unfreeze.recipes.suggest.cost import timed, work_seconds
 
-    base, inputs = check(classify_config(cfg, trainable_layers="last_layer"), log)
+    candidate = classify_config(cfg, trainable_layers="last_layer")
+    (base, inputs), *cold = timed(lambda: check(candidate, log))
+    # Once more: a process's first check pays its imports and first reads, which a sweep pays once, not per run
+    # (a few seconds; the model's own build has no such part worth a second build).
+    _, *warm = timed(lambda: check(candidate, _silent()))
     setup = Setup(base, inputs, None, None, 0.0)
-    begin = time.perf_counter()
-    setup.base_model, setup.after_head = setup.build(base.seed)
-    setup.build_s = time.perf_counter() - begin
+    (setup.base_model, setup.after_head), wall, cpu = timed(lambda: setup.build(base.seed))
+    setup.build_s = wall
+    use_cpu = inputs.device.type != "cuda"
+    checked = work_seconds(warm[0], warm[1] if use_cpu else None)
+    setup.load_s = checked + work_seconds(wall, cpu if use_cpu else None)
+    setup.once_s = max(work_seconds(cold[0], cold[1] if use_cpu else None) - checked, 0.0)
+    setup.check_s = checked
     return setup
