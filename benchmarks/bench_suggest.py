@@ -1,8 +1,8 @@
 """`unfreeze suggest` against the exhaustive `unfreeze sweep` it replaces, both really run, in one process.
 
     python benchmarks/bench_suggest.py [--model smollm2|gpt2-small-random] [--sizes LxW,LxW,...]
-        [--candidates last_layer,last_block,last_blocks:4,last_blocks:10,lora] [--n_train 1045] [--n_eval 149]
-        [--epochs 5] [--context_length longest] [--batch_size 8] [--lr 5e-5] [--seeds 3] [--budget 0.2]
+        [--candidates last_layer,last_block,last_blocks:4,last_blocks:10,lora] [--n_train 1045] [--n_val 149]
+        [--n_test 300] [--epochs 1] [--context_length longest] [--batch_size 8] [--lr 5e-5] [--seeds 3] [--budget 0.2]
         [--threads 1] [--json FILE]
 
 For each model (one `--model`, or with `--sizes` one random-weight GPT-2-shaped model per size, L blocks of
@@ -58,13 +58,14 @@ GPT2_SMALL = "12x768"
 ISSUE_CANDIDATES = "last_layer,last_block,last_blocks:4,last_blocks:10,lora"
 
 
-def write_subset(folder: Path, n_train: int, n_eval: int) -> None:
-    """The first n_train / n_eval / n_eval examples of the reference split, as CSVs."""
+def write_subset(folder: Path, n_train: int, n_val: int, n_test: int | None = None) -> None:
+    """The first n_train / n_val / n_test (default n_val) examples of the reference split (1045 / 149 / 300)."""
+    n_test = n_val if n_test is None else n_test
     splits = sms_spam.load_splits(str(SHARED / "sms_spam" / "SMSSpamCollection"))
     folder.mkdir(parents=True, exist_ok=True)
     splits.train[:n_train].to_csv(folder / "train.csv", index=False)
-    splits.validation[:n_eval].to_csv(folder / "validation.csv", index=False)
-    splits.test[:n_eval].to_csv(folder / "test.csv", index=False)
+    splits.validation[:n_val].to_csv(folder / "validation.csv", index=False)
+    splits.test[:n_test].to_csv(folder / "test.csv", index=False)
 
 
 def gpt2_config(size: str) -> str:
@@ -227,8 +228,9 @@ def main() -> int:
     parser.add_argument("--sizes", help="random GPT-2-shaped models instead, one per LxW (e.g. 2x128,6x384,12x768)")
     parser.add_argument("--candidates", default=ISSUE_CANDIDATES)
     parser.add_argument("--n_train", type=int, default=1045)
-    parser.add_argument("--n_eval", type=int, default=149, help="validation and test examples (each)")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--n_val", type=int, default=149)
+    parser.add_argument("--n_test", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--context_length", default="longest")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -246,7 +248,7 @@ def main() -> int:
     summaries = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        write_subset(data, args.n_train, args.n_eval)
+        write_subset(data, args.n_train, args.n_val, args.n_test)
         for size in args.sizes.split(",") if args.sizes else [None]:
             try:
                 summaries.append(one_model(args, size, data, Path(tmp) / (size or args.model)))

@@ -153,8 +153,8 @@ def test_the_command_ranks_writes_and_its_sweep_file_is_accepted(spam_csv_dir, b
     # rebuilds for boundaries 3 and 2); suggest's time against it, said in the JSON and the output
     predicted = result["sweep"]
     assert len(predicted["runs"]) == 15 and predicted["builds"] == 9 and predicted["cached_before"] is None
-    assert result["sweep_predicted_s"] == pytest.approx(predicted["checks_s"] + sum(r["run_s"] for r in predicted["runs"]),
-                                                        abs=0.05)
+    runs_s = sum(r["run_s"] for r in predicted["runs"])
+    assert result["sweep_predicted_s"] == pytest.approx(predicted["checks_s"] + runs_s, abs=0.05)
     assert result["spent_share"] == pytest.approx(result["spent_s"] / result["sweep_predicted_s"], rel=1e-2)
     assert result["budget_counts"] == "wall" and result["machine"]["threads"] == 1
     assert "steps" in done.stdout.splitlines()[0] and "time/run (±" in done.stdout

@@ -29,8 +29,8 @@ def toy(name, cache, boundary=0, step_s=1.0, forward_example_s=0.01):
 
 
 # A model of 5 blocks: stages 0 (embeddings), 1-5 (blocks), 6 (final norm); the head reads boundary 7's pooled vector.
-TOYS = [toy("last_layer", "pooled", 7, 0.1), toy("last_block", "hidden", 5, 0.5), toy("last_blocks:2", "hidden", 4, 0.8),
-        toy("all", "none", 0, 3.0), toy("lora", "none", 0, 2.0)]
+TOYS = [toy("last_layer", "pooled", 7, 0.1), toy("last_block", "hidden", 5, 0.5),
+        toy("last_blocks:2", "hidden", 4, 0.8), toy("all", "none", 0, 3.0), toy("lora", "none", 0, 2.0)]
 
 
 def test_the_predicted_sweep_builds_once_per_frozen_prefix_and_adds_up():

@@ -218,8 +218,9 @@ def open_shared_cache(cfg: SuggestConfig, setup: Setup, arms: list[Arm]) -> Shar
     found = disk.open_cache(folder, key)
     # classify builds in batches of max(batch size, 16) (`classify.prepare_cache`): the same here, so a sweep
     # reading this cache reads what its own build would have stored.
+    build_batch = max(cfg.batch_size, 16)
     (cache, built), wall, cpu = cost.timed(lambda: disk.get_or_build(
-        base, setup.tokens, folder, boundaries, precision, setup.device, budget_bytes, max(cfg.batch_size, 16)), use_cpu)
+        base, setup.tokens, folder, boundaries, precision, setup.device, budget_bytes, build_batch), use_cpu)
     if built:  # the call hashed the weights again before building: that part is not the build
         build_s = cost.work_seconds(max(wall - key_wall, 0.0), None if cpu is None else max(cpu - key_cpu, 0.0))
     else:
@@ -303,7 +304,8 @@ def ranked_rows(arms: list[Arm], evidence: dict, predicted: dict, result: halvin
         rounds = sum(arm.name in rung.scores for rung in result.rungs)
         e, p = evidence[arm.name], predicted[arm.name]
         rows.append({
-            "name": arm.name, "predicted_val_acc": round(accuracy, 4), "interval": output.wilson_interval(accuracy, n_val),
+            "name": arm.name, "predicted_val_acc": round(accuracy, 4),
+            "interval": output.wilson_interval(accuracy, n_val),
             "trainable_params": e["trainable_params"], "total_params": e["total_params"],
             "predicted_time_s": p["ready"]["run_s"], "predicted_time_parts": p["ready"],
             "predicted_alone_s": p["alone"]["run_s"], "predicted_peak_bytes": e["peak_bytes"], "start_stage": arm.start,
@@ -330,8 +332,8 @@ def outcome(cfg: SuggestConfig, rows: list[dict], result: halving.HalvingResult,
         "spent_s": round(wall, 2), "spent_work_s": round(work, 2), "spent_cpu_s": round(clock.cpu(), 2),
         "sweep_predicted_s": round(sweep_s, 2), "spent_share": round(wall / sweep_s, 4),
         "spent_work_share": round(work / sweep_s, 4), "cost_model_error": cost.MEASURED_RUN_ERROR,
-        "sweep": {"seeds": sweep["seeds"], "runs": sweep["runs"], "builds": sweep["builds"], "build_s": sweep["build_s"],
-                  "checks_s": sweep["checks_s"],
+        "sweep": {"seeds": sweep["seeds"], "runs": sweep["runs"], "builds": sweep["builds"],
+                  "build_s": sweep["build_s"], "checks_s": sweep["checks_s"],
                   "cached_before": None if shared.before is None else sorted(shared.before),
                   "random_weights": setup.inputs.source.random, "cache_dir": str(shared.cache.folder.parent),
                   "budget_basis_s": planned["total_s"]},
@@ -340,9 +342,11 @@ def outcome(cfg: SuggestConfig, rows: list[dict], result: halving.HalvingResult,
                   "check_s": round(fixed.check_s, 3), "cache_key_s": round(fixed.key_s, 3),
                   "cache_build_s": round(fixed.build_s, 3), "cache_build_measured": shared.built},
         "machine": machine, "seeds": cfg.seeds,
-        "halving": {"eta": cfg.eta, "first_round_steps": result.first_rung_steps, "planned_s": round(result.planned_s, 2),
-                    "stopped_early": result.stopped_early, "rounds": [vars(r) for r in result.rungs]},
-        "signals": {"probe_val_acc_per_boundary": probes, "relative_gradient_norm_per_stage": [round(x, 6) for x in rgn]},
+        "halving": {"eta": cfg.eta, "first_round_steps": result.first_rung_steps,
+                    "planned_s": round(result.planned_s, 2), "stopped_early": result.stopped_early,
+                    "rounds": [vars(r) for r in result.rungs]},
+        "signals": {"probe_val_acc_per_boundary": probes,
+                    "relative_gradient_norm_per_stage": [round(x, 6) for x in rgn]},
         "cache": {"folder": str(shared.cache.folder), "built": shared.built, "bytes": shared.cache.nbytes(),
                   "hidden_boundaries": shared.cache.boundaries, "build_s": shared.cache.meta["build_s"]},
         "model_build_s": round(setup.build_s, 3), "config": to_dict(cfg),
