@@ -1,8 +1,9 @@
 """`unfreeze suggest`: rank candidate trainable-parameter choices at a fraction of the sweep's cost.
 
 setup (data, models, one shared on-disk cache of the frozen network) -> cheap signals (per-layer
-probes, relative gradient norms) -> measure a few steps of every candidate (cost model) -> successive
-halving within the budget -> the ranked table, suggestion.json, a PNG and (optionally) a sweep file.
+probes, relative gradient norms) -> measure a few steps of every candidate -> predict the sweep that would
+run (`cost`) -> successive halving within the budget (a share of that sweep, counted in work seconds) -> the
+ranked table, suggestion.json, a PNG and (optionally) a sweep file that reads suggest's cache.
 """
 
 from __future__ import annotations

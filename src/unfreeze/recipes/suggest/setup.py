@@ -72,6 +72,9 @@ def classify_config(cfg: SuggestConfig, **changes) -> ClassifyConfig:
     return ClassifyConfig(**values)
 
 
+RECHECK_UNDER_S = 5.0  # a first check shorter than this is timed once more (see `prepare`)
+
+
 def _silent() -> logging.Logger:
     """A logger that says nothing: the second, timing-only check repeats the first one's lines."""
     quiet = logging.getLogger("unfreeze.suggest.timing")
@@ -85,16 +88,18 @@ def prepare(cfg: SuggestConfig, log: logging.Logger) -> Setup:
     from unfreeze.recipes.suggest.cost import timed, work_seconds
 
     candidate = classify_config(cfg, trainable_layers="last_layer")
-    (base, inputs), *cold = timed(lambda: check(candidate, log))
-    # Once more: a process's first check pays its imports and first reads, which a sweep pays once, not per run
-    # (a few seconds; the model's own build has no such part worth a second build).
-    _, *warm = timed(lambda: check(candidate, _silent()))
+    (base, inputs), wall, cpu = timed(lambda: check(candidate, log))
+    use_cpu = inputs.device.type != "cuda"
+    cold = checked = work_seconds(wall, cpu if use_cpu else None)
+    if cold < RECHECK_UNDER_S:
+        # Once more, timing only: a process's first check pays its imports and first reads (~1.5 s here), which a
+        # sweep pays once, not per run. Where the check itself takes longer (a GGUF tokenizer is parsed: ~7 s)
+        # those seconds are a small share of it, and repeating it would cost more than it corrects.
+        _, wall, cpu = timed(lambda: check(candidate, _silent()))
+        checked = min(work_seconds(wall, cpu if use_cpu else None), cold)
     setup = Setup(base, inputs, None, None, 0.0)
     (setup.base_model, setup.after_head), wall, cpu = timed(lambda: setup.build(base.seed))
     setup.build_s = wall
-    use_cpu = inputs.device.type != "cuda"
-    checked = work_seconds(warm[0], warm[1] if use_cpu else None)
     setup.load_s = checked + work_seconds(wall, cpu if use_cpu else None)
-    setup.once_s = max(work_seconds(cold[0], cold[1] if use_cpu else None) - checked, 0.0)
-    setup.check_s = checked
+    setup.once_s, setup.check_s = cold - checked, checked
     return setup
