@@ -34,7 +34,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -140,7 +139,10 @@ def sweep_table(runs: list[dict], names: list[str]) -> list[dict]:
     rows = []
     for name in names:
         seeds = [r for r in runs if r["name"] == name]
-        mean = lambda key: statistics.mean(r["metrics"][key] for r in seeds)  # noqa: E731
+
+        def mean(key, seeds=seeds):
+            return statistics.mean(r["metrics"][key] for r in seeds)
+
         rows.append({"candidate": name, "val_acc": round(mean("val_acc"), 4), "test_acc": round(mean("test_acc"), 4),
                      "test_sd": round(statistics.pstdev(r["metrics"]["test_acc"] for r in seeds), 4),
                      "work_s": round(statistics.mean(r["work_s"] for r in seeds), 2),
@@ -162,7 +164,10 @@ def cost_errors(result: dict, sweep: dict) -> dict:
     # suggest ran first in this process and paid its one-off costs: the sweep after it did not
     total = result["sweep_predicted_s"] - result["fixed"]["once_s"]
     names = list(dict.fromkeys(r["name"] for r in per_run))
-    mean = lambda name, key: statistics.mean(r[key] for r in per_run if r["name"] == name)  # noqa: E731
+
+    def mean(name, key):
+        return statistics.mean(r[key] for r in per_run if r["name"] == name)
+
     checks = result["sweep"]["checks_s"] - result["fixed"]["once_s"]
     return {"runs": per_run, "checks": {"predicted_s": round(checks, 3), "work_s": round(sweep["checks_s"], 3)},
             "max_abs_error_work": max(abs(r["error_work"]) for r in per_run),

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # The cost model's error against real `unfreeze classify` runs in `unfreeze sweep` on three model sizes
 # (`benchmarks/bench_suggest.py --sizes`, docs/suggest.md): the largest |predicted / measured - 1| of a run's

@@ -70,10 +70,10 @@ def _spent_line(result: dict) -> str:
 def summary_lines(result: dict) -> str:
     """What the table's numbers mean: the pick, what it cost against the sweep, how busy the machine was, and
     whether the rounds were cut short by the budget (then the ranking rests on fewer steps than a full run)."""
-    lines = [f"\npick: {result['pick']}", _spent_line(result),
-             f"time/run: one run of that sweep reading a ready cache (data, model, cache key, training steps, "
-             f"evaluation passes; saving final/ not counted); measured against real runs on three model sizes the "
-             f"cost model was within ±{result['cost_model_error']:.0%} (docs/suggest.md)"]
+    meaning = (f"time/run: one run of that sweep reading a ready cache (data, model, cache key, training steps, "
+               f"evaluation passes; saving final/ not counted); measured against real runs on three model sizes the "
+               f"cost model was within ±{result['cost_model_error']:.0%} (docs/suggest.md)")
+    lines = [f"\npick: {result['pick']}", _spent_line(result), meaning]
     rounds = result["halving"]["rounds"]
     if result["halving"]["stopped_early"] and rounds:
         last = rounds[-1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,7 +286,7 @@ def candidate_evidence(arm: Arm, shape: cost.RunShape, setup: Setup, rgn: list[f
     heads = int(model.body.config.get_text_config().num_attention_heads)  # GPT-2's n_head is an alias of it
     peak = cost.predict_peak_bytes(summary.total_params, summary.trainable_params, shape.batch_size,
                                    setup.max_length, model.hidden_size, with_grad, heads)
-    start_boundary = arm.start if arm.start >= 1 else 1
+    start_boundary = max(arm.start, 1)
     reader = arm.loop.inputs.reader
     cache_kind = "none" if reader is None else "pooled" if reader.start_stage > model.final_stage else "hidden"
     return {"peak_bytes": peak, "probe": max(probes[start_boundary - 1:]) if probes else float("nan"),
