@@ -112,3 +112,19 @@ def test_tied_output_layer_is_said():
     config.tie_word_embeddings = True
     chosen = unfreeze.select(AutoModelForCausalLM.from_config(config), "last_layer")
     assert chosen.names == ["transformer.wte.weight"] and "tied" in "\n".join(chosen.lines())
+
+
+def test_the_final_norm_is_found_where_it_runs_not_where_it_is_registered():
+    """OPT registers its final norm before its blocks; a traced pass (of the model, or on the meta device of a
+    small twin with the same switches) finds it after them, so `last_block` trains it, as classify does."""
+    from transformers import OPTConfig
+
+    config = OPTConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                       word_embed_proj_dim=32, max_position_embeddings=64)
+    real = AutoModelForCausalLM.from_config(config)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config)
+    for model in (real, meta):
+        names = set(unfreeze.select(model, "last_block").names)
+        assert {"model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias"} <= names
+        assert not any(name.startswith("model.decoder.layers.0.") for name in names)

@@ -339,6 +339,19 @@ def test_failed_row_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert "bad seed 1: failed: RuntimeError: boom in bad" in table
 
 
+def test_one_overall_progress_line_counts_rows_times_seeds(tmp_path, capsys):
+    """The sweep's own line above each run's bar: runs done of rows x seeds, time so far, time left."""
+    path = write_sweep(tmp_path / "s.yaml", [{"name": "a", "options": {"value": 0.1}},
+                                           {"name": "b", "options": {"value": 0.2}}])
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--seeds", "1,2,3", "--rows", "a"]) == 0
+    err = capsys.readouterr().err
+    assert "sweep: 3/3 runs [" in err and " so far, ~" in err and " left]" in err
+    assert main(["sweep", str(path), "--out", str(out), "--seeds", "1,2,3"]) == 0  # b's 3 runs; a's 3 finished
+    err = capsys.readouterr().err
+    assert "sweep: 3/6 runs" in err and "sweep: 6/6 runs" in err
+
+
 def test_dependency_runs_once_per_seed_before_its_dependants(tmp_path):
     log = tmp_path / "log.txt"
     path = write_sweep(tmp_path / "s.yaml", [
@@ -495,7 +508,9 @@ def test_real_classify_sweep_runs_and_reports(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "| 1 | reference | gpt2-small (124M) | random | last | last_block |" in table
+    # the Model column says what --model_config made of GPT-2 small (issue 22, item 10)
+    assert '| 1 | reference | gpt2-small (124M) {"n_layer":1,"n_embd":32,"n_head":2} | random | last | last_block |' \
+        in table
     assert "(pub. 95.00%)" in table and "| 3 | last_layer |" in table
     assert main(argv) == 0  # everything finished: nothing runs again
     assert finished(out) == results

@@ -32,6 +32,7 @@ class Column:
     source: str  # "option" or "metric"
     format: str = "text"  # text | check | percent | minutes | float2 | float4 | float5 | int
     prefer: str | None = None  # an option shown instead of `key` when a run sets it (--model over --model_size)
+    detail: str | None = None  # an option shown after the value when a run sets it (--model_config)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Task:
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.config)}
         for column in self.columns:
-            for key in (column.key, column.prefer):
+            for key in (column.key, column.prefer, column.detail):
                 if column.source == "option" and key is not None and key not in names:
                     raise ValueError(f"task {self.name}: column {column.label!r} names {key!r}, not an option of "
                                      f"{self.config.__name__}")
@@ -150,7 +151,7 @@ CLASSIFY = Task(
     name="classify", summary="fine-tune a decoder model as a text classifier (seed table 000: GPT-2 on SMS spam)",
     config=ClassifyConfig, run=run_classify, check=check_classify, main_metric="test_acc",
     columns=(  # the layout of seed table 000
-        Column("Model", "model_size", "option", prefer="model"),
+        Column("Model", "model_size", "option", prefer="model", detail="model_config"),
         Column("Weights", "weights", "option"),
         Column("Trainable token", "trainable_token_pos", "option"),
         Column("Trainable layers", "trainable_layers", "option"),

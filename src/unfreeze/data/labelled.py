@@ -22,6 +22,8 @@ order (train = int(n * f_train), validation = int(n * f_validation), test = the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import numbers
 import re
@@ -85,6 +87,32 @@ def require_no_split(fractions, said: str | None, where: Path | str) -> None:
     if fractions is not None:
         raise UsageError(f"--split {said}: {where} already has train, validation and test splits; "
                          "leave --split out (it cuts a single file)")
+
+
+def parse_limit(text: str | None, flag: str = "--limit") -> tuple[int, int, int] | None:
+    """'200' -> (200, 200, 200); '160,50,150' -> train, validation, test counts; None -> no limit."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        values = ()
+    values = values * 3 if len(values) == 1 else values
+    if len(values) != 3 or min(values) < 1:
+        raise UsageError(f"{flag} {text!r}: give a count of examples per split, e.g. 200, or train,validation,test "
+                         "counts, e.g. 160,50,150")
+    return values  # type: ignore[return-value]
+
+
+def limited(splits: Splits, limit: str | None) -> Splits:
+    """The first examples of each split (after the seeded split): a quick run on a part of the data."""
+    counts = parse_limit(limit)
+    if counts is None:
+        return splits
+    train, validation, test = (frame.iloc[:count].reset_index(drop=True)
+                               for frame, count in zip((splits.train, splits.validation, splits.test), counts))
+    return dataclasses.replace(splits, train=train, validation=validation, test=test,
+                               source=f"{splits.source}, first {','.join(map(str, counts))} (--limit)")
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

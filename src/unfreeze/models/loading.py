@@ -25,7 +25,7 @@ from torch import nn
 from unfreeze.errors import UsageError
 from unfreeze.models import folder_check, model_config
 from unfreeze.models.dropout import set_config_dropout
-from unfreeze.models.gguf import is_gguf, split_source
+from unfreeze.models.gguf import is_gguf, resolve_alias, split_source
 from unfreeze.models.tokenizers import load_tokenizer, offline_error
 
 # `load(head=...)`: which transformers auto class builds the model.
@@ -63,8 +63,8 @@ class ModelSource:
 
     @property
     def location(self) -> str:
-        """What `from_pretrained` is given: GPT-2 size names become hub ids."""
-        return model_config.resolve_model_id(self.name)
+        """What `from_pretrained` is given: GPT-2 size names become hub ids, `smollm2` the installed GGUF file."""
+        return resolve_alias(model_config.resolve_model_id(self.name), self.flag)
 
     @property
     def random(self) -> bool:
@@ -80,8 +80,8 @@ class ModelSource:
         of the architecture come with random weights (pretrained weights fix it; dropout rates may change)."""
         if not str(self.name).strip():
             raise UsageError(f"{self.flag} is empty; give a hub id, a folder or a .gguf file")
-        if is_gguf(self.name):
-            split_source(self.name, self.flag)
+        if is_gguf(self.location):
+            split_source(self.location, self.flag)
         else:  # a folder without (complete) weights is named here when the run needs them
             check_model_folder(self.location, self.flag, weights=not self.random,
                                random_flag=self.setting("weights", "random"))
@@ -176,7 +176,7 @@ class ModelSource:
             model = auto.from_pretrained(str(Path(folder).expanduser()) if looks_local(folder) else folder,
                                          config=config, dtype="auto" if dtype is None else dtype, **extra)
         except Exception as err:  # noqa: BLE001 - network, auth, missing or corrupt files: one clear line
-            if is_gguf(self.name):
+            if is_gguf(self.location):
                 raise UsageError(f"{self.flag} {self.name}: could not load the GGUF file ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0][:200] if str(err) else ''})") from None
             if looks_local(self.location):  # a folder that is there: its files are the problem, not the network

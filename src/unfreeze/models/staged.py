@@ -24,6 +24,7 @@ the meta device, where no forward can run, from the order the modules are regist
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -252,3 +253,48 @@ class StagedForward:
 
         inputs = self._inputs(hidden.shape[:2], key_mask, causal, input_ids=input_ids, like=hidden)
         return self._call(inputs, enter=first, hidden=hidden, replace={index: forward})
+
+
+def traced_structure(body: nn.Module) -> Structure:
+    """`body`'s structure with what runs before, between and after its blocks read from a traced pass: of
+    `body` itself where it has weights, else of a small twin (the same configuration with its sizes shrunk and
+    every switch kept: the same modules at the same paths); registration order where neither can run.
+
+    Naming parameters needs no forward, but the order modules are registered in is not always the order they
+    run in: OPT registers its final norm before its blocks."""
+    if not body_is_meta(body):
+        with contextlib.suppress(UsageError):
+            return StagedForward(body).structure
+        return order_by_registration(body, read_structure(body))
+    structure = read_structure(body)
+    try:
+        twin = _small_twin(body)
+        traced = StagedForward(twin).structure
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built small or traced: registration order
+        return order_by_registration(body, structure)
+    paths = {id(module): name for name, module in twin.named_modules()}
+
+    def same(modules: list[nn.Module]) -> list[nn.Module]:
+        return [body.get_submodule(paths[id(m)]) for m in modules]
+
+    structure.before, structure.after, structure.within = same(traced.before), same(traced.after), same(traced.within)
+    structure.block_outputs = list(traced.block_outputs)
+    structure.width = structure.output_width = structure.token_embedding.weight.shape[1]
+    return structure
+
+
+def body_is_meta(body: nn.Module) -> bool:
+    return any(p.is_meta for p in body.parameters())
+
+
+def _small_twin(body: nn.Module) -> nn.Module:
+    """A small model with random weights of `body`'s architecture and switches (models/architectures.py sizes)."""
+    from transformers import AutoModel
+
+    from unfreeze.models.architectures import _tiny_kwargs
+
+    config = body.config
+    small = type(config)(**{**config.to_dict(), **_tiny_kwargs(type(config), config)})
+    small._attn_implementation = config._attn_implementation
+    with torch.device("cpu"):
+        return AutoModel.from_config(small).eval()

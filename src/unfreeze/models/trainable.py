@@ -56,7 +56,7 @@ from unfreeze.errors import UsageError
 from unfreeze.models import block_parts
 from unfreeze.models import lora as lora_lib
 from unfreeze.models.choice import PRESETS, SYNTAX, Term, check_syntax, parse_choice
-from unfreeze.models.structure import Structure, order_by_registration, read_structure
+from unfreeze.models.structure import Structure
 
 COMPONENTS: dict[str, str] = {
     "pause_embedding": "embedding rows of the control tokens (the delta next to the frozen base matrix)",
@@ -185,7 +185,9 @@ class ModelParts:
     def structure(self) -> Structure:
         if self.known_structure is not None:
             return self.known_structure
-        return order_by_registration(self.body, read_structure(self.body))  # no forward needed to name parts
+        from unfreeze.models.staged import traced_structure
+
+        return traced_structure(self.body)
 
     def output_parameters(self, choice: str) -> list[nn.Parameter]:
         """The output layer's own parameters (see `trained_view`); a model without one is refused."""

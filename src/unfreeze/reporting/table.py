@@ -191,11 +191,15 @@ def finished_runs(directory: Path, row: str) -> dict[int, dict[str, Any]]:
 
 
 def option_value(config: dict, column: dict) -> Any:
-    """A row's option for a column; a `prefer`red option wins when set (a .gguf path shows its file name)."""
+    """A row's option for a column; a `prefer`red option wins when set (a .gguf path shows its file name), and a
+    `detail` option the run sets follows it (a GPT-2 size whose --model_config made it two layers says so)."""
     preferred = config.get(column["prefer"]) if column.get("prefer") else None
     if preferred is None:
-        return config.get(column["key"])
-    return Path(preferred).name if str(preferred).lower().endswith(".gguf") else preferred
+        value = config.get(column["key"])
+    else:
+        value = Path(preferred).name if str(preferred).lower().endswith(".gguf") else preferred
+    detail = config.get(column["detail"]) if column.get("detail") else None
+    return f"{value} {detail}" if detail not in (None, "", "null", "{}") else value
 
 
 def summarize(values: list[Any]) -> dict[str, Any]:

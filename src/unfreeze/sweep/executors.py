@@ -23,7 +23,10 @@ from unfreeze.files import PARTIAL_SUFFIX, atomic_write_json, read_json
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A line on stderr, printed above the sweep's progress bar (not through it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def final_dir(out: Path, row: str, seed: int) -> Path:

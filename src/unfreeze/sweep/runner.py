@@ -25,7 +25,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from unfreeze.config import config_from_mapping
 from unfreeze.errors import UsageError
@@ -212,16 +212,27 @@ def run_sweep(sweep: Sweep, rows: list[Row], out: Path, backend: str = "local", 
         if not units:
             return 0
         executor = LocalExecutor(sweep.command, out) if backend == "local" else RayExecutor(sweep.command, out, address)
-        with executor:
+        with executor, overall_progress(total, done) as bar:
             executor.check(units)
-            counts = drive(units, executor, out, total, done)
+            counts = drive(units, executor, out, total, done, progressed=lambda: bar.update(1))
     say(f"sweep done: {counts['finished']} finished, {counts['failed']} failed, {counts['skipped']} skipped "
         f"(plus {done} finished before); table: unfreeze report {out}")
     return 1 if counts["failed"] or counts["skipped"] else 0
 
 
-def drive(units: list[Unit], executor: Any, out: Path, total: int, done: int) -> dict[str, int]:
-    """Submit units whose dependency finished; skip units whose dependency failed; record outcomes."""
+def overall_progress(total: int, done: int):
+    """One line for the whole sweep above each run's own bar: runs done of rows x seeds, the time so far, and
+    the time left at the pace of the runs finished so far."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="sweep", unit="run", position=0, dynamic_ncols=True,
+                bar_format="{desc}: {n_fmt}/{total_fmt} runs [{elapsed} so far, ~{remaining} left]")
+
+
+def drive(units: list[Unit], executor: Any, out: Path, total: int, done: int,
+          progressed: Callable[[], Any] = lambda: None) -> dict[str, int]:
+    """Submit units whose dependency finished; skip units whose dependency failed; record outcomes;
+    `progressed()` after each (the overall progress line)."""
     failures = read_failures(out)
     counts = {"finished": 0, "failed": 0, "skipped": 0}
     state: dict[str, str] = {}  # unit key -> "finished" | "failed" | "skipped" | "running"
@@ -256,6 +267,7 @@ def drive(units: list[Unit], executor: Any, out: Path, total: int, done: int) ->
                                  "time": time.strftime("%Y-%m-%d %H:%M:%S")}
                 atomic_write_json(out / "failed.json", failures)
                 say(f"[{position}/{total}] {unit.row} seed {unit.seed}: {reason}")
+                progressed()
         if not executor.busy():
             if todo:  # only reachable through a bug in the dependency bookkeeping
                 raise RuntimeError(f"sweep stalled with {len(todo)} unit(s) waiting")
@@ -264,6 +276,7 @@ def drive(units: list[Unit], executor: Any, out: Path, total: int, done: int) ->
         key = unit_key(unit.row, unit.seed)
         state[key] = outcome.status
         position += 1
+        progressed()
         if outcome.status == "finished":
             counts["finished"] += 1
             if failures.pop(key, None) is not None:

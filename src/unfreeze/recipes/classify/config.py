@@ -101,6 +101,9 @@ class ClassifierOptions:
     balance: bool | None = None
     """true: undersample every class to the size of the smallest, as the reference does for ham; false: keep
     every row (default: true for the SMSSpamCollection file, false otherwise)"""
+    limit: str | None = None
+    """keep only the first examples of each split, after the split: a count (200) or train,validation,test counts
+    (160,50,150); for a quick run on part of the data"""
     tokenizer: str | None = option(None, path=True)
     """tokenizer folder (vocab.json+merges.txt or encoder.json+vocab.bpe) or hub id (default: the model's)"""
     model_config: str | None = None

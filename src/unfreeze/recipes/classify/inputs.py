@@ -49,6 +49,7 @@ def validate(cfg: ClassifyConfig) -> ClassifyConfig:
             f"--cache_budget_gb must be a number of GiB >= 0 (got {cfg.cache_budget_gb}); leave it out for a "
             "quarter of the free memory")
     require(-2**63 <= cfg.seed < 2**64, f"--seed {cfg.seed} does not fit in 64 bits; use e.g. 123")
+    labelled.parse_limit(cfg.limit)
     require(not (any(term.lora for term in parse_choice(cfg.trainable_layers)) and cfg.lora_alpha == 0),
             "--lora_alpha 0 scales every LoRA update to zero, so nothing but the head would learn; use e.g. 8")
     for flag, value in (("--out", cfg.out), ("--tokenizer", cfg.tokenizer), ("--data", cfg.data)):
@@ -126,6 +127,7 @@ def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
     """Read and check every input; a UsageError here leaves the output folder untouched."""
     splits = labelled.load_splits(cfg.data, labelled.DataOptions(cfg.text_column, cfg.label_column, cfg.split,
                                                                  cfg.balance, cfg.seed))
+    splits = labelled.limited(splits, cfg.limit)
     for warning in labelled.warnings(splits):
         log.warning(f"warning: {warning}")
     require(cfg.batch_size <= len(splits.train),

@@ -26,7 +26,7 @@ from unfreeze.data.pauses import count_pauses, strip_pauses
 from unfreeze.errors import UsageError, require
 from unfreeze.lifecycle import Run, run_folder
 from unfreeze.models.folder_check import check_model_folder
-from unfreeze.models.gguf import is_gguf, split_source
+from unfreeze.models.gguf import is_gguf, resolve_alias, split_source
 from unfreeze.recipes.eval_gsm8k.config import DEFAULT_PAUSE_TOKEN, EvalConfig
 
 RESULTS_FILE = "test_results.json"
@@ -149,11 +149,12 @@ def evaluate(config: EvalConfig, folder: Run, progress: bool = True) -> tuple[li
 
     started = time.perf_counter()
     require(bool(config.model), "--model is required: a model folder, e.g. the <out>/final of `unfreeze sft`")
-    folder_path = Path(config.model).expanduser()
-    if is_gguf(config.model):
-        split_source(config.model)  # a missing file or the missing gguf package: one line, before the data
+    model_path = resolve_alias(config.model)  # `smollm2`: the installed GGUF file
+    folder_path = Path(model_path).expanduser()
+    if is_gguf(model_path):
+        split_source(model_path)  # a missing file or the missing gguf package: one line, before the data
     else:  # a file that is no .gguf, a folder without config.json or with missing or cut weights: said here
-        check_model_folder(config.model, "--model", weights=True)
+        check_model_folder(model_path, "--model", weights=True)
     rows = load_questions(config.data, config.limit)  # missing fields fail here, before the (slow) model load
     train_rows = load_gsm8k_split(config.train_stats, "train", flag="--train_stats") if config.train_stats else None
     target = resolve_device(config.device)

@@ -294,15 +294,8 @@ def _check_config(config: SFTConfig, check_model: bool = True) -> None:
         raise UsageError(f"lr must be positive and weight_decay at least 0 (got lr={config.lr}, "
                          f"weight_decay={config.weight_decay})")
     from unfreeze.data.sft_data import check_template
-    from unfreeze.models.gguf import is_gguf, split_source
-
     check_template(config.prompt_template)
     sft_setup.completion_column(config)  # two keys naming different columns
-    if check_model and is_gguf(config.model):
-        split_source(config.model, "model")  # a missing file or the missing gguf package, before any work
-        if config.weights == "random":
-            raise UsageError(f"model {config.model}: weights=random needs a hub id or model folder for the "
-                             f"architecture, not a .gguf file; use weights=pretrained")
     if not config.pause_token:
         on = [key for key in ("unfreeze_pause_embedding", "unfreeze_pause_head") if getattr(config, key)]
         if on:
