@@ -79,3 +79,69 @@ def test_cache_on_where_not_exact_is_an_error(tmp_path, pause_data):  # noqa: F8
     path = _tiny_config(tmp_path, pause_data, cache_activations="on")  # dropout 0.1 and pause embedding train
     with pytest.raises(UsageError, match="cannot be exact"):
         run_config(load_config(str(path), out=str(tmp_path / "run")))
+
+
+# --- a frozen prefix that ends inside the body: the states at that block boundary ---------------------
+
+PREFIX_ROWS = [
+    {"unfreeze_pause_embedding": False, "unfreeze_pause_head": True, "trainable_layers": "last_block"},
+    {"unfreeze_pause_embedding": False, "unfreeze_pause_head": False, "trainable_layers": "mlp:last_block+pause_head"},
+    {"unfreeze_pause_embedding": False, "unfreeze_pause_head": True, "trainable_layers": "lora:last_block",
+     "lora_dropout": 0.0, "lora_rank": 2},
+]
+
+
+class FrozenBlockCalls:
+    """Counts forward calls of GPT-2 blocks none of whose parameters train (the frozen prefix's work)."""
+
+    def __enter__(self):
+        from torch import nn
+
+        self.calls = 0
+
+        def hook(module, _args, _output):
+            params = list(module.parameters())
+            if type(module).__name__ == "GPT2Block" and params and not any(p.requires_grad for p in params):
+                self.calls += 1
+
+        self.handle = nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *_):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("row", PREFIX_ROWS, ids=["last_block", "mlp", "lora"])
+def test_a_prefix_cache_inside_the_body_equals_uncached_and_a_second_run_reads_it_from_disk(tmp_path, pause_data,
+                                                                                          row, device, tolerance):
+    runs = {}
+    features = str(tmp_path / "features")
+    for mode, extra in (("off", {}), ("memory", {}), ("disk", {"feature_cache_dir": features}),
+                        ("again", {"feature_cache_dir": features})):
+        path = _tiny_config(tmp_path, pause_data, dropout=0.0, cache_activations="off" if mode == "off" else "on",
+                            eval_at_start=True, **row, **extra)
+        with FrozenBlockCalls() as calls:
+            runs[mode] = run_config(load_config(str(path), out=str(tmp_path / mode)))
+        runs[mode]["frozen_calls"] = calls.calls
+    for mode in ("memory", "disk", "again"):  # block 0 of 2 is frozen: its output is what is stored
+        cache = runs[mode]["cache"]
+        assert (cache["kind"], cache["boundary"], cache["estimated_bytes"]) == ("hidden", 2, cache["bytes"])
+        for key in ("initial_eval_loss", "eval_loss", "eval_lm_loss", "eval_pause_loss"):
+            assert runs[mode][key] == tolerance(cpu=1e-5).approx(runs["off"][key]), (mode, key)
+    assert runs["off"]["frozen_calls"] > 0 and runs["memory"]["frozen_calls"] > 0  # trains, validates; or builds
+    assert runs["disk"]["cache"]["shared"]["built"] and not runs["again"]["cache"]["shared"]["built"]
+    assert runs["again"]["frozen_calls"] == 0 and runs["again"]["cache"]["build_s"] == 0
+    assert runs["again"]["eval_loss"] < runs["again"]["initial_eval_loss"]  # it did train
+
+
+def test_the_boundary_is_where_training_begins():
+    model = tiny_model()
+    set_dropout(model.hf_model, 0.0)
+    apply_components(model, ["pause_head"], "mlp:last_block")
+    assert (sft_prefix.plan(model, [5], torch.float32).boundary, sft_prefix.plan(model, [5], torch.float32).kind) == (
+        2, "hidden")
+    apply_components(model, [], "norms")  # every block's norms train (and the LM head): only the embeddings frozen
+    assert "block 0 trains" in sft_prefix.plan(model, [5], torch.float32).reason
+    apply_components(model, ["pause_head"])
+    assert (sft_prefix.plan(model, [5], torch.float32).boundary, sft_prefix.plan(model, [5], torch.float32).kind) == (
+        4, "final_hidden")  # after the final norm of 2 blocks: only the heads run

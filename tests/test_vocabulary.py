@@ -210,12 +210,16 @@ def test_a_block_without_readable_attention_is_one_line():
     with pytest.raises(UsageError, match=r"^--trainable_layers attention:last_block: block 1 of MambaModel "
                                          r"\(MambaBlock\) has no attention module unfreeze can read"):
         trainable.check_choice(mamba, "attention:last_block")
-    assert trainable.check_choice(mamba, "mlp:last_block")  # its feed-forward can't be told either, but the mixer is
+    with pytest.raises(UsageError, match=r"cannot tell the feed-forward of block 0 of MambaModel \(MambaBlock\) "
+                                         r"among mixer \(its attention cannot be read\)"):
+        trainable.check_choice(mamba, "mlp:blocks:0")  # the mixer is no feed-forward
+    assert trainable.check_choice(mamba, "blocks:0") and trainable.check_choice(mamba, "lora:last_block")
 
 
 @pytest.mark.parametrize("choice,said", [
     ("blocks:9-3", "trainable_layers='blocks:9-3': a range A-B needs A <= B (9-3 runs backwards; write 3-9)"),
-    ("lora+mlp:blocks:", "trainable_layers='lora+mlp:blocks:': 'mlp:blocks:': invalid choice"),
+    ("lora+mlp:blocks:", "trainable_layers='lora+mlp:blocks:': invalid choice"),
+    ("mlp:blocks:1+lora+", "trainable_layers='mlp:blocks:1+lora+': an empty term"),
     ("lora+lora:last_block", "lora and lora:last_block are two LoRA terms"),
     ("blocks:99", "--trainable_layers blocks:99: the model has blocks 0-1 (no block 99)"),
     ("attention:last_blocks:3", "--trainable_layers attention:last_blocks:3: N must be between 1 and the model's 2"),
@@ -254,7 +258,7 @@ def test_trainable_is_the_same_option_in_both_tasks(tmp_path):
     from unfreeze.recipes.classify.config import ClassifyConfig
     from unfreeze.recipes.sft.config import SFTConfig
 
-    assert parse_args(ClassifyConfig, ["--trainable", "mlp:last_block"]).trainable_layers == "mlp:last_block"
-    assert parse_args(SFTConfig, ["--trainable", "lora:last_blocks:2+new_tokens"]).trainable_layers == (
+    assert parse_args(ClassifyConfig, ["--trainable", "mlp:last_block"], "unfreeze classify").trainable_layers == "mlp:last_block"
+    assert parse_args(SFTConfig, ["--trainable", "lora:last_blocks:2+new_tokens"], "unfreeze sft").trainable_layers == (
         "lora:last_blocks:2+new_tokens")
-    assert json.loads(json.dumps(parse_args(SFTConfig, []).trainable_layers)) is None
+    assert json.loads(json.dumps(parse_args(SFTConfig, [], "unfreeze sft").trainable_layers)) is None

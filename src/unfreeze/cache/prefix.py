@@ -79,15 +79,11 @@ class CausalLMPrefix:
     """sft's frozen network: the pause model's causal LM, embeddings with the control rows, right padding."""
 
     def __init__(self, model, pad_id: int):
-        from unfreeze.models.staged import StagedForward
-        from unfreeze.models.trainable import model_parts
-
         self.model, self.pad_id = model, pad_id
-        parts = model_parts(model)
-        self.staged = StagedForward(parts.body)  # its own traced structure: what runs before, between, after blocks
+        self.staged = model.staged_forward()  # traced once: what runs before, between and after the blocks
         self.num_blocks = len(self.staged.structure.blocks)
-        self.hidden_size = int(parts.token_embedding.weight.shape[1])
-        self.dtype = parts.token_embedding.weight.dtype
+        embedding = model.hf_model.get_input_embeddings()
+        self.hidden_size, self.dtype = int(embedding.weight.shape[1]), embedding.weight.dtype
 
     def identity(self) -> dict:
         hf = self.model.hf_model

@@ -45,10 +45,7 @@ class SFTCachePlan:
 
 def stage_modules(model) -> list[list]:
     """The modules each stage of the pause model's LM uses, in order (the control rows belong to stage 0)."""
-    from unfreeze.models.staged import StagedForward
-    from unfreeze.models.trainable import model_parts
-
-    s = StagedForward(model_parts(model).body).structure  # traced: what runs before, between, after the blocks
+    s = model.staged_forward().structure  # traced once: what runs before, between and after the blocks
     rows = [_Rows(model.control_embeddings)] if model.control_embeddings is not None else []
     return [[*s.before, *rows], *[[block, *s.within] for block in s.blocks], list(s.after)]
 
@@ -127,7 +124,11 @@ def prepare(model, splits: dict[str, list], pad_id: int, request: policy.CacheRe
     model.to(device)
     prefix = CausalLMPrefix(model, pad_id)
     tokens = {split: [torch.tensor(e.input_ids) for e in rows] for split, rows in splits.items()}
-    if not _matches_own_forward(model, prefix, cache_plan.boundary, tokens[next(iter(tokens))][:2], device):
+    reused = cache_dir is not None and disk.open_cache(cache_dir, disk.cache_key(prefix, tokens, precision, device),
+                                                       [cache_plan.boundary]) is not None
+    # A store is written only after this check passed for the same architecture, config and weights (its key).
+    if not reused and not _matches_own_forward(model, prefix, cache_plan.boundary, tokens[next(iter(tokens))][:2],
+                                               device):
         return policy.not_exact(request, "the cached path does not give this model's own logits", log), 0.0
     begin, shared = time.perf_counter(), None
     if cache_dir is not None:

@@ -11,10 +11,10 @@ linear layers `fc1`/`fc2`), so neither is found by name:
   attention reads besides it: a past key/value cache (`layer_past`), ALiBi slopes (`alibi`) or rotary
   angles (`position_embeddings`). A state-space mixer (Mamba) or a recurrent block takes a mask too, but is
   not recorded as attention and takes none of those, so a block of one has no attention: refused, in one line.
-* **MLP**: the block's children with parameters that are neither its attention nor a normalisation layer
-  (a module whose parameters are all per-feature vectors, or one of torch's norm types). One child (GPT-2's
-  `mlp`, a mixture of experts as a whole) or several plain linear layers (OPT's `fc1`, `fc2`); anything else
-  (Falcon-H1: a Mamba mixer beside the feed-forward) is refused, in one line.
+* **MLP**: in a block whose attention was read, the children with parameters that are neither the attention
+  nor a normalisation layer (a module whose parameters are all per-feature vectors, or one of torch's norm
+  types): one child (GPT-2's `mlp`, a mixture of experts as a whole) or several plain linear layers (OPT's
+  `fc1`, `fc2`); anything else (Falcon-H1: a Mamba mixer beside the feed-forward) is refused, in one line.
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ def attention_of(block: nn.Module, recorded: tuple[type, ...]) -> nn.Module | No
 
 
 def mlp_of(block: nn.Module, attention: nn.Module | None, norm_types: tuple[type, ...] = ()) -> list[nn.Module] | None:
-    """The block's feed-forward modules (see the module docstring), or None where they cannot be told."""
+    """The block's feed-forward modules (see the module docstring), or None where they cannot be told (a block
+    whose attention cannot be read: what is left might be a state-space mixer, not a feed-forward)."""
+    if attention is None:
+        return None
     rest = [c for c in block.children() if c is not attention and any(True for _ in c.parameters())
             and not is_norm(c, norm_types)]
     if len(rest) == 1 or (rest and all(_linear(c) for c in rest)):
@@ -89,6 +92,7 @@ def block_part(body: nn.Module, blocks: nn.ModuleList, index: int, part: str, fl
     if mlp is None:
         kids = ", ".join(n for n, c in block.named_children() if c is not attention and not is_norm(c, norm_types)
                          and any(True for _ in c.parameters())) or "nothing"
-        raise UsageError(f"{flag} {term}: cannot tell the feed-forward of {name} among {kids}; choose whole blocks "
-                         "instead")
+        where = "" if attention is not None else " (its attention cannot be read)"
+        raise UsageError(f"{flag} {term}: cannot tell the feed-forward of {name} among {kids}{where}; choose whole "
+                         "blocks instead")
     return mlp

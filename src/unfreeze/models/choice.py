@@ -128,6 +128,8 @@ def parse_term(text: str, flag: str = "--trainable_layers") -> Term:
 def parse_choice(text: str, flag: str = "--trainable_layers") -> list[Term]:
     """`a+b+c` -> its terms (each once, in order); one line for a bad term or two LoRA terms."""
     pieces = [piece.strip() for piece in str(text).split("+")]
+    if not any(pieces):
+        parse_term("", flag)  # nothing at all: the invalid-choice line, with every word
     if not all(pieces):
         raise ChoiceError(flag, repr(text), "an empty term; join terms with single +, e.g. lora+new_tokens")
     terms = list({term.text: term for term in (parse_term(piece, flag) for piece in pieces)}.values())

@@ -185,6 +185,8 @@ class ModelParts:
     def structure(self) -> Structure:
         if self.known_structure is not None:
             return self.known_structure
+        if self.pause is not None:  # a pause model keeps its LM's traced stages
+            return self.pause.staged_forward().structure
         from unfreeze.models.staged import traced_structure
 
         return traced_structure(self.body)

@@ -94,6 +94,7 @@ class ControlTokenLM(nn.Module):
         self.control_tokens = list(control_tokens)
         self.pause_tokenization = check_pause_tokenization(pause_tokenization)
         self._resume = None  # set by `resume_from`: what runs on cached states before the heads
+        self._staged = None  # `staged_forward`, traced once
         lm_head = self.hf_model.get_output_embeddings()
         token_embeddings = self.hf_model.get_input_embeddings()
         if lm_head is None or token_embeddings is None:
@@ -170,6 +171,16 @@ class ControlTokenLM(nn.Module):
         """Size of the extended vocabulary: base vocabulary + control tokens."""
         return self.base_vocab_size + len(self.control_tokens)
 
+    def staged_forward(self):
+        """The LM's decoder stack as stages (`unfreeze.models.staged`), traced once (a 4-token pass) and kept: the
+        blocks the words of `trainable_layers` name, and the boundaries the frozen-prefix cache stores."""
+        from unfreeze.models.staged import StagedForward
+
+        body = self.hf_model.base_model
+        if self._staged is None or self._staged.body is not body:
+            self._staged = StagedForward(body)
+        return self._staged
+
     @property
     def has_lora(self) -> bool:
         return is_peft_model(self.base)
@@ -201,7 +212,7 @@ class ControlTokenLM(nn.Module):
         targets = list(target_modules) if target_modules else default_lora_targets(self.hf_model)
         leaf_types = {type(m) for name, m in self.hf_model.named_modules() if name.rsplit(".", 1)[-1] in targets}
         check_rank({n: m for n, m in self.hf_model.named_modules() if n.rsplit(".", 1)[-1] in targets}, r, "lora_rank")
-        where = _block_layers(self.hf_model, layers) if layers is not None else {}
+        where = _block_layers(self, layers) if layers is not None else {}
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
                             task_type="CAUSAL_LM", fan_in_fan_out=Conv1D in leaf_types,  # GPT-2 stores W transposed
                             **where)
@@ -210,7 +221,7 @@ class ControlTokenLM(nn.Module):
         except ValueError as err:
             raise UsageError(f"lora_target_modules {','.join(targets)}: {str(err).splitlines()[0]}") from None
         if layers is not None:
-            _check_adapted_blocks(self.hf_model, layers, targets)
+            _check_adapted_blocks(self, layers, targets)
 
     def merge_lora(self) -> None:
         """Fold the LoRA update into the base weights and drop the adapter."""
@@ -331,27 +342,25 @@ def is_peft_model(module: nn.Module) -> bool:
     return isinstance(module, PeftModel)
 
 
-def _blocks_and_name(hf_model: nn.Module) -> tuple[nn.ModuleList, str]:
-    from unfreeze.models.trainable import model_parts
-
-    blocks = model_parts(hf_model).structure.blocks
-    return blocks, next(name for name, module in hf_model.named_modules() if module is blocks)
+def _blocks_and_name(model: ControlTokenLM) -> tuple[nn.ModuleList, str]:
+    blocks = model.staged_forward().structure.blocks
+    return blocks, next(name for name, module in model.hf_model.named_modules() if module is blocks)
 
 
-def _block_layers(hf_model: nn.Module, layers: Sequence[int]) -> dict:
+def _block_layers(model: ControlTokenLM, layers: Sequence[int]) -> dict:
     """peft's keys for an adapter on `layers` only: the indices, and the last name of the blocks' list (`h`,
     `layers`), which peft matches as `<pattern>.<index>.` in a layer's name."""
-    _, name = _blocks_and_name(hf_model)
+    _, name = _blocks_and_name(model)
     return {"layers_to_transform": sorted(layers), "layers_pattern": name.rsplit(".", 1)[-1]}
 
 
-def _check_adapted_blocks(hf_model: nn.Module, layers: Sequence[int], targets: Sequence[str]) -> None:
+def _check_adapted_blocks(model: ControlTokenLM, layers: Sequence[int], targets: Sequence[str]) -> None:
     """The adapter sits in exactly the chosen blocks (peft matched its pattern as intended), read from structure."""
     from unfreeze.models.lora import lora_modules
 
-    blocks, _ = _blocks_and_name(hf_model)
+    blocks, _ = _blocks_and_name(model)
     adapted = {i for i, block in enumerate(blocks) if lora_modules(block)}
-    outside = [m for m in lora_modules(hf_model) if not any(m is x for i in layers for x in blocks[i].modules())]
+    outside = [m for m in lora_modules(model.hf_model) if not any(m is x for i in layers for x in blocks[i].modules())]
     if adapted != set(layers) or outside:
         raise UsageError(f"lora on blocks {','.join(map(str, sorted(layers)))}: peft adapted blocks "
                          f"{sorted(adapted)} with targets {','.join(targets)}; set lora_target_modules to layers "

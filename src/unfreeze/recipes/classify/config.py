@@ -30,9 +30,11 @@ def _trainable_layers(value) -> TrainableLayers:
 
     text = str(value)
     try:
+        if not isinstance(value, str):  # YAML read `a:b:` as a mapping: never a choice (the message shows the text)
+            check_syntax("")
         return TrainableLayers(check_syntax(text))
     except ChoiceError as err:
-        raise err.value_error(text) from None
+        raise (err.value_error(text) if isinstance(value, str) else ValueError(f"{text!r}: {err.why}")) from None
 
 
 register_type(TrainableLayers, serializer=str, deserializer=_trainable_layers)

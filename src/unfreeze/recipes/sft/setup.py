@@ -124,6 +124,11 @@ def trainable_model(config: SFTConfig, log: Any, precision: Any) -> tuple[Any, A
         from unfreeze.models.dropout import set_dropout
 
         set_dropout(model.hf_model, config.dropout)
+    if config.trainable_layers or config.cache_activations != "off":
+        from contextlib import suppress
+
+        with suppress(UsageError):  # the LM's stages, traced once (an LM whose blocks cannot be read has none)
+            model.staged_forward()
     components = [name for name, key in COMPONENT_SWITCHES.items() if getattr(config, key)]
     trainable = set_trainable(model, components, config.trainable_layers)
     for line in trainable.lines():
