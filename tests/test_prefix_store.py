@@ -85,7 +85,7 @@ def test_bf16_stores_are_never_continued(tmp_path):
 def test_classify_rows_of_three_poolings_build_once(spam_csv_dir, byte_tokenizer_dir, tmp_path, device, tolerance):
     """The sweep rows reference (last), first_token and mean_pooling at last_block: one build, then reads."""
     features = str(tmp_path / "features")
-    built, metrics = [], {}
+    built = []
     for name, pooling in (("last", {}), ("first", {"trainable_token_pos": "first"}),
                           ("mean", {"average_embeddings": True})):
         with FrozenBlockCalls() as calls:

@@ -13,6 +13,8 @@ them from disk equals one that built them in memory, bit for bit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -128,3 +130,61 @@ def _copy_row(source: Targets, at: int, target: Targets, position: int) -> None:
         flat[start:start + end - begin] = source.hidden[boundary][begin:end]
     for boundary, pooled in target.pooled.items():
         pooled[position] = source.pooled[boundary][at]
+
+
+# --- what a build writes, and in how many passes -------------------------------------------------------
+
+
+def pooling_entry(model) -> tuple[str, dict]:
+    """The folder name of a classifier's pooled vectors, and the pooling it names."""
+    pooling = {"token_pos": model.token_pos, "average": model.average}
+    return "pooled-" + hashlib.sha256(json.dumps(pooling, sort_keys=True).encode()).hexdigest()[:12], pooling
+
+
+@dataclass
+class Request:
+    """What a run asks of the store: hidden boundaries, and (classify) the pooled vectors of its pooling."""
+
+    boundaries: list[int]
+    pooled: list[int]  # boundaries of pooled vectors (empty: none)
+    pooled_name: str | None
+    pooling: dict | None
+
+
+def request_of(prefix, boundaries, pooled: str | None) -> Request:
+    """What a run asks for: `boundaries`, and for a classifier its pooling's vectors at every boundary ("all") or
+    the final ones ("final")."""
+    last = prefix.num_blocks
+    if pooled is None or not hasattr(prefix.model, "pool"):
+        return Request(sorted(set(boundaries)), [], None, None)
+    name, pooling = pooling_entry(prefix.model)
+    wanted = list(range(1, last + 3)) if pooled == "all" else [last + 2]
+    return Request(sorted(set(boundaries)), wanted, name, pooling)
+
+
+def plan_passes(prefix, tokens, request: Request, missing: list[int], found,
+                fp32: bool) -> list[tuple[Pass, list[int], list[int]]]:
+    """The passes that write `missing` hidden boundaries and (if asked) the pooled vectors: (pass, hidden
+    boundaries, pooled boundaries), continuing from the latest boundary `found` (a `disk.DiskCache`) holds
+    before the first one needed where it is exact (`fp32`). The pooled vectors join the stored states' pass
+    where the pooling reads every stored position (the same batches), else they get their own pass in
+    classify's in-memory batches."""
+    last = prefix.num_blocks
+    # pooled vectors at boundary b <= L+1 pool the states there; the final ones (L+2) run the last block at the
+    # pooled position from boundary L (`pooled_features`)
+    pooled_stop = max([b for b in request.pooled if b <= last + 1] + ([last] if last + 2 in request.pooled else []),
+                      default=0)
+    same = request.pooled and all(memory.stored_length(prefix.model, row) == prefix.free_length(row)
+                                  for rows in tokens.values() for row in rows)
+    passes = []
+    pooled_here = request.pooled if same else []
+    if missing or pooled_here:
+        first = min([*missing, *([min(request.pooled[0], last)] if pooled_here else [])])
+        stored = [b for b in (found.boundaries if found and fp32 else []) if b <= first]
+        start = max(stored) if stored else 1
+        stop = max([*missing, *([pooled_stop] if pooled_here else [])])
+        source = (lambda split, rows, length, b=start: found.hidden(split, b, rows, length)) if stored else None
+        passes.append((Pass(start, stop, source), missing, pooled_here))
+    if request.pooled and not same:
+        passes.append((Pass(1, pooled_stop, pooling_batches=True), [], request.pooled))
+    return passes

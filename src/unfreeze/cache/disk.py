@@ -1,4 +1,4 @@
-"""An on-disk, memory-mapped frozen-prefix store shared by every run (and every later run) that freezes the same network.
+"""An on-disk, memory-mapped frozen-prefix store shared by every run (and later run) that freezes the same network.
 
 What a frozen prefix computes depends on the frozen weights, the architecture and its config, the token ids of
 every split, the mask semantics (causal, padding), the precision and the device type -- not on how a run reads
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unfreeze.cache import build, memory
+from unfreeze.cache import build
+from unfreeze.cache.build import pooling_entry  # noqa: F401 - where a run's pooled vectors are, for readers
 from unfreeze.errors import UsageError
 
 FORMAT = 3  # bump when the layout changes: old caches then never match
@@ -75,12 +76,6 @@ def cache_key(model, tokens: dict[str, list[torch.Tensor]], precision: str, devi
     parts = {"format": FORMAT, "weights": weights_fingerprint(prefix.weight_tensors()), **prefix.identity(),
              "tokens": tokens_fingerprint(tokens), "precision": precision, "device": device.type}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def pooling_entry(model) -> tuple[str, dict]:
-    """The folder name of a classifier's pooled vectors, and the pooling it names."""
-    pooling = {"token_pos": model.token_pos, "average": model.average}
-    return "pooled-" + hashlib.sha256(json.dumps(pooling, sort_keys=True).encode()).hexdigest()[:12], pooling
 
 
 # --- the store as read back ---------------------------------------------------------------------------
@@ -179,7 +174,8 @@ def _entries(folder: Path) -> dict:
     return found
 
 
-def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=(), pooled_name: str | None = None) -> DiskCache | None:
+def open_cache(cache_dir: str | os.PathLike, key: str, boundaries=(),
+               pooled_name: str | None = None) -> DiskCache | None:
     """The store `key` if it is whole and holds `boundaries`; None otherwise (never a partial build)."""
     folder = Path(cache_dir) / key
     try:
@@ -240,53 +236,8 @@ def _temporary(parent: Path, name: str) -> Path:
     return tmp
 
 
-@dataclass
-class _Request:
-    """What a run asks of the store: hidden boundaries, and (classify) the pooled vectors of its pooling."""
-
-    boundaries: list[int]
-    pooled: list[int]  # boundaries of pooled vectors (empty: none)
-    pooled_name: str | None
-    pooling: dict | None
-
-
-def _request(prefix, boundaries, pooled: str | None) -> _Request:
-    last = prefix.num_blocks
-    if pooled is None or not hasattr(prefix.model, "pool"):
-        return _Request(sorted(set(boundaries)), [], None, None)
-    name, pooling = pooling_entry(prefix.model)
-    wanted = list(range(1, last + 3)) if pooled == "all" else [last + 2]
-    return _Request(sorted(set(boundaries)), wanted, name, pooling)
-
-
-def _passes(prefix, tokens, request: _Request, missing: list[int], found: DiskCache | None,
-            fp32: bool) -> list[tuple[build.Pass, list[int], list[int]]]:
-    """The passes that write `missing` hidden boundaries and (if asked) the pooled vectors: (pass, hidden
-    boundaries, pooled boundaries). The pooled vectors join the stored states' pass where the pooling reads every
-    stored position (the same batches), else they get their own pass in classify's in-memory batches."""
-    last = prefix.num_blocks
-    # pooled vectors at boundary b <= L+1 pool the states there; the final ones (L+2) run the last block at the
-    # pooled position from boundary L (`pooled_features`)
-    pooled_stop = max([b for b in request.pooled if b <= last + 1] + ([last] if last + 2 in request.pooled else []),
-                      default=0)
-    same = request.pooled and all(memory.stored_length(prefix.model, row) == prefix.free_length(row)
-                                  for rows in tokens.values() for row in rows)
-    passes = []
-    pooled_here = request.pooled if same else []
-    if missing or pooled_here:
-        first = min([*missing, *([min(request.pooled[0], last)] if pooled_here else [])])
-        stored = [b for b in (found.boundaries if found and fp32 else []) if b <= first]
-        start = max(stored) if stored else 1
-        stop = max([*missing, *([pooled_stop] if pooled_here else [])])
-        source = (lambda split, rows, length, b=start: found.hidden(split, b, rows, length)) if stored else None
-        passes.append((build.Pass(start, stop, source), missing, pooled_here))
-    if request.pooled and not same:
-        passes.append((build.Pass(1, pooled_stop, pooling_batches=True), [], request.pooled))
-    return passes
-
-
 def _write_entries(prefix, tokens, root: Path, passes, lengths: dict, dtype: torch.dtype, device: torch.device,
-                   autocast_dtype, batch_size: int, request: _Request, folders: dict[str, Path]) -> None:
+                   autocast_dtype, batch_size: int, request: build.Request, folders: dict[str, Path]) -> None:
     """Run `passes`, writing each new entry into its own temporary folder under `root` (name -> folder, in
     `folders`, as they are made: a failed build removes them)."""
     stored = np.uint16 if dtype == torch.bfloat16 else np.float32
@@ -351,7 +302,7 @@ def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | 
     if autocast_dtype is _BY_PRECISION:
         autocast_dtype = torch.bfloat16 if precision not in ("fp32", "float32") else None
     dtype = dtype or (torch.bfloat16 if autocast_dtype is not None else torch.float32)
-    request = _request(prefix, boundaries, pooled)
+    request = build.request_of(prefix, boundaries, pooled)
     lengths = {split: [prefix.free_length(row) for row in rows] for split, rows in tokens.items()}
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -361,14 +312,15 @@ def get_or_build(model, tokens: dict[str, list[torch.Tensor]], cache_dir: str | 
         found.entries.get(request.pooled_name, {}).get("boundaries", []))
     per = torch.empty(0, dtype=dtype).element_size()
     hidden_bytes = sum(map(sum, lengths.values())) * prefix.hidden_size * per
-    pooled_bytes = 0 if have_pooled else sum(map(len, lengths.values())) * len(request.pooled) * prefix.hidden_size * per
+    rows = sum(map(len, lengths.values()))
+    pooled_bytes = 0 if have_pooled else rows * len(request.pooled) * prefix.hidden_size * per
     budget = budget_bytes if budget_bytes is not None else shutil.disk_usage(cache_dir).free / 4
     kept = fit_disk_budget(pooled_bytes, hidden_bytes, sorted({*request.boundaries, *stored}), budget)
     missing = [b for b in request.boundaries if b in kept and b not in stored]
     if found is not None and not missing and (have_pooled or not request.pooled):
         return open_cache(cache_dir, key, [b for b in request.boundaries if b in stored], request.pooled_name), False
-    passes = _passes(prefix, tokens, replace(request, pooled=[] if have_pooled else request.pooled), missing, found,
-                     dtype == torch.float32)
+    passes = build.plan_passes(prefix, tokens, replace(request, pooled=[] if have_pooled else request.pooled), missing,
+                               found, dtype == torch.float32)
     was_training = prefix.model.training
     prefix.model.eval()
     root = found.folder if found is not None else _temporary(cache_dir, key)

@@ -73,9 +73,10 @@ def plan(model, lengths: list[int], dtype: torch.dtype) -> SFTCachePlan:
         dropout = [d for m in stages[frozen] for d in active_dropout(m)]
         trains = any(p.requires_grad for m in stages[frozen] for p in m.parameters())
         if not trains and dropout:
-            return SFTCachePlan(False, f"dropout is active in the body ({dropout[0]}); set dropout: 0.0 to allow caching")
-        return SFTCachePlan(False, "the input embeddings (the pause row, or an LM head tied to them) train" if frozen == 0
-                            else "block 0 trains; only the embedding lookup before it is frozen")
+            return SFTCachePlan(False, f"dropout is active in the body ({dropout[0]}); set dropout: 0.0 to allow "
+                                       "caching")
+        return SFTCachePlan(False, "the input embeddings (the pause row, or an LM head tied to them) train"
+                            if frozen == 0 else "block 0 trains; only the embedding lookup before it is frozen")
     element = torch.empty(0, dtype=dtype).element_size()
     width = model.hf_model.get_input_embeddings().weight.shape[1]
     reason = ("only heads on the final hidden state train" if frozen == blocks + 2 else
@@ -91,7 +92,8 @@ def _matches_own_forward(model, prefix, boundary: int, rows: list[torch.Tensor],
     states = prefix.embed(batch)
     if boundary > 1:
         states = prefix.advance(states, batch, 1, boundary)
-    final = prefix.advance(states, batch, boundary, prefix.num_blocks + 2) if boundary < prefix.num_blocks + 2 else states
+    last = prefix.num_blocks + 2
+    final = prefix.advance(states, batch, boundary, last) if boundary < last else states
     out = model.base(inputs_embeds=model.embed(ids), attention_mask=mask.long(), return_dict=True)
     again = model.hf_model.get_output_embeddings()(final.to(out.logits.dtype))
     scale = max(1.0, out.logits[mask].abs().max().item())
@@ -111,7 +113,8 @@ def _in_memory(prefix, tokens: dict, boundary: int, device: torch.device, autoca
 
 def prepare(model, splits: dict[str, list], pad_id: int, request: policy.CacheRequest, *, device: torch.device,
             autocast_dtype: torch.dtype | None, dtype: torch.dtype, precision: str, batch_size: int,
-            log: logging.Logger, cache_dir: str | None = None, disk_budget_gb: float | None = None) -> tuple[dict, float]:
+            log: logging.Logger, cache_dir: str | None = None,
+            disk_budget_gb: float | None = None) -> tuple[dict, float]:
     """Store every example's states at the frozen boundary (in `dtype`) when that is exact and fits; each example
     then carries them (`example.hidden`) and the model resumes from there. Returns metrics.json's `cache` entry and
     the seconds spent building it."""

@@ -228,7 +228,8 @@ class MergedLoRAWeight(nn.Module):
 
 
 def add_merged_lora(model: nn.Module, rank: int, alpha: float, seed: int | None = None,
-                    layout: str = "reference", flag: str = "--lora_rank", targets: list[str] | None = None) -> list[str]:
+                    layout: str = "reference", flag: str = "--lora_rank",
+                    targets: list[str] | None = None) -> list[str]:
     """The reference's `lora_alternative`: the same function as `add_lora` (same layout), computed on the weight."""
     _check_layout(layout)
     targets = _targets(model, rank, flag, targets)

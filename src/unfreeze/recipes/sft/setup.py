@@ -59,7 +59,8 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
     adapter = next((term for term in choice_terms(config) if term.lora), None)
     if config.lora or adapter is not None:
         targets = [t.strip() for t in config.lora_target_modules.split(",")] if config.lora_target_modules else None
-        model.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, targets, adapter_blocks(model, adapter))
+        model.add_lora(config.lora_rank, config.lora_alpha, config.lora_dropout, targets,
+                       adapter_blocks(model, adapter))
     log.info(said)  # once the model is whole: a refused LoRA rank is then the only line said
     return model.train()
 
