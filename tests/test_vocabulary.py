@@ -259,7 +259,8 @@ def test_trainable_is_the_same_option_in_both_tasks(tmp_path):
     from unfreeze.recipes.classify.config import ClassifyConfig
     from unfreeze.recipes.sft.config import SFTConfig
 
-    assert parse_args(ClassifyConfig, ["--trainable", "mlp:last_block"], "unfreeze classify").trainable_layers == "mlp:last_block"
+    classify = parse_args(ClassifyConfig, ["--trainable", "mlp:last_block"], "unfreeze classify")
+    assert classify.trainable_layers == "mlp:last_block"
     assert parse_args(SFTConfig, ["--trainable", "lora:last_blocks:2+new_tokens"], "unfreeze sft").trainable_layers == (
         "lora:last_blocks:2+new_tokens")
     assert json.loads(json.dumps(parse_args(SFTConfig, [], "unfreeze sft").trainable_layers)) is None
