@@ -264,3 +264,44 @@ def test_trainable_is_the_same_option_in_both_tasks(tmp_path):
     assert parse_args(SFTConfig, ["--trainable", "lora:last_blocks:2+new_tokens"], "unfreeze sft").trainable_layers == (
         "lora:last_blocks:2+new_tokens")
     assert json.loads(json.dumps(parse_args(SFTConfig, [], "unfreeze sft").trainable_layers)) is None
+
+
+def test_suggest_candidates_keep_block_sets_whole():
+    from unfreeze.recipes.suggest.candidates import parse_candidates
+
+    assert parse_candidates("last_layer, blocks:3,7,9-11,mlp:last_block+norms") == [
+        "last_layer", "blocks:3,7,9-11", "mlp:last_block+norms"]
+
+
+# --- the words in other stacks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_lora_on_a_block_set_is_peft_layers_to_transform_and_peft_adapts_exactly_those_layers(arch):
+    import yaml
+    from peft import get_peft_model
+
+    import unfreeze
+    from unfreeze.export.peft import peft_config
+
+    chosen = unfreeze.select(AutoModelForCausalLM.from_config(causal_config(arch)), "lora:last_blocks:2",
+                             lora_rank=RANK, lora_alpha=4)
+    config = peft_config(chosen.plan())
+    assert list(config.layers_to_transform) == [L - 2, L - 1] and not config.modules_to_save
+    theirs = get_peft_model(AutoModelForCausalLM.from_config(causal_config(arch)), config)
+    adapted = {name.split(".lora_A.")[0].removeprefix("base_model.model.") for name, _ in theirs.named_parameters()
+               if ".lora_A." in name}
+    assert adapted == set(chosen.plan().lora) and all(f".{L - 3}." not in name for name in adapted)
+    keys = yaml.safe_load(chosen.export("axolotl"))
+    assert keys["peft_layers_to_transform"] == [L - 2, L - 1] and keys["peft_layers_pattern"] == [config.layers_pattern]
+
+
+def test_sft_lora_on_a_block_with_new_tokens_is_one_peft_config():
+    from unfreeze.export.peft import peft_config
+    from unfreeze.export.plan import pause_plan
+
+    model = pause_model("llama", lora_blocks=[L - 1])
+    summary = trainable.apply_components(model, [], "lora:last_block+new_tokens")
+    config = peft_config(pause_plan(model, summary.components))
+    assert list(config.layers_to_transform) == [L - 1] and set(config.target_modules) == {"q_proj", "v_proj"}
+    assert config.trainable_token_indices == {"model.embed_tokens": [SFT_V]}  # the pause row of V + 1

@@ -16,8 +16,9 @@ class ExportConfig:
     built on the meta device: no weights are read or downloaded, only its config."""
 
     choice: TrainableLayers | None = None
-    """what trains: last_layer, last_block, last_two_blocks, last_blocks:N, blocks:A-B, all, lora,
-    lora_alternative, bias, norms (as classify's --trainable_layers)"""
+    """what trains, in classify's and sft's words (docs/trainable.md): last_layer, last_block, last_two_blocks,
+    last_blocks:N, blocks:SET, all, lora, lora_alternative, bias, norms, and the parts attention:BLOCKS,
+    mlp:BLOCKS, lora:BLOCKS, embeddings; joined with + (e.g. lora:last_blocks:8+last_layer)"""
     model: str | None = option(None, path=True)
     """the model: a hub id, a local folder, a .gguf file, or a GPT-2 size name"""
     to: Literal["peft", "axolotl", "llamafactory", "names"] = "names"

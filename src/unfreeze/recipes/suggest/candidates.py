@@ -7,6 +7,8 @@ last_blocks:N, blocks:A-B, all, lora, lora_alternative, bias, norms): it resolve
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from unfreeze.cache.memory import frozen_prefix_stages
@@ -16,7 +18,8 @@ from unfreeze.models import trainable
 
 def parse_candidates(text: str) -> list[str]:
     """`--candidates a,b,c` -> distinct names, each checked (one line naming the bad one)."""
-    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    # A comma followed by a digit belongs to a block set (`blocks:3,7`): candidates never start with one.
+    names = list(dict.fromkeys(part.strip() for part in re.split(r",(?!\s*\d)", text) if part.strip()))
     if not names:
         raise UsageError("--candidates is empty; e.g. --candidates last_layer,last_block,all,lora")
     for name in names:
