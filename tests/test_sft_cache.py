@@ -145,3 +145,44 @@ def test_the_boundary_is_where_training_begins():
     apply_components(model, ["pause_head"])
     assert (sft_prefix.plan(model, [5], torch.float32).boundary, sft_prefix.plan(model, [5], torch.float32).kind) == (
         4, "final_hidden")  # after the final norm of 2 blocks: only the heads run
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "gpt_neox"])
+@pytest.mark.parametrize("choice", ["mlp:last_block", "attention:blocks:1-2+pause_head", "lora:last_block"])
+def test_cached_states_give_the_uncached_losses_and_gradients_on_every_architecture(arch, choice, device):
+    """The states at the boundary, then the rest of the LM and the heads: the same losses and gradients as the
+    whole forward, on right-padded batches of the pause model's own data (tiny GPT-2, Llama, Qwen2, GPT-NeoX)."""
+    import logging
+
+    from pause_helpers import PAUSE
+    from test_vocabulary import L, pause_model
+    from unfreeze.cache import policy
+    from unfreeze.data import sft_data
+
+    model = pause_model(arch, lora_blocks=[L - 1] if "lora" in choice else None)
+    apply_components(model, [], choice)
+    model.to(device)
+    rows = [{"question": f"{a}+{b}?", "answer": f"{a}+{b} {PAUSE}= {a + b}" + " ok" * (a % 3)}
+            for a, b in ((1, 2), (3, 4), (12, 5), (7, 7), (2, 9), (10, 10))]  # of different lengths: padded
+    encoded = sft_data.encode_rows(model.tokenizer, rows, 60, model.control_tokens).examples
+    collate = sft_data.Collator(sft_data.pad_token_id(model.tokenizer))
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**{k: v.to(device) for k, v in batch.items()}, return_logprobs=False).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    uncached = loss_and_grads(collate(encoded))
+    request = policy.CacheRequest("on", None, "cache_activations=on", "cache_budget_gb")
+    info, _ = sft_prefix.prepare(model, {"train": encoded}, collate.pad_id, request, device=device,
+                                 autocast_dtype=None, dtype=torch.float32, precision="fp32", batch_size=4,
+                                 log=logging.getLogger("test"))
+    boundary = {"mlp:last_block": L, "attention:blocks:1-2+pause_head": 2, "lora:last_block": L}[choice]
+    assert info["kind"] == "hidden" and info["boundary"] == boundary  # the input of the first block that trains
+    batch = collate(encoded)
+    assert "cached_hidden" in batch
+    cached = loss_and_grads(batch)
+    assert cached[0] == pytest.approx(uncached[0], abs=1e-5)
+    for name, grad in uncached[1].items():
+        torch.testing.assert_close(cached[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
