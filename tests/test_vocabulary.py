@@ -305,3 +305,21 @@ def test_sft_lora_on_a_block_with_new_tokens_is_one_peft_config():
     config = peft_config(pause_plan(model, summary.components))
     assert list(config.layers_to_transform) == [L - 1] and set(config.target_modules) == {"q_proj", "v_proj"}
     assert config.trainable_token_indices == {"model.embed_tokens": [SFT_V]}  # the pause row of V + 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("choice,start", [("attention:last_block", L), ("lora:last_block", L), ("mlp:blocks:1-2", 2)])
+def test_classify_caches_the_prefix_before_the_first_word_that_trains(arch, choice, start):
+    from unfreeze.cache.memory import build_cache, frozen_prefix_stages, plan_cache
+    from unfreeze.training.loop import ClassifierInputs
+
+    model = make_model(arch)
+    trainable.apply_preset(model, choice, lora_rank=RANK, lora_alpha=4, seed=0)
+    plan = plan_cache(model, frozen_prefix_stages(model.stage_modules()), [9] * 4, model.hidden_size, torch.float32)
+    assert plan.start_stage == start and not plan.pooled  # stage s is block s-1: the first block that trains
+    tokens = {"train": list(padded_batch(arch, (9, 9, 4, 2), seed=3).unbind(0))}
+    cache = build_cache(model, plan, tokens, torch.device("cpu"), 2, None)
+    with torch.no_grad():
+        cached = ClassifierInputs(model, tokens, cache, torch.device("cpu"), None)("train", torch.tensor([2, 0, 3]))
+        uncached = ClassifierInputs(model, tokens, None, torch.device("cpu"), None)("train", torch.tensor([2, 0, 3]))
+    torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-5)
