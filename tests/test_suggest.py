@@ -149,6 +149,16 @@ def test_the_command_ranks_writes_and_its_sweep_file_is_accepted(spam_csv_dir, b
     assert by_name["last_layer"]["evidence"]["cache"] == "pooled" and by_name["all"]["evidence"]["cache"] == "none"
     assert len(result["signals"]["probe_val_acc_per_boundary"]) == 3 + 2
     assert result["spent_s"] > 0 and result["cache"]["built"]
+    # the sweep it is a share of: 5 x 3 runs; random weights: every seed builds its own cache (pooled, then two
+    # rebuilds for boundaries 3 and 2); suggest's time against it, said in the JSON and the output
+    predicted = result["sweep"]
+    assert len(predicted["runs"]) == 15 and predicted["builds"] == 9 and predicted["cached_before"] is None
+    runs_s = sum(r["run_s"] for r in predicted["runs"])
+    assert result["sweep_predicted_s"] == pytest.approx(predicted["checks_s"] + runs_s, abs=0.05)
+    assert result["spent_share"] == pytest.approx(result["spent_s"] / result["sweep_predicted_s"], rel=1e-2)
+    assert result["budget_counts"] == "wall" and result["machine"]["threads"] == 1
+    assert "steps" in done.stdout.splitlines()[0] and "time/run (±" in done.stdout
+    assert f"= {result['spent_share']:.2f} of the predicted sweep" in done.stdout
     assert (out / "suggestion.png").read_bytes()[:4] == b"\x89PNG"
     sweep = load_sweep(sweep_file)
     # every candidate is a classify preset now: the top two, whatever they are (last_blocks:2 included)
@@ -157,10 +167,14 @@ def test_the_command_ranks_writes_and_its_sweep_file_is_accepted(spam_csv_dir, b
     assert sweep.seeds == [123, 124, 125] and sweep.rows[0].config["num_epochs"] == 2
     assert sweep.rows[0].config["model_config"] == TINY
 
+    assert sweep.rows[0].config["feature_cache_dir"] == str((tmp_path / "features").resolve())  # reads suggest's
+
     again = cli(*flags(spam_csv_dir, byte_tokenizer_dir, tmp_path, candidates="last_layer,last_block",
-                       budget="300s", out=tmp_path / "again"))
+                       budget="300s", out=tmp_path / "again", seeds=1))
     assert again.returncode == 0, again.stderr
-    assert not json.loads((tmp_path / "again" / "suggestion.json").read_text())["cache"]["built"]
+    second = json.loads((tmp_path / "again" / "suggestion.json").read_text())
+    assert not second["cache"]["built"]
+    assert second["sweep"]["builds"] == 0 and second["sweep"]["cached_before"] == [2, 3]  # already on disk
 
 
 @pytest.mark.parametrize("bad, message", [

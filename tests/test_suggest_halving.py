@@ -110,10 +110,13 @@ def test_cost_model_counts_classify_passes():
     assert shape.steps_per_epoch == 12 and shape.steps == 24
     # periodic: ceil(24/5) = 5 passes x (2 train + 2 val batches); per epoch: 2 x (2 + 2); final: 150 examples
     assert shape.forward_examples() == (5 * 4 + 2 * 4) * 8 + 150
-    parts = cost.predict_seconds(shape, step_s=0.5, forward_example_s=0.01, full_forward_s=10.0,
-                                 start_stage=3, num_blocks=4)
-    assert parts["train_steps_s"] == 12.0 and parts["cache_build_s"] == 4.0
-    assert parts["run_s"] == pytest.approx(12.0 + 4.0 + shape.forward_examples() * 0.01)
+    fixed = cost.Fixed(load_s=2.0, key_s=0.5, build_s=10.0)
+    hidden = cost.CandidateCost("last_blocks:2", "hidden", 3, step_s=0.5, forward_example_s=0.01)
+    parts = cost.run_seconds(shape, hidden, fixed, builds_shared=True)
+    assert parts["train_steps_s"] == 12.0 and parts["cache_build_s"] == 10.0  # the shared build runs every stage
+    assert parts["run_s"] == pytest.approx(2.0 + 0.5 + 10.0 + 12.0 + shape.forward_examples() * 0.01)
+    uncached = cost.CandidateCost("all", "none", 0, step_s=0.5, forward_example_s=0.01)
+    assert cost.run_seconds(shape, uncached, fixed)["cache_key_s"] == 0.0  # nothing frozen: no key is hashed
     assert cost.cache_build_share(0, 4) == 0.0 and cost.cache_build_share(6, 4) == 1.0
 
 

@@ -110,6 +110,9 @@ class ClassifierTraining:
         self.steps_done = 0
         self.history = {"train_loss": [], "val_loss": [], "train_acc": [], "val_acc": [], "examples_seen": 0}
         self.step_seconds: list[float] = []  # wall time of each training batch (forward, backward, update)
+        # ... and the process's CPU time over the same span: load from other processes stretches wall time but
+        # adds none of their CPU time to ours, so suggest's cost model reads both (`recipes/suggest/cost.py`).
+        self.step_cpu_seconds: list[float] = []
         saved = torch.get_rng_state()
         torch.manual_seed(schedule.seed)  # the reference reseeds before its optimizer
         params = [p for p in model.parameters() if p.requires_grad]
@@ -156,7 +159,7 @@ class ClassifierTraining:
         for epoch in range(schedule.num_epochs):
             self.model.train()
             for batch_index, (indices, labels) in enumerate(loader):
-                begin = time.perf_counter()
+                begin, begin_cpu = time.perf_counter(), time.process_time()
                 loss = self._loss("train", indices, labels) / schedule.accumulation_steps
                 loss.backward()
                 if (batch_index + 1) % schedule.accumulation_steps == 0 or batch_index + 1 == len(loader):
@@ -165,6 +168,7 @@ class ClassifierTraining:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.step_seconds.append(time.perf_counter() - begin)
+                self.step_cpu_seconds.append(time.process_time() - begin_cpu)
                 history["examples_seen"] += len(labels)
                 global_step += 1
                 if global_step % schedule.eval_every == 0:

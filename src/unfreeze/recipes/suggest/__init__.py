@@ -6,7 +6,8 @@
     candidates.py  candidate names (classify presets), their bounds, where their frozen prefix ends
     arms.py        a candidate: classify's training loop (`training.loop`), run in rounds
     halving.py     successive halving over arms within a time budget (pure, tested on scripted arms)
-    cost.py        time and peak memory of a full run, predicted from measured steps
+    cost.py        what the sweep would cost (its shared cache builds, loads, steps, evaluation passes),
+                   timed in min(wall, CPU) so load does not inflate it; peak memory of a run
     signals.py     cheap per-layer signals: linear probes on the cached pooled features, relative gradient norms
     output.py      the ranked table, suggestion.json, the PNG and the sweep file of the top candidates
 """

@@ -37,26 +37,43 @@ def _size(value: float) -> str:
     return str(value)
 
 
-def render_table(rows: list[dict]) -> str:
-    """The terminal table, one line per candidate, best first."""
-    header = ("rank", "candidate", "val acc (95% CI)", "trainable", "time (full)", "peak mem", "evidence")
+def render_table(rows: list[dict], run_error: float | None = None) -> str:
+    """The terminal table, one line per candidate, best first. `run_error`: the cost model's measured error,
+    said in the header of the predicted times."""
+    time_header = "time/run" + (f" (±{run_error:.0%})" if run_error is not None else "")
+    header = ("rank", "candidate", "val acc (95% CI)", "steps", "trainable", time_header, "peak mem", "evidence")
     lines = [header]
     for row in rows:
         ev = row["evidence"]
         low, high = row["interval"]
         lines.append((str(row["rank"]), row["name"], f"{row['predicted_val_acc']:.3f} ({low:.2f}-{high:.2f})",
-                      f"{row['trainable_params']:,}", f"{row['predicted_time_s']:.1f}s", _size(row["predicted_peak_bytes"]),
-                      f"{ev['steps']}/{ev['total_steps']} steps, round {ev['rounds']}, probe {ev['probe']:.2f}, "
-                      f"rgn {ev['rgn_share']:.2f}, cache {ev['cache']}"))
+                      f"{ev['steps']}/{ev['total_steps']}", f"{row['trainable_params']:,}",
+                      f"{row['predicted_time_s']:.1f}s", _size(row["predicted_peak_bytes"]),
+                      f"round {ev['rounds']}, probe {ev['probe']:.2f}, rgn {ev['rgn_share']:.2f}, cache {ev['cache']}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def _spent_line(result: dict) -> str:
+    """suggest's own time against the sweep it replaces, and what that sweep is."""
+    sweep = result["sweep"]
+    runs, seeds = len(sweep["runs"]), len(sweep["seeds"])
+    builds = (f"{sweep['builds']} cache build(s) of {sweep['build_s']:.0f}s" if sweep["builds"]
+              else "no cache build (the cache it reads is on disk)")
+    unit = "of work" if result["budget_counts"] == "work" else "of wall time"
+    return (f"suggest: {result['spent_s']:.0f}s wall ({result['spent_work_s']:.0f}s of work) = "
+            f"{result['spent_share']:.2f} of the predicted sweep {result['sweep_predicted_s']:.0f}s "
+            f"(work: {result['spent_work_share']:.2f}); the sweep: {runs // seeds} candidates x {seeds} seeds = {runs} "
+            f"runs, {builds}; budget {result['budget']} = {result['budget_s']:.0f}s {unit}")
+
+
 def summary_lines(result: dict) -> str:
-    """What the table's numbers mean: the pick, what it cost against the sweep, and whether the rounds were
-    cut short by the budget (then the ranking rests on fewer steps than a full run)."""
-    lines = [f"\npick: {result['pick']}  (suggest {result['spent_s']:.0f}s = {result['spent_share']:.2f} of the "
-             f"predicted sweep {result['sweep_predicted_s']:.0f}s)"]
+    """What the table's numbers mean: the pick, what it cost against the sweep, how busy the machine was, and
+    whether the rounds were cut short by the budget (then the ranking rests on fewer steps than a full run)."""
+    meaning = (f"time/run: one run of that sweep reading a ready cache (data, model, cache key, training steps, "
+               f"evaluation passes; saving final/ not counted); measured against real runs on three model sizes the "
+               f"cost model was within ±{result['cost_model_error']:.0%} (docs/suggest.md)")
+    lines = [f"\npick: {result['pick']}", _spent_line(result), meaning]
     rounds = result["halving"]["rounds"]
     if result["halving"]["stopped_early"] and rounds:
         last = rounds[-1]
@@ -65,9 +82,16 @@ def summary_lines(result: dict) -> str:
         lines.append(f"stopped early: the budget ended the rounds with {len(last['kept'])} candidate(s) still in "
                      f"after {len(rounds)} round(s); the ranking rests on at most {steps} of {total} steps per "
                      f"candidate, so confirm the top ones with full runs (--write_sweep) or raise --budget")
-    if result["spent_share"] > 1:
-        lines.append(f"note: suggest spent {result['spent_share']:.1f}x the predicted sweep: with so few or such cheap "
-                     f"candidates its fixed costs (the shared cache, the measurements, the signals) outweigh the "
+    confirm = result["confirm_sweep"]
+    lines.append(f"confirming the top {confirm['top']} with `unfreeze sweep` (--write_sweep): predicted "
+                 f"{confirm['predicted_s']:.0f}s, {confirm['builds']} cache build(s) (it reads suggest's cache)")
+    if result["machine"]["busy"]:
+        from unfreeze.recipes.suggest.cost import busy_note
+
+        lines.append(f"note: {busy_note(result['machine'])}")
+    if result["spent_work_share"] > 1:
+        lines.append(f"note: suggest spent {result['spent_work_share']:.1f}x the predicted sweep: with so few or such "
+                     f"cheap candidates its fixed costs (the shared cache, the measurements, the signals) outweigh the "
                      f"sweep it replaces; run the candidates with `unfreeze sweep` instead")
     return "\n".join(lines)
 
@@ -103,10 +127,14 @@ def row_name(candidate: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", candidate)
 
 
-def sweep_text(rows: list[dict], classify_cfg: ClassifyConfig, seeds: list[int], top: int) -> str:
-    """A sweep file of the `top` best candidates that classify can run, with the options suggest used."""
+def sweep_text(rows: list[dict], classify_cfg: ClassifyConfig, seeds: list[int], top: int,
+               cache_dir: str | None = None) -> str:
+    """A sweep file of the `top` best candidates that classify can run, with the options suggest used, reading
+    suggest's frozen-prefix cache in `cache_dir` (already built: the sweep does not build it again)."""
     defaults, used = to_dict(ClassifyConfig()), to_dict(classify_cfg)
     settings = {k: v for k, v in used.items() if v != defaults[k] and k not in ("seed", "out", "trainable_layers")}
+    if cache_dir is not None:
+        settings["feature_cache_dir"] = str(Path(cache_dir).resolve())
     for key in fields_where(ClassifyConfig, "path"):  # the file may be run from another folder
         if isinstance(settings.get(key), str) and os.path.exists(settings[key]):
             settings[key] = os.path.abspath(settings[key])

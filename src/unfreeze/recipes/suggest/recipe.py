@@ -1,15 +1,17 @@
 """`unfreeze suggest`: rank candidate trainable-parameter choices at a fraction of the sweep's cost.
 
 setup (data, models, one shared on-disk cache of the frozen network) -> cheap signals (per-layer
-probes, relative gradient norms) -> measure a few steps of every candidate (cost model) -> successive
-halving within the budget -> the ranked table, suggestion.json, a PNG and (optionally) a sweep file.
+probes, relative gradient norms) -> measure a few steps of every candidate -> predict the sweep that would
+run (`cost`) -> successive halving within the budget (a share of that sweep, counted in work seconds) -> the
+ranked table, suggestion.json, a PNG and (optionally) a sweep file that reads suggest's cache.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +32,8 @@ from unfreeze.training.loop import ClassifierInputs, ClassifierTraining
 from unfreeze.recipes.suggest.config import SuggestConfig
 
 SUGGESTION = "suggestion.json"  # the file that makes a finished suggestion in --out
-WARMUP_STEPS = 2  # measured steps per candidate before the plan (the first pays one-time costs)
+WARMUP_STEPS = 3  # measured steps per candidate before the plan: the first pays one-time costs and is left out,
+# the second still often runs slower on small models (measured: 1.5x), so two are left to take the median of
 RGN_BATCHES = 1  # one batch already orders the stages; each costs a full backward pass
 
 
@@ -69,16 +72,17 @@ def run(cfg: SuggestConfig) -> dict:
     """setup -> signals -> measured steps -> successive halving -> the table, suggestion.json (last), the sweep
     file and the exports, in the one run lifecycle: an --out holding a suggestion is refused without --overwrite.
     Returns suggestion.json's content."""
-    started = time.perf_counter()
+    clock = cost.WorkClock()  # what suggest spends, from here
     names = validate(cfg)
     with run_folder("suggest", cfg.out, cfg.overwrite, markers=(SUGGESTION,), tracking=Tracking.of(cfg)) as folder:
         setup = prepare(cfg, folder.log)  # every input checked before anything is written
-        result = suggest(cfg, names, setup, started, folder)
-        print(output.render_table(result["candidates"]))
+        result = suggest(cfg, names, setup, clock, folder)
+        print(output.render_table(result["candidates"], result["cost_model_error"]))
         print(output.summary_lines(result))
         if cfg.write_sweep is not None:
             seeds = [cfg.seed + i for i in range(cfg.seeds)]
-            output.write_sweep(cfg.write_sweep, output.sweep_text(result["candidates"], setup.classify, seeds, cfg.top))
+            text = output.sweep_text(result["candidates"], setup.classify, seeds, cfg.top, result["sweep"]["cache_dir"])
+            output.write_sweep(cfg.write_sweep, text)
             print(f"written: {cfg.write_sweep} (unfreeze sweep {cfg.write_sweep})")
         if cfg.export is not None:
             result["export"] = output.write_exports(Path(cfg.export), result, setup, cfg.top)
@@ -150,62 +154,131 @@ def rgn_signal(setup: Setup, batch_size: int) -> list[float]:
     return signals.relative_gradient_norms(model, [batch(i) for i in range(count)])
 
 
-def suggest(cfg: SuggestConfig, names: list[str], setup: Setup, started: float, folder: Run) -> dict:
-    """Everything after setup; returns suggestion.json's content."""
+def suggest(cfg: SuggestConfig, names: list[str], setup: Setup, clock: cost.WorkClock, folder: Run) -> dict:
+    """Everything after setup (`clock` started before it); returns suggestion.json's content."""
     log = folder.log
     base = setup.base_model
     cand.check_bounds(names, base.num_blocks)
     for p in base.parameters():
         p.requires_grad_(False)
+    clock.use_cpu = setup.device.type != "cuda"
     arms = make_arms(names, setup)
-    final = base.final_stage
-    boundaries = sorted({a.start for a in arms if 2 <= a.start <= final})
-    budget_bytes = cfg.feature_cache_budget_gb * 2**30 if cfg.feature_cache_budget_gb is not None else None
-    cache, built = disk.get_or_build(base, setup.tokens, cache_folder(cfg), boundaries, setup.classify.precision,
-                                     setup.device, budget_bytes)
-    log.info(f"feature cache {'built' if built else 'reused'}: {cache.folder} ({cache.nbytes() / 2**20:.1f} MiB)")
-    start_loops(arms, setup, cache)
-    probes = signals.probe_accuracies(cache, setup.labels, final + 1)
+    shared = open_shared_cache(cfg, setup, arms)
+    log.info(f"feature cache {'built' if shared.built else 'reused'}: {shared.cache.folder} "
+             f"({shared.cache.nbytes() / 2**20:.1f} MiB)")
+    start_loops(arms, setup, shared.cache)
+    probes = signals.probe_accuracies(shared.cache, setup.labels, base.final_stage + 1)
     rgn = rgn_signal(setup, cfg.batch_size)
-    for arm in arms:  # measure: a few steps and one validation pass of every candidate
-        arm.advance(WARMUP_STEPS)
-        arm.evaluate()
+    machine = measure_candidates(arms, setup)
+    if note := cost.busy_note(machine):
+        log.warning(note)
     shape = cost.RunShape(cfg.num_epochs, cfg.batch_size, {k: len(v) for k, v in setup.labels.items()},
                           cfg.eval_every, cfg.eval_batches)
-    predicted = {a.name: predict(a, shape, cache, setup, rgn, probes) for a in arms}
-    sweep_s = sum(cfg.seeds * (p["time"]["run_s"] + setup.build_s) for p in predicted.values())
+    evidence = {a.name: candidate_evidence(a, shape, setup, rgn, probes) for a in arms}
+    fixed = cost.Fixed(setup.load_s, shared.key_s, shared.build_s, setup.once_s, setup.check_s)
+    planned = predict_sweep(cfg, shape, arms, fixed, shared, setup)  # what the budget is a share of
     kind, value = parse_budget(cfg.budget)
-    budget_s = value * sweep_s if kind == "share" else value
-    remaining = budget_s - (time.perf_counter() - started)
+    budget_s = value * planned["total_s"] if kind == "share" else value
+    spent = clock if kind == "share" else clock.wall  # a share of compute counts work; seconds count the clock
     budget_name = f"{cfg.budget} ({budget_s:.1f}s in all)"
+    remaining = budget_s - spent()
     halving.first_rung_steps(arms, remaining, cfg.eta, budget_name)  # a budget short of one round: said, nothing written
     folder.start(to_dict(cfg))
     log.info(f"halving: {len(arms)} candidates, {remaining:.0f}s of the budget left; rounds keep 1/{cfg.eta}")
-    result = halving.successive_halving(arms, remaining, cfg.eta, budget_name,
+    result = halving.successive_halving(arms, remaining, cfg.eta, budget_name, clock=spent,
                                         on_rung=lambda rung: report_round(rung, folder, log),
                                         on_round=lambda count, target: log.info(
                                             f"round: training {count} candidate(s) to {target} steps ..."))
-    rows = ranked_rows(arms, predicted, result, len(setup.labels["validation"]))
-    spent = time.perf_counter() - started
-    return {
-        "pick": rows[0]["name"], "candidates": rows, "budget": cfg.budget, "budget_s": round(budget_s, 2),
-        "spent_s": round(spent, 2), "sweep_predicted_s": round(sweep_s, 2), "spent_share": round(spent / sweep_s, 4),
-        "seeds": cfg.seeds, "halving": {"eta": cfg.eta, "first_round_steps": result.first_rung_steps,
-                                       "planned_s": round(result.planned_s, 2), "stopped_early": result.stopped_early,
-                                       "rounds": [vars(r) for r in result.rungs]},
-        "signals": {"probe_val_acc_per_boundary": probes, "relative_gradient_norm_per_stage": [round(x, 6) for x in rgn]},
-        "cache": {"folder": str(cache.folder), "built": built, "bytes": cache.nbytes(),
-                  "hidden_boundaries": cache.boundaries, "build_s": cache.meta["build_s"]},
-        "model_build_s": round(setup.build_s, 3), "config": to_dict(cfg),
-    }
+    sweep = predict_sweep(cfg, shape, arms, fixed, shared, setup)  # again, from every step measured
+    rows = ranked_rows(arms, evidence, sweep["candidates"], result, len(setup.labels["validation"]))
+    confirm = predict_sweep(cfg, shape, [a for r in rows[:cfg.top] for a in arms if a.name == r["name"]], fixed,
+                            shared, setup, cached=frozenset(shared.cache.boundaries))
+    return outcome(cfg, rows, result, sweep, planned, confirm, shared, fixed, machine, budget_s, kind, clock, probes,
+                   rgn, setup)
 
 
-def predict(arm: Arm, shape: cost.RunShape, cache, setup: Setup, rgn: list[float], probes: list[float]) -> dict:
-    """The cost model's prediction and the signals' evidence for one candidate."""
+@dataclass
+class SharedCache:
+    """suggest's shared frozen-prefix cache, what was on disk before it, and what hashing and building cost."""
+
+    cache: disk.DiskCache
+    built: bool
+    before: frozenset | None  # hidden boundaries its key held on disk before suggest (None: no complete cache)
+    key_s: float  # seconds of work hashing the frozen weights for the key (every cached run of the sweep pays it)
+    build_s: float  # seconds of work of one build (measured here, or the cache's own record when it was reused)
+
+
+def open_shared_cache(cfg: SuggestConfig, setup: Setup, arms: list[Arm]) -> SharedCache:
+    """The shared cache of every candidate's boundary, reused or built, and what it was on disk before."""
+    base, folder, precision = setup.base_model, cache_folder(cfg), setup.classify.precision
+    use_cpu = setup.device.type != "cuda"
+    boundaries = sorted({a.start for a in arms if 2 <= a.start <= base.final_stage})
+    budget_bytes = cfg.feature_cache_budget_gb * 2**30 if cfg.feature_cache_budget_gb is not None else None
+    key, key_wall, key_cpu = cost.timed(lambda: disk.cache_key(base, setup.tokens, precision, setup.device), use_cpu)
+    found = disk.open_cache(folder, key)
+    # classify builds in batches of max(batch size, 16) (`classify.prepare_cache`): the same here, so a sweep
+    # reading this cache reads what its own build would have stored.
+    build_batch = max(cfg.batch_size, 16)
+    (cache, built), wall, cpu = cost.timed(lambda: disk.get_or_build(
+        base, setup.tokens, folder, boundaries, precision, setup.device, budget_bytes, build_batch), use_cpu)
+    if built:  # the call hashed the weights again before building: that part is not the build
+        build_s = cost.work_seconds(max(wall - key_wall, 0.0), None if cpu is None else max(cpu - key_cpu, 0.0))
+    else:
+        build_s = float(cache.meta["build_s"])
+    return SharedCache(cache, built, None if found is None else frozenset(found.boundaries),
+                       cost.work_seconds(key_wall, key_cpu), build_s)
+
+
+def measure_candidates(arms: list[Arm], setup: Setup) -> dict:
+    """A few steps and one validation pass of every candidate; returns how busy the machine was meanwhile."""
+    use_cpu = setup.device.type != "cuda"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+    def measure():
+        for arm in arms:
+            arm.advance(WARMUP_STEPS)
+            arm.evaluate()
+
+    _, wall, cpu = cost.timed(measure, use_cpu)
+    load = max(load, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cost.machine_state(wall, cpu, torch.get_num_threads(), cores, load)
+
+
+def candidate_cost(arm: Arm, shared: SharedCache, final_stage: int, num_blocks: int) -> cost.CandidateCost:
+    """What the candidate's run reads from the shared cache and its measured pieces."""
+    if arm.start == 0:
+        kind = "none"
+    elif arm.start == final_stage + 1:
+        kind = "pooled"
+    else:  # a boundary the disk budget left out: classify then builds it in memory, every run
+        kind = "hidden" if arm.start in shared.cache.boundaries else "memory"
+    own = shared.build_s * cost.cache_build_share(arm.start, num_blocks) if kind == "memory" else 0.0
+    return cost.CandidateCost(arm.name, kind, arm.start, arm.step_cost(), arm.eval_seconds_per_example(), own)
+
+
+def predict_sweep(cfg: SuggestConfig, shape: cost.RunShape, arms: list[Arm], fixed: cost.Fixed, shared: SharedCache,
+                  setup: Setup, cached: frozenset | None | str = "before") -> dict:
+    """`unfreeze sweep` over `arms` x --seeds, reading suggest's cache folder (the sweep file suggest writes
+    does), with what that folder held before suggest (`cached="before"`) or `cached`."""
+    base = setup.base_model
+    costs = [candidate_cost(a, shared, base.final_stage, base.num_blocks) for a in arms]
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    held = shared.before if cached == "before" else cached
+    sweep = cost.predict_sweep(shape, costs, fixed, seeds, held, setup.inputs.source.random, cfg.seed)
+    # Per candidate: a run reading a ready cache, and a run that has to build it first (the first of the sweep).
+    sweep["candidates"] = {c.name: {"cache": c.cache, "step_s": round(c.step_s, 5),
+                                    "ready": cost.run_seconds(shape, c, fixed),
+                                    "alone": cost.run_seconds(shape, c, fixed, builds_shared=c.wanted is not None)}
+                           for c in costs}
+    sweep["seeds"] = seeds
+    return sweep
+
+
+def candidate_evidence(arm: Arm, shape: cost.RunShape, setup: Setup, rgn: list[float], probes: list[float]) -> dict:
+    """What does not change once measured: peak memory, the signals' evidence, the cache path it trains from."""
     model, summary = arm.model, arm.summary
     num_blocks = model.num_blocks
-    seconds = cost.predict_seconds(shape, arm.step_cost(), arm.eval_seconds_per_example(), cache.meta["build_s"],
-                                   arm.start, num_blocks)
     stages = [*model.stage_modules(), [model.head]]  # the head last, as in the gradient-norm signal
     trains = [any(p.requires_grad for m in mods for p in m.parameters()) for mods in stages]
     first = trains.index(True)
@@ -213,33 +286,68 @@ def predict(arm: Arm, shape: cost.RunShape, cache, setup: Setup, rgn: list[float
     heads = int(model.body.config.get_text_config().num_attention_heads)  # GPT-2's n_head is an alias of it
     peak = cost.predict_peak_bytes(summary.total_params, summary.trainable_params, shape.batch_size,
                                    setup.max_length, model.hidden_size, with_grad, heads)
-    start_boundary = arm.start if arm.start >= 1 else 1
+    start_boundary = max(arm.start, 1)
     reader = arm.loop.inputs.reader
     cache_kind = "none" if reader is None else "pooled" if reader.start_stage > model.final_stage else "hidden"
-    return {"time": seconds, "peak_bytes": peak, "step_s": round(arm.step_cost(), 5),
-            "probe": max(probes[start_boundary - 1:]) if probes else float("nan"),
+    return {"peak_bytes": peak, "probe": max(probes[start_boundary - 1:]) if probes else float("nan"),
             "rgn_share": sum(r for r, t in zip(rgn, trains) if t) / max(sum(rgn), 1e-12),
             "cache": cache_kind, "trainable_params": summary.trainable_params,
             "total_params": summary.total_params}
 
 
-def ranked_rows(arms: list[Arm], predicted: dict, result: halving.HalvingResult, n_val: int) -> list[dict]:
+def ranked_rows(arms: list[Arm], evidence: dict, predicted: dict, result: halving.HalvingResult,
+                n_val: int) -> list[dict]:
+    """One row per candidate, best first: its score, the cost model's prediction of its run, its evidence."""
     rows = []
     for arm in arms:
         steps, accuracy, loss = arm.history[-1]
         rounds = sum(arm.name in rung.scores for rung in result.rungs)
-        p = predicted[arm.name]
+        e, p = evidence[arm.name], predicted[arm.name]
         rows.append({
-            "name": arm.name, "predicted_val_acc": round(accuracy, 4), "interval": output.wilson_interval(accuracy, n_val),
-            "trainable_params": p["trainable_params"], "total_params": p["total_params"],
-            "predicted_time_s": p["time"]["run_s"], "predicted_time_parts": p["time"],
-            "predicted_peak_bytes": p["peak_bytes"], "start_stage": arm.start,
+            "name": arm.name, "predicted_val_acc": round(accuracy, 4),
+            "interval": output.wilson_interval(accuracy, n_val),
+            "trainable_params": e["trainable_params"], "total_params": e["total_params"],
+            "predicted_time_s": p["ready"]["run_s"], "predicted_time_parts": p["ready"],
+            "predicted_alone_s": p["alone"]["run_s"], "predicted_peak_bytes": e["peak_bytes"], "start_stage": arm.start,
             "evidence": {"steps": steps, "total_steps": arm.total_steps, "rounds": rounds, "val_loss": round(loss, 5),
-                         "val_history": [list(h) for h in arm.history], "probe": p["probe"],
-                         "rgn_share": round(p["rgn_share"], 4), "step_s": p["step_s"], "cache": p["cache"],
+                         "val_history": [list(h) for h in arm.history], "probe": e["probe"],
+                         "rgn_share": round(e["rgn_share"], 4), "step_s": p["step_s"], "cache": e["cache"],
                          "full_run": steps >= arm.total_steps},
         })
     rows.sort(key=output.rank_key)
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return rows
+
+
+def outcome(cfg: SuggestConfig, rows: list[dict], result: halving.HalvingResult, sweep: dict, planned: dict,
+            confirm: dict, shared: SharedCache, fixed: cost.Fixed, machine: dict, budget_s: float, budget_kind: str,
+            clock: cost.WorkClock, probes: list[float], rgn: list[float], setup: Setup) -> dict:
+    """suggestion.json's content: the ranking, what suggest spent against the sweep it replaces, the evidence."""
+    wall, work = clock.wall(), clock()
+    sweep_s = sweep["total_s"]
+    return {
+        "pick": rows[0]["name"], "candidates": rows, "budget": cfg.budget, "budget_s": round(budget_s, 2),
+        "budget_counts": "work" if budget_kind == "share" else "wall",
+        "spent_s": round(wall, 2), "spent_work_s": round(work, 2), "spent_cpu_s": round(clock.cpu(), 2),
+        "sweep_predicted_s": round(sweep_s, 2), "spent_share": round(wall / sweep_s, 4),
+        "spent_work_share": round(work / sweep_s, 4), "cost_model_error": cost.MEASURED_RUN_ERROR,
+        "sweep": {"seeds": sweep["seeds"], "runs": sweep["runs"], "builds": sweep["builds"],
+                  "build_s": sweep["build_s"], "checks_s": sweep["checks_s"],
+                  "cached_before": None if shared.before is None else sorted(shared.before),
+                  "random_weights": setup.inputs.source.random, "cache_dir": str(shared.cache.folder.parent),
+                  "budget_basis_s": planned["total_s"]},
+        "confirm_sweep": {"top": cfg.top, "predicted_s": confirm["total_s"], "builds": confirm["builds"]},
+        "fixed": {"load_s": round(fixed.load_s, 3), "once_s": round(fixed.once_s, 3),
+                  "check_s": round(fixed.check_s, 3), "cache_key_s": round(fixed.key_s, 3),
+                  "cache_build_s": round(fixed.build_s, 3), "cache_build_measured": shared.built},
+        "machine": machine, "seeds": cfg.seeds,
+        "halving": {"eta": cfg.eta, "first_round_steps": result.first_rung_steps,
+                    "planned_s": round(result.planned_s, 2), "stopped_early": result.stopped_early,
+                    "rounds": [vars(r) for r in result.rungs]},
+        "signals": {"probe_val_acc_per_boundary": probes,
+                    "relative_gradient_norm_per_stage": [round(x, 6) for x in rgn]},
+        "cache": {"folder": str(shared.cache.folder), "built": shared.built, "bytes": shared.cache.nbytes(),
+                  "hidden_boundaries": shared.cache.boundaries, "build_s": shared.cache.meta["build_s"]},
+        "model_build_s": round(setup.build_s, 3), "config": to_dict(cfg),
+    }

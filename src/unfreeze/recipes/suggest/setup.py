@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,11 @@ class Setup:
     inputs: Inputs
     base_model: torch.nn.Module  # built with the run's seed: what the cache and the signals read
     after_head: torch.Tensor  # torch's random state right after the head: where LoRA's matrices are drawn
-    build_s: float  # seconds one build takes (part of every sweep run's cost)
+    build_s: float  # seconds of building the model (wall)
+    load_s: float = 0.0  # seconds of work every run of a sweep spends before training: the data read and
+    # tokenised, the model's config checked, the model built (`cost.work_seconds`, as a later run of a process)
+    once_s: float = 0.0  # what only the first run of a process spends on top (imports, first reads of files)
+    check_s: float = 0.0  # the options checked and the data read and tokenised (part of load_s)
 
     @property
     def tokens(self) -> dict:
@@ -68,13 +71,34 @@ def classify_config(cfg: SuggestConfig, **changes) -> ClassifyConfig:
     return ClassifyConfig(**values)
 
 
+RECHECK_UNDER_S = 5.0  # a first check shorter than this is timed once more (see `prepare`)
+
+
+def _silent() -> logging.Logger:
+    """A logger that says nothing: the second, timing-only check repeats the first one's lines."""
+    quiet = logging.getLogger("unfreeze.suggest.timing")
+    quiet.propagate, quiet.handlers = False, [logging.NullHandler()]
+    return quiet
+
+
 def prepare(cfg: SuggestConfig, log: logging.Logger) -> Setup:
     """Check every input and read the data as classify does before it writes anything; build the base model."""
     from unfreeze.recipes.classify.recipe import check
+    from unfreeze.recipes.suggest.cost import timed, work_seconds
 
-    base, inputs = check(classify_config(cfg, trainable_layers="last_layer"), log)
+    candidate = classify_config(cfg, trainable_layers="last_layer")
+    (base, inputs), wall, cpu = timed(lambda: check(candidate, log))
+    use_cpu = inputs.device.type != "cuda"
+    cold = checked = work_seconds(wall, cpu if use_cpu else None)
+    if cold < RECHECK_UNDER_S:
+        # Once more, timing only: a process's first check pays its imports and first reads (~1.5 s here), which a
+        # sweep pays once, not per run. Where the check itself takes longer (a GGUF tokenizer is parsed: ~7 s)
+        # those seconds are a small share of it, and repeating it would cost more than it corrects.
+        _, wall, cpu = timed(lambda: check(candidate, _silent()))
+        checked = min(work_seconds(wall, cpu if use_cpu else None), cold)
     setup = Setup(base, inputs, None, None, 0.0)
-    begin = time.perf_counter()
-    setup.base_model, setup.after_head = setup.build(base.seed)
-    setup.build_s = time.perf_counter() - begin
+    (setup.base_model, setup.after_head), wall, cpu = timed(lambda: setup.build(base.seed))
+    setup.build_s = wall
+    setup.load_s = checked + work_seconds(wall, cpu if use_cpu else None)
+    setup.once_s, setup.check_s = cold - checked, checked
     return setup
