@@ -115,7 +115,7 @@ def run_folder(task: str, out: str | None, overwrite: bool, *, downloads: Sequen
     folder = prepare_run_folder(out, overwrite, flag, markers, overwrite_flag) if out is not None else None
     require_downloads(downloads)
     writes = folder is not None and main_process
-    lock = run_lock(folder, f"unfreeze {task}", flag) if writes else contextlib.nullcontext()
+    lock = run_lock(folder, task, flag) if writes else contextlib.nullcontext()
     with lock:
         log = run_logger(folder if writes and log_file else None, f"unfreeze.{task}", hold=True)
         if not main_process:
