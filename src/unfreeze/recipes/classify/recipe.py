@@ -24,6 +24,7 @@ from unfreeze.recipes.classify.config import ClassifyConfig
 from unfreeze.recipes.classify.evaluate import evaluate, score_lines, score_metrics
 from unfreeze.recipes.classify.inputs import Inputs, downloads, load_inputs, validate
 from unfreeze.recipes.classify.outputs import save_outputs
+from unfreeze.models.model_config import enable_activation_checkpointing
 from unfreeze.models.trainable import TrainableSummary
 from unfreeze.recipes.classify.model import build_trainable_model
 from unfreeze.training.loop import ClassifierInputs, ClassifierTraining, Schedule
@@ -79,6 +80,8 @@ def setup(cfg: ClassifyConfig, inputs: Inputs, log, record=None) -> Training:
     model, summary = build_trainable_model(cfg, inputs.source, inputs.config, inputs.pad_token_id,
                                            len(inputs.splits.class_names))  # classes in sorted order
     model.to(device)
+    if cfg.gradient_checkpointing:  # the blocks that train recompute their activations in backward
+        enable_activation_checkpointing(model.body)
     log.info(f"trainable: {summary.trainable_params:,} of {summary.total_params:,} parameters "
              f"in {len(summary.tensors)} tensors ({cfg.trainable_layers})")
     if autocast_dtype(cfg) is not None and (warning := memory.slow_bf16_warning(device)):

@@ -96,6 +96,9 @@ class SFTConfig:
     """memory the hidden-state cache may use (default: a quarter of free memory); above it the run goes
     uncached
     """
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """attention kernels: auto (SDPA where the architecture has it, else eager), sdpa, eager, or flash_attention_2
+    (needs the flash-attn package and a CUDA GPU); recorded in metrics.json"""
     gradient_checkpointing: bool = False
     """recompute activations in backward (saves memory on big models)"""
     eval_every: int = 500

@@ -227,6 +227,7 @@ def _metrics(run: Setup, config: SFTConfig, accelerator: Any, losses: dict[str, 
         "examples_per_s": round(config.num_epochs * len(data.train.examples) / train_time, 2) if train_time else None,
         "train_history": state.train_history, "eval_history": state.eval_history,
         "resumed_from_step": state.resumed_from, "precision": precision.name,
+        "attn_implementation": accelerator.unwrap_model(run.model).hf_model.config._attn_implementation,
         "kept_step": state.best["step"] if config.keep == "best" else state.step,
     })
     return metrics
