@@ -175,6 +175,8 @@ def test_gradient_checkpointing_trains_the_same_weights(spam_csv_dir, byte_token
     assert runs[True]["history"]["train_loss"] == pytest.approx(runs[False]["history"]["train_loss"], abs=1e-6)
     assert runs[True]["test_acc"] == runs[False]["test_acc"]
     assert runs[True]["attn_implementation"] == "eager"
+    for run in runs.values():  # memory: the device's peak where torch counts one (CUDA), the process's resident peak
+        assert (run["peak_memory_bytes"] is None) == (run["device"] == "cpu") and run["peak_rss_bytes"] > 2**20
 
 
 def test_gradient_checkpointing_recomputes_the_training_blocks_in_backward(spam_csv_dir, byte_tokenizer_dir, tmp_path):

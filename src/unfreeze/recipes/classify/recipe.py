@@ -20,6 +20,7 @@ from unfreeze.cache.policy import CacheRequest
 from unfreeze.config import to_dict
 from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.offline import require_downloads
+from unfreeze.resources import peak_memory, reset_peak_memory
 from unfreeze.recipes.classify.config import ClassifyConfig
 from unfreeze.recipes.classify.evaluate import evaluate, score_lines, score_metrics
 from unfreeze.recipes.classify.inputs import Inputs, downloads, load_inputs, validate
@@ -99,6 +100,7 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
     started, log, splits = time.perf_counter(), folder.log, inputs.splits
     log.info(f"data {splits.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
              + f"; max length {inputs.max_length}")
+    reset_peak_memory(inputs.device)
     training = setup(cfg, inputs, log, record=folder.track)
     train_started = time.perf_counter()
     training.loop.advance()
@@ -124,6 +126,7 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
         "trainable_tensors": summary.tensors,
         "max_length": inputs.max_length, "n_train": len(splits.train), "n_val": len(splits.validation),
         "n_test": len(splits.test), "cache": training.cache_info, "history": history, "config": to_dict(cfg),
+        **peak_memory(inputs.device),
     }
     log.info(f"Training completed in {train_time_s / 60:.2f} minutes ({metrics['examples_per_s']} examples/s).")
     log.info(f"Training accuracy: {scores['train']['acc'] * 100:.2f}% | Validation accuracy: "
