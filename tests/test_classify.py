@@ -199,3 +199,19 @@ def test_gradient_checkpointing_recomputes_the_training_blocks_in_backward(spam_
         training.loop.advance(1)
         calls[flag] = count[0] - before
     assert (calls[False], calls[True]) == (1, 2)
+
+
+def test_the_predictions_of_validation_and_test_are_written_and_agree_with_the_metrics(spam_csv_dir,
+                                                                                       byte_tokenizer_dir, tmp_path):
+    """`predictions.jsonl` (what the report links as the run's predictions): one record per example, whose
+    correct answers are the accuracies in metrics.json."""
+    import json
+
+    metrics = run_config(tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / "run", num_epochs=1,
+                                     save_model=False))
+    rows = [json.loads(line) for line in (tmp_path / "run" / metrics["predictions_file"]).read_text().splitlines()]
+    for split, key, count in (("validation", "val_acc", metrics["n_val"]), ("test", "test_acc", metrics["n_test"])):
+        mine = [row for row in rows if row["split"] == split]
+        assert [row["index"] for row in mine] == list(range(count))
+        assert sum(row["correct"] for row in mine) / count == pytest.approx(metrics[key])
+        assert {row["label"] for row in mine} <= {str(c) for c in metrics["class_names"]}

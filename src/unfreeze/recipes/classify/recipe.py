@@ -22,13 +22,16 @@ from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.offline import require_downloads
 from unfreeze.resources import peak_memory, reset_peak_memory
 from unfreeze.recipes.classify.config import ClassifyConfig
-from unfreeze.recipes.classify.evaluate import evaluate, score_lines, score_metrics
+from unfreeze.recipes.classify.evaluate import evaluate, prediction_rows, score_lines, score_metrics
 from unfreeze.recipes.classify.inputs import Inputs, downloads, load_inputs, validate
 from unfreeze.recipes.classify.outputs import save_outputs
 from unfreeze.models.model_config import enable_activation_checkpointing
 from unfreeze.models.trainable import TrainableSummary
 from unfreeze.recipes.classify.model import build_trainable_model
 from unfreeze.training.loop import ClassifierInputs, ClassifierTraining, Schedule
+
+
+PREDICTIONS = "predictions.jsonl"  # the validation and test examples with the run's predictions
 
 
 def check(cfg: ClassifyConfig, log=None) -> tuple[ClassifyConfig, Inputs]:
@@ -109,7 +112,7 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
     train_time_s = train_loop_s + training.cache_build_s
 
     eval_started = time.perf_counter()
-    scores = evaluate(training.loop, splits.class_names)
+    scores, predicted = evaluate(training.loop, splits.class_names)
     eval_time_s = time.perf_counter() - eval_started
     history, summary = training.loop.history, training.summary
     metrics = {
@@ -132,6 +135,9 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
     log.info(f"Training accuracy: {scores['train']['acc'] * 100:.2f}% | Validation accuracy: "
              f"{scores['validation']['acc'] * 100:.2f}% | Test accuracy: {scores['test']['acc'] * 100:.2f}%")
     log.info(score_lines(scores, splits.class_names))
+    if folder.out is not None:  # what the report links as the run's predictions
+        folder.write_jsonl(PREDICTIONS, prediction_rows(splits, predicted, splits.class_names))
+        metrics["predictions_file"] = PREDICTIONS
     metrics.update(save_outputs(cfg, inputs, training.model, summary, metrics, log))  # final/, --export DIR
     return metrics
 
