@@ -163,3 +163,55 @@ def test_missing_pretrained_folder_is_a_usage_error(spam_csv_dir, byte_tokenizer
     with pytest.raises(UsageError, match="--model_size"):
         run_config(cfg)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_gradient_checkpointing_trains_the_same_weights(spam_csv_dir, byte_tokenizer_dir, tmp_path):
+    """`--gradient_checkpointing` recomputes activations in backward: the same function, so the same run."""
+    runs = {}
+    for flag in (False, True):
+        cfg = tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / str(flag), trainable_layers="all",
+                          num_epochs=1, gradient_checkpointing=flag, attn_implementation="eager")
+        runs[flag] = run_config(cfg)
+    assert runs[True]["history"]["train_loss"] == pytest.approx(runs[False]["history"]["train_loss"], abs=1e-6)
+    assert runs[True]["test_acc"] == runs[False]["test_acc"]
+    assert runs[True]["attn_implementation"] == "eager"
+    for run in runs.values():  # memory: the device's peak where torch counts one (CUDA), the process's resident peak
+        assert (run["peak_memory_bytes"] is None) == (run["device"] == "cpu") and run["peak_rss_bytes"] > 2**20
+
+
+def test_gradient_checkpointing_recomputes_the_training_blocks_in_backward(spam_csv_dir, byte_tokenizer_dir, tmp_path):
+    """It is on: a training step runs each block's layers twice (once more in backward), and not without it. (The
+    recompute calls the block's own `forward`, not its hooks: count a layer inside it.)"""
+    import logging
+
+    from unfreeze.recipes.classify import recipe
+
+    calls = {}
+    for flag in (False, True):
+        cfg = tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / f"c{flag}", trainable_layers="all",
+                          num_epochs=1, gradient_checkpointing=flag, eval_freq=1000)
+        cfg, inputs = recipe.check(cfg)
+        training = recipe.setup(cfg, inputs, logging.getLogger("test"))
+        count = [0]
+        training.model.blocks[0].mlp.c_fc.register_forward_hook(lambda *args: count.__setitem__(0, count[0] + 1))
+        training.loop.advance(2)  # step 0 also runs the periodic evaluation's forwards: compare step 1 alone
+        before = count[0]
+        training.loop.advance(1)
+        calls[flag] = count[0] - before
+    assert (calls[False], calls[True]) == (1, 2)
+
+
+def test_the_predictions_of_validation_and_test_are_written_and_agree_with_the_metrics(spam_csv_dir,
+                                                                                       byte_tokenizer_dir, tmp_path):
+    """`predictions.jsonl` (what the report links as the run's predictions): one record per example, whose
+    correct answers are the accuracies in metrics.json."""
+    import json
+
+    metrics = run_config(tiny_config(spam_csv_dir, byte_tokenizer_dir, tmp_path / "run", num_epochs=1,
+                                     save_model=False))
+    rows = [json.loads(line) for line in (tmp_path / "run" / metrics["predictions_file"]).read_text().splitlines()]
+    for split, key, count in (("validation", "val_acc", metrics["n_val"]), ("test", "test_acc", metrics["n_test"])):
+        mine = [row for row in rows if row["split"] == split]
+        assert [row["index"] for row in mine] == list(range(count))
+        assert sum(row["correct"] for row in mine) / count == pytest.approx(metrics[key])
+        assert {row["label"] for row in mine} <= {str(c) for c in metrics["class_names"]}

@@ -274,7 +274,7 @@ def test_row_scoped_set_and_options_files(tmp_path):
 
 @pytest.mark.parametrize("case,expected", [
     ({"command": "nope"}, "unknown command 'nope'"),
-    ({"rows": [{"name": "a", "options": {"bogus": 1}}]}, "unknown key(s) bogus in row 'a'"),
+    ({"rows": [{"name": "a", "options": {"bogus": 1}}]}, "unknown key bogus in row 'a'"),
     ({"rows": [{"name": "a"}, {"name": "a"}]}, "duplicate row name 'a'"),
     ({"rows": [{"name": "a", "typo": 1}]}, "unknown key(s) typo in row 'a'"),
     ({"rows": [{"name": "a", "init_from": "zz"}]}, "init_from 'zz' is not a row"),
@@ -299,7 +299,7 @@ def test_bad_sweep_files_fail_before_anything_runs(tmp_path, capsys, case, expec
 @pytest.mark.parametrize("args,expected", [
     (["--rows", "9"], "--rows '9': '9' matches no row"),
     (["--rows", "nothing_*"], "matches no row"),
-    (["--set", "bogus=1"], "unknown key(s) bogus in row 'a'"),
+    (["--set", "bogus=1"], "unknown key bogus in row 'a'"),
     (["--set", "seed=1"], "--set seed=... is not allowed"),
     (["--set", "novalue"], "expected key=value"),
     (["--seeds", "1,x"], "expected comma-separated integers"),

@@ -21,6 +21,7 @@ the text "no" instead of YAML 1.1's False.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -140,8 +141,16 @@ def parser_for(cls: type, prog: str = "unfreeze", description: str | None = None
     return parser
 
 
-def _valid_keys(cls: type) -> str:
-    return ", ".join(f.name for f in dataclasses.fields(cls))
+def _unknown_key(cls: type, key: str, place: str = "") -> str:
+    """The line for a key `cls` has no field for: the nearest names when the key looks misspelt, else all of them.
+
+    Listing every key of a forty-field config buries the fix, so a close match is offered alone.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(key.lstrip("-").replace("-", "_"), names, n=3, cutoff=0.6)
+    if close:
+        return f"unknown key {key}{place}; did you mean {' or '.join(close)}?"
+    return f"unknown key {key}{place}; valid keys: {', '.join(names)}"
 
 
 # jsonargparse (4.53) reports bad input as text only, no structured error; these are the pieces of that text
@@ -171,7 +180,7 @@ def _one_line(err: BaseException, cls: type, where: str | None = None, given: Ma
     unknown = found["unrecognized"] or found["not_accepted"]
     if unknown:
         key = unknown.group("key").split("=", 1)[0]
-        return f"unknown key(s) {key}{place}; valid keys: {_valid_keys(cls)}"
+        return _unknown_key(cls, key, place)
     if found["missing_config"]:
         return f"config file {found['missing_config'].group('path')} does not exist"
     key = found["parser_key"].group("key") if found["parser_key"] else None
@@ -325,7 +334,7 @@ def parse_overrides(cls: type, items: Sequence[str], where: str = "the overrides
         key, text = match.groups()
         key = _canonical(cls, key)
         if key not in {f.name for f in dataclasses.fields(cls)}:
-            raise UsageError(f"unknown key(s) {key} in {where}; valid keys: {_valid_keys(cls)}")
+            raise UsageError(_unknown_key(cls, key, f" in {where}"))
         try:
             values[key] = parser.parse_args(normalize_argv(cls, [f"{key}={text}"]))[key]
         except Exception as err:  # noqa: BLE001 - see parse_args

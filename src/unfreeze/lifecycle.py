@@ -14,6 +14,7 @@ in place until the new run has finished (so a failed rerun loses nothing).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 from unfreeze.files import (
     atomic_write_json,
+    atomic_write_text,
     close_logger,
     is_finished,
     log_failure,
@@ -85,6 +87,12 @@ class Run:
         """A result file of the run, written atomically (nothing when the run has no folder)."""
         return atomic_write_json(self.out / name, data) if self.out is not None else None
 
+    def write_jsonl(self, name: str, rows: list[dict]) -> Path | None:
+        """A result file of one JSON record per line, written atomically (nothing when the run has no folder)."""
+        if self.out is None:
+            return None
+        return atomic_write_text(self.out / name, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+
     def finish(self, metrics: dict[str, Any], config: dict[str, Any] | None = None, file: str = "metrics.json") -> None:
         """The run succeeded: its final metrics to the tracker (`metrics["tracker_run"]` says where), then
         its config.json and `file` (metrics.json) -- last, which marks the run finished."""
@@ -115,7 +123,7 @@ def run_folder(task: str, out: str | None, overwrite: bool, *, downloads: Sequen
     folder = prepare_run_folder(out, overwrite, flag, markers, overwrite_flag) if out is not None else None
     require_downloads(downloads)
     writes = folder is not None and main_process
-    lock = run_lock(folder, f"unfreeze {task}", flag) if writes else contextlib.nullcontext()
+    lock = run_lock(folder, task, flag) if writes else contextlib.nullcontext()
     with lock:
         log = run_logger(folder if writes and log_file else None, f"unfreeze.{task}", hold=True)
         if not main_process:

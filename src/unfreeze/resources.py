@@ -33,3 +33,20 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or mps") from None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the peak memory of `device` from now (CUDA; elsewhere nothing to reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, int | None]:
+    """The run's peak memory: `peak_memory_bytes`, what tensors held at most on a CUDA device since the last
+    reset (None elsewhere: torch counts no peak on the CPU), and `peak_rss_bytes`, the process's resident peak
+    (all it ever held, runs before this one in the same process included: an upper bound)."""
+    import resource
+
+    cuda = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    return {"peak_memory_bytes": cuda, "peak_rss_bytes": int(rss)}

@@ -128,3 +128,13 @@ def fused_activation(config) -> None:
     for key in ("activation_function", "hidden_act"):
         if getattr(config, key, None) in FUSED_ACTIVATIONS:
             setattr(config, key, FUSED_ACTIVATIONS[getattr(config, key)])
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Blocks recompute their activations in backward instead of keeping them (transformers' own switch; its
+    newer name where this transformers has it, the older one otherwise)."""
+    kwargs = {"use_reentrant": False}  # the reentrant variant needs an input that requires grad
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -171,61 +171,11 @@ def load_sweep(
     if not raw_rows:
         raise UsageError(f"{path} has no rows (give 'rows', 'grid', or both)")
 
-    config_class = command.config
     rows: list[Row] = []
-    seen: set[str] = set()
     for index, raw in enumerate(raw_rows, start=1):
-        row_name = raw["name"]
-        where = f"row {row_name!r} of {path}"
-        if row_name in seen:
-            raise UsageError(f"{path}: duplicate row name {row_name!r}; row names must be unique")
-        seen.add(row_name)
-        options = {**_options_file(raw.get("config"), path, f"'config' of {where}"),
-                   **_mapping(raw.get("options"), f"'options' of {where}")}
-        for reserved in (command.out_option, command.seed_option):
-            if reserved in options or reserved in settings:
-                hint = "set seeds with 'seeds:' or --seeds" if reserved == command.seed_option else "use --out"
-                raise UsageError(f"{where}: option {reserved!r} is set by the sweep itself ({hint})")
-        if raw.get("init_from") is not None:
-            if command.init_option is None:
-                raise UsageError(f"{where}: init_from is not supported for command {command.name!r}")
-            # (a row's options file may name a starting model: init_from replaces it)
-            clash = sorted({command.init_option, *command.init_replaces} & set(raw.get("options") or {}))
-            if clash:
-                raise UsageError(f"{where}: option(s) {', '.join(clash)} conflict with init_from "
-                                 f"(the run starts from the output of row {raw['init_from']!r})")
-        # --set values are read by the same parser as the command's own flags
-        row_overrides = config_system.parse_overrides(
-            config_class, [f"{k}={v}" for k, v in overrides_for(overrides, row_name).items()],
-            where=f"{where} (with --set)")
-        merged = {**settings, **options, **row_overrides}
-        if raw.get("init_from") is not None:  # the dependency's output replaces the starting model
-            for key in (command.init_option, *command.init_replaces):
-                merged.pop(key, None)
-        merged = _absolute_paths(merged, command.path_options)
-        suffix = " (with --set)" if row_overrides else ""
-        try:
-            config = config_from_mapping(config_class, merged, where + suffix)
-        except UsageError as err:
-            raise UsageError(str(err) if where in str(err) else f"{where}{suffix}: {err}") from None
-        published = _mapping(raw.get("published"), f"'published' of {where}")
-        bad = sorted(set(published) - set(command.metric_keys))
-        if bad:
-            raise UsageError(f"{where}: published value(s) for unknown metric(s) {', '.join(bad)}; "
-                             f"known: {', '.join(command.metric_keys)}")
-        full = dataclasses.asdict(config)
-        rows.append(Row(
-            index=index,
-            name=row_name,
-            options={k: full[k] for k in merged},
-            config={k: v for k, v in full.items() if k not in (command.out_option, command.seed_option)},
-            init_from=raw.get("init_from"),
-            resources=dict(resources) if resources is not None else
-            {**default_resources, **parse_resources(raw.get("resources"), where)},
-            published=published,
-            label=raw.get("label"),
-            note=raw.get("note"),
-        ))
+        if any(row.name == raw["name"] for row in rows):
+            raise UsageError(f"{path}: duplicate row name {raw['name']!r}; row names must be unique")
+        rows.append(_row(command, index, raw, settings, overrides, resources, default_resources, path))
     _check_dependencies(rows, path)
     for key in overrides:
         scope = key.rpartition(":")[0]
@@ -235,13 +185,68 @@ def load_sweep(
     if seeds is None:
         file_seeds = data.get("seeds")
         if file_seeds is None:
-            default_seed = getattr(config_class(), command.seed_option)
+            default_seed = getattr(command.config(), command.seed_option)
             seeds = [default_seed]
         else:
             file_seeds = file_seeds if isinstance(file_seeds, list) else [file_seeds]
             seeds = parse_seeds(",".join(str(s) for s in file_seeds))
     return Sweep(command=command, rows=rows, seeds=list(seeds), overrides=overrides, path=str(path.resolve()),
                  description=data.get("description"), source=data.get("source"))
+
+
+def _row(command: Task, index: int, raw: dict[str, Any], settings: dict[str, Any], overrides: dict[str, Any],
+         resources: dict[str, Any] | None, default_resources: dict[str, Any], path: Path) -> Row:
+    """One row of a sweep file, resolved: its options (settings < row < --set, typed and checked by the command's
+    own parser), paths made absolute, published values checked against the command's metrics."""
+    config_class = command.config
+    row_name = raw["name"]
+    where = f"row {row_name!r} of {path}"
+    options = {**_options_file(raw.get("config"), path, f"'config' of {where}"),
+               **_mapping(raw.get("options"), f"'options' of {where}")}
+    for reserved in (command.out_option, command.seed_option):
+        if reserved in options or reserved in settings:
+            hint = "set seeds with 'seeds:' or --seeds" if reserved == command.seed_option else "use --out"
+            raise UsageError(f"{where}: option {reserved!r} is set by the sweep itself ({hint})")
+    if raw.get("init_from") is not None:
+        if command.init_option is None:
+            raise UsageError(f"{where}: init_from is not supported for command {command.name!r}")
+        # (a row's options file may name a starting model: init_from replaces it)
+        clash = sorted({command.init_option, *command.init_replaces} & set(raw.get("options") or {}))
+        if clash:
+            raise UsageError(f"{where}: option(s) {', '.join(clash)} conflict with init_from "
+                             f"(the run starts from the output of row {raw['init_from']!r})")
+    # --set values are read by the same parser as the command's own flags
+    row_overrides = config_system.parse_overrides(
+        config_class, [f"{k}={v}" for k, v in overrides_for(overrides, row_name).items()],
+        where=f"{where} (with --set)")
+    merged = {**settings, **options, **row_overrides}
+    if raw.get("init_from") is not None:  # the dependency's output replaces the starting model
+        for key in (command.init_option, *command.init_replaces):
+            merged.pop(key, None)
+    merged = _absolute_paths(merged, command.path_options)
+    suffix = " (with --set)" if row_overrides else ""
+    try:
+        config = config_from_mapping(config_class, merged, where + suffix)
+    except UsageError as err:
+        raise UsageError(str(err) if where in str(err) else f"{where}{suffix}: {err}") from None
+    published = _mapping(raw.get("published"), f"'published' of {where}")
+    bad = sorted(set(published) - set(command.metric_keys))
+    if bad:
+        raise UsageError(f"{where}: published value(s) for unknown metric(s) {', '.join(bad)}; "
+                         f"known: {', '.join(command.metric_keys)}")
+    full = dataclasses.asdict(config)
+    return Row(
+        index=index,
+        name=row_name,
+        options={k: full[k] for k in merged},
+        config={k: v for k, v in full.items() if k not in (command.out_option, command.seed_option)},
+        init_from=raw.get("init_from"),
+        resources=dict(resources) if resources is not None else
+        {**default_resources, **parse_resources(raw.get("resources"), where)},
+        published=published,
+        label=raw.get("label"),
+        note=raw.get("note"),
+    )
 
 
 def _options_file(value: Any, sweep_path: Path, where: str) -> dict[str, Any]:

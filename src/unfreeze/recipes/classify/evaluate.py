@@ -6,11 +6,24 @@ from unfreeze import scoring
 from unfreeze.training.loop import SPLITS
 
 
-def evaluate(loop, class_names) -> dict:
+def evaluate(loop, class_names) -> tuple[dict, dict]:
     """`scoring.split_scores` of every split (accuracy, macro-F1, confusion matrix, per-class table), from a
-    whole loader pass of the trained loop (`ClassifierTraining.predictions`)."""
-    return {name: scoring.split_scores(*loop.predictions(name, desc=f"evaluating ({name})"), class_names)
-            for name in SPLITS}
+    whole loader pass of the trained loop (`ClassifierTraining.predictions`); and the (true, predicted)
+    classes behind them, per split (validation and test in example order: their loaders do not shuffle)."""
+    predicted = {name: loop.predictions(name, desc=f"evaluating ({name})") for name in SPLITS}
+    return {name: scoring.split_scores(*predicted[name], class_names) for name in SPLITS}, predicted
+
+
+def prediction_rows(splits, predicted: dict, class_names) -> list[dict]:
+    """One record per validation and test example: its text, its class and the run's prediction (the file the
+    report links as the run's predictions)."""
+    rows = []
+    for split, frame in (("validation", splits.validation), ("test", splits.test)):
+        true, guess = predicted[split]
+        for index, (text, label, prediction) in enumerate(zip(frame["Text"], true, guess)):
+            rows.append({"split": split, "index": index, "text": str(text), "label": str(class_names[label]),
+                         "predicted": str(class_names[prediction]), "correct": label == prediction})
+    return rows
 
 
 def score_metrics(scores: dict, class_names) -> dict:

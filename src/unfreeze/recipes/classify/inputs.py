@@ -134,7 +134,7 @@ def load_inputs(cfg: ClassifyConfig, log) -> Inputs:
             f"--batch_size {cfg.batch_size} is larger than the {len(splits.train)} training examples: the training "
             f"loader drops incomplete batches, so nothing would train; use --batch_size {len(splits.train)} or less")
     source = model_source(cfg)
-    config = body_config(source)
+    config = body_config(source, cfg.attn_implementation)
     check_structure(source, config, cfg.trainable_layers, cfg.lora_rank)
     tokenizer = source.load_tokenizer()
     pad_token_id = padding_token(tokenizer, config, source)

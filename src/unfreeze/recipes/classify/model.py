@@ -27,12 +27,12 @@ def model_source(cfg) -> ModelSource:
                        cfg.tokenizer, "--tokenizer")
 
 
-def body_config(source: ModelSource):
+def body_config(source: ModelSource, attention: str = "auto"):
     """The base model's config, checked (sizes, heads, memory) without building anything: dropout 0.0 as the
     reference trains (it also makes frozen layers deterministic, so they can be cached), GPT-2's fused GELU,
     and SDPA where the architecture has it, else eager (`models.structure.attention_implementation`)."""
     config = source.config(dropout=0.0, fused_activation=True)
-    config._attn_implementation = attention_implementation(config)
+    config._attn_implementation = attention_implementation(config, attention)
     check_fits_in_memory(config, source.overrides_flag if source.overrides else source.flag)
     return config
 

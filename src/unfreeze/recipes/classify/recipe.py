@@ -20,13 +20,18 @@ from unfreeze.cache.policy import CacheRequest
 from unfreeze.config import to_dict
 from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.offline import require_downloads
+from unfreeze.resources import peak_memory, reset_peak_memory
 from unfreeze.recipes.classify.config import ClassifyConfig
-from unfreeze.recipes.classify.evaluate import evaluate, score_lines, score_metrics
+from unfreeze.recipes.classify.evaluate import evaluate, prediction_rows, score_lines, score_metrics
 from unfreeze.recipes.classify.inputs import Inputs, downloads, load_inputs, validate
 from unfreeze.recipes.classify.outputs import save_outputs
+from unfreeze.models.model_config import enable_activation_checkpointing
 from unfreeze.models.trainable import TrainableSummary
 from unfreeze.recipes.classify.model import build_trainable_model
 from unfreeze.training.loop import ClassifierInputs, ClassifierTraining, Schedule
+
+
+PREDICTIONS = "predictions.jsonl"  # the validation and test examples with the run's predictions
 
 
 def check(cfg: ClassifyConfig, log=None) -> tuple[ClassifyConfig, Inputs]:
@@ -79,6 +84,8 @@ def setup(cfg: ClassifyConfig, inputs: Inputs, log, record=None) -> Training:
     model, summary = build_trainable_model(cfg, inputs.source, inputs.config, inputs.pad_token_id,
                                            len(inputs.splits.class_names))  # classes in sorted order
     model.to(device)
+    if cfg.gradient_checkpointing:  # the blocks that train recompute their activations in backward
+        enable_activation_checkpointing(model.body)
     log.info(f"trainable: {summary.trainable_params:,} of {summary.total_params:,} parameters "
              f"in {len(summary.tensors)} tensors ({cfg.trainable_layers})")
     if autocast_dtype(cfg) is not None and (warning := memory.slow_bf16_warning(device)):
@@ -96,6 +103,7 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
     started, log, splits = time.perf_counter(), folder.log, inputs.splits
     log.info(f"data {splits.source}: " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
              + f"; max length {inputs.max_length}")
+    reset_peak_memory(inputs.device)
     training = setup(cfg, inputs, log, record=folder.track)
     train_started = time.perf_counter()
     training.loop.advance()
@@ -104,7 +112,7 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
     train_time_s = train_loop_s + training.cache_build_s
 
     eval_started = time.perf_counter()
-    scores = evaluate(training.loop, splits.class_names)
+    scores, predicted = evaluate(training.loop, splits.class_names)
     eval_time_s = time.perf_counter() - eval_started
     history, summary = training.loop.history, training.summary
     metrics = {
@@ -121,11 +129,15 @@ def train_and_evaluate(cfg: ClassifyConfig, inputs: Inputs, folder: Run) -> dict
         "trainable_tensors": summary.tensors,
         "max_length": inputs.max_length, "n_train": len(splits.train), "n_val": len(splits.validation),
         "n_test": len(splits.test), "cache": training.cache_info, "history": history, "config": to_dict(cfg),
+        **peak_memory(inputs.device),
     }
     log.info(f"Training completed in {train_time_s / 60:.2f} minutes ({metrics['examples_per_s']} examples/s).")
     log.info(f"Training accuracy: {scores['train']['acc'] * 100:.2f}% | Validation accuracy: "
              f"{scores['validation']['acc'] * 100:.2f}% | Test accuracy: {scores['test']['acc'] * 100:.2f}%")
     log.info(score_lines(scores, splits.class_names))
+    if folder.out is not None:  # what the report links as the run's predictions
+        folder.write_jsonl(PREDICTIONS, prediction_rows(splits, predicted, splits.class_names))
+        metrics["predictions_file"] = PREDICTIONS
     metrics.update(save_outputs(cfg, inputs, training.model, summary, metrics, log))  # final/, --export DIR
     return metrics
 

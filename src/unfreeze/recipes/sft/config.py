@@ -108,6 +108,9 @@ class SFTConfig:
     frozen network, data and precision, else built there; memory otherwise (default: none)"""
     feature_cache_budget_gb: float | None = None
     """disk the shared store may use (default: a quarter of the free disk under feature_cache_dir)"""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """attention kernels: auto (SDPA where the architecture has it, else eager), sdpa, eager, or flash_attention_2
+    (needs the flash-attn package and a CUDA GPU); recorded in metrics.json"""
     gradient_checkpointing: bool = False
     """recompute activations in backward (saves memory on big models)"""
     eval_every: int = 500

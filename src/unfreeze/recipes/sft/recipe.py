@@ -23,6 +23,7 @@ from unfreeze.config import parse_args, to_dict
 from unfreeze.errors import UsageError
 from unfreeze.lifecycle import Run, Tracking, run_folder
 from unfreeze.offline import require_downloads
+from unfreeze.resources import peak_memory, reset_peak_memory
 from unfreeze.recipes.sft import outputs as sft_outputs
 from unfreeze.tracking import check_tracker
 from unfreeze.recipes.sft import resume as sft_resume
@@ -89,6 +90,7 @@ def train_and_save(config: SFTConfig, precision: Precision, out: Path, folder: R
     log, main = folder.log, accelerator.is_main_process
     resume_from = sft_resume.resume_point(config, out, accelerator.num_processes)
     # The model and data are built and checked before anything is written (bad input leaves no trace).
+    reset_peak_memory(accelerator.device)
     run = setup(config, accelerator, log, precision, resume_from, read)
     accelerator.wait_for_everyone()  # every process has decided before old checkpoints may be removed
     if main:
@@ -100,7 +102,7 @@ def train_and_save(config: SFTConfig, precision: Precision, out: Path, folder: R
                        checkpoint=lambda: sft_resume.save_checkpoint(run, config, accelerator, log), record=folder.track)
     loop.advance()
     losses = loop.finish()
-    metrics = _metrics(run, config, accelerator, losses, precision)
+    metrics = {**_metrics(run, config, accelerator, losses, precision), **peak_memory(accelerator.device)}
     final = save(run, config, accelerator, log, metrics)
     accelerator.free_memory()
     return metrics, final, run.data.test_file
@@ -226,6 +228,7 @@ def _metrics(run: Setup, config: SFTConfig, accelerator: Any, losses: dict[str, 
         "examples_per_s": round(config.num_epochs * len(data.train.examples) / train_time, 2) if train_time else None,
         "train_history": state.train_history, "eval_history": state.eval_history,
         "resumed_from_step": state.resumed_from, "precision": precision.name,
+        "attn_implementation": accelerator.unwrap_model(run.model).hf_model.config._attn_implementation,
         "kept_step": state.best["step"] if config.keep == "best" else state.step,
     })
     return metrics

@@ -56,6 +56,11 @@ def build_model(config: SFTConfig, log: Any, dtype: Any = None):
         base = source.load("causal_lm", dtype=dtype)
         model = ControlTokenLM.from_base(base, tokenizer, tokens, config.detach_head, config.pause_tokenization)
         said = f"model: {config.model} ({config.weights} weights); control tokens {tokens or 'none'}"
+    if config.attn_implementation != "auto":  # auto: transformers' own choice (SDPA where the model has it)
+        from unfreeze.models.structure import attention_implementation
+
+        hf = model.hf_model
+        hf.set_attn_implementation(attention_implementation(hf.config, config.attn_implementation))
     adapter = next((term for term in choice_terms(config) if term.lora), None)
     if config.lora or adapter is not None:
         targets = [t.strip() for t in config.lora_target_modules.split(",")] if config.lora_target_modules else None
@@ -135,7 +140,9 @@ def trainable_model(config: SFTConfig, log: Any, precision: Any) -> tuple[Any, A
     for line in trainable.lines():
         log.info(line)
     if config.gradient_checkpointing:
-        model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from unfreeze.models.model_config import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model.hf_model)
     return model, trainable
 
 
