@@ -10,7 +10,7 @@ import sys
 
 from unfreeze.config import parse_args
 from unfreeze.errors import UsageError
-from unfreeze.registry import TASKS, Task
+from unfreeze.registry import TASKS, Task, suggest_task
 from unfreeze.reporting.table import ReportConfig
 from unfreeze.sweep.config import SweepConfig
 
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     task = commands().get(name)
+    if name == "suggest" and task is not None:  # classify's or sft's form, from --task or the arguments
+        task = suggest_task(rest)
     if task is None:
         print(f"unfreeze: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return 2

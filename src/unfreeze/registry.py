@@ -20,7 +20,7 @@ from unfreeze.recipes.eval_gsm8k.config import EvalConfig
 from unfreeze.recipes.export.config import ExportConfig
 from unfreeze.recipes.inject_pauses.config import InjectPausesConfig
 from unfreeze.recipes.sft.config import SFTConfig
-from unfreeze.recipes.suggest.config import SuggestConfig
+from unfreeze.recipes.suggest.config import SFTSuggestConfig, SuggestConfig
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,12 @@ def run_suggest(config: SuggestConfig) -> dict:
     return run(config)
 
 
+def run_suggest_sft(config: SFTSuggestConfig) -> dict:
+    from unfreeze.recipes.suggest.sft_recipe import run
+
+    return run(config)
+
+
 def run_export(config: ExportConfig) -> dict:
     from unfreeze.recipes.export.recipe import run
 
@@ -188,6 +194,35 @@ TASKS: dict[str, Task] = {task.name: task for task in (
     Task("export", "write a choice for PEFT, axolotl or LLaMA-Factory, or as parameter names", ExportConfig, run_export,
          positional=("choice",)),
 )}
+
+
+# `unfreeze suggest --task sft CONFIG`: the same command, when a candidate's full run is an sft run.
+SUGGEST_SFT = Task("suggest", "which parameters to train for sft: rank candidates by validation loss",
+                   SFTSuggestConfig, run_suggest_sft, positional=("config",))
+
+
+def suggest_task(argv: list[str]) -> Task:
+    """`unfreeze suggest`'s task from its arguments: --task, else sft when the first argument is a YAML config (sft's
+    form) or --data is a GSM8K or inject-pauses folder (train.jsonl / train.json), else classify."""
+    from pathlib import Path
+
+    def value_of(key: str) -> str | None:
+        for i, arg in enumerate(argv):
+            if arg in (f"--{key}",) and i + 1 < len(argv):
+                return argv[i + 1]
+            for prefix in (f"--{key}=", f"{key}="):
+                if arg.startswith(prefix):
+                    return arg[len(prefix):]
+        return None
+
+    task = value_of("task")
+    if task in (None, "auto"):
+        first_is_config = bool(argv) and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml"))
+        data = value_of("data")
+        prompt_data = data is not None and any((Path(data).expanduser() / name).is_file()
+                                               for name in ("train.jsonl", "train.json"))
+        task = "sft" if first_is_config or prompt_data else "classify"
+    return SUGGEST_SFT if task == "sft" else TASKS["suggest"]
 
 
 def register_task(task: Task) -> None:

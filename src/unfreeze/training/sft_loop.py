@@ -244,6 +244,15 @@ class SFTTraining:
         eval_loss = eval_lm_loss * eval_normal_tokens / eval_tokens + eval_pause_loss.
         """
         run, accelerator = self.run, self.accelerator
+        # A validation pass draws nothing from the run's random stream (iterating a loader draws its base seed from
+        # it): the training steps, their dropout included, are the same whatever eval_every, and suggest may score
+        # a candidate whenever its rounds end without changing the run it stands for.
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._validation_losses()
+
+    def _validation_losses(self) -> dict[str, float]:
+        run, accelerator = self.run, self.accelerator
         run.model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
         for batch in run.val_loader:

@@ -51,7 +51,7 @@ def check(config: SFTConfig, model_from_dependency: bool = False) -> None:
     model is another run's output, not there yet, so it is not checked."""
     import logging
 
-    _check_config(config, check_model=not model_from_dependency)
+    check_config(config, check_model=not model_from_dependency)
     if not model_from_dependency and not _saved_folder(config):
         require_downloads(sft_setup.model_source(config).downloads())
     sft_setup.read_data(config, logging.getLogger("unfreeze.sft.check"))
@@ -65,7 +65,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    _check_config(config)
+    check_config(config)
     precision = resolve_precision(config.precision)
     # The process group (one process, or `accelerate launch`'s), made as the accelerator would make it.
     main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
@@ -86,7 +86,7 @@ def run(config: SFTConfig) -> dict[str, Any]:
 def train_and_save(config: SFTConfig, precision: Precision, out: Path, folder: Run, read) -> tuple[dict, Path, Any]:
     """Everything that needs the accelerator: resume point, setup, the loop, the saved model. The accelerator
     and the run's objects are released when this returns (the test generation needs the memory)."""
-    accelerator = _accelerator(config, out)
+    accelerator = accelerator_for(config, out)
     log, main = folder.log, accelerator.is_main_process
     resume_from = sft_resume.resume_point(config, out, accelerator.num_processes)
     # The model and data are built and checked before anything is written (bad input leaves no trace).
@@ -194,7 +194,7 @@ def test(config: SFTConfig, final: Path, folder: Run, test_file: Path | None) ->
 # --- pieces -------------------------------------------------------------------------------------------
 
 
-def _accelerator(config: SFTConfig, out: Path) -> Any:
+def accelerator_for(config: SFTConfig, out: Path) -> Any:
     """One run's accelerator. Mixed precision is this run's own autocast (`training.precision`), so every
     accelerator of a process (a sweep runs many recipes in one) is made with the same settings."""
     from accelerate import Accelerator
@@ -258,7 +258,7 @@ def _cache_hidden_states(config: SFTConfig, model: Any, data: Any, pad_id: int, 
                                   disk_budget_gb=config.feature_cache_budget_gb)
 
 
-def _model_config(config: SFTConfig) -> Any:
+def model_config_of(config: SFTConfig) -> Any:
     """The architecture of `model` (a saved pause-model folder's own config.json), read without weights."""
     if _saved_folder(config):
         from transformers import AutoConfig
@@ -274,7 +274,7 @@ def _saved_folder(config: SFTConfig) -> bool:
     return (Path(config.model).expanduser() / MARKER_FILE).is_file()
 
 
-def _check_config(config: SFTConfig, check_model: bool = True) -> None:
+def check_config(config: SFTConfig, check_model: bool = True) -> None:
     """Problems that can be named before anything heavy is loaded."""
     if not config.out:
         raise UsageError("no run folder: pass --out DIR (or set `out` in the config)")
@@ -305,7 +305,7 @@ def _check_config(config: SFTConfig, check_model: bool = True) -> None:
             raise UsageError(f"{', '.join(on)} need a control token, but pause_token is null")
     if check_model and not _saved_folder(config):
         sft_setup.model_source(config).check()
-    sft_setup.check_choice(config, (lambda: _model_config(config)) if check_model else None)
+    sft_setup.check_choice(config, (lambda: model_config_of(config)) if check_model else None)
     if config.merge_lora and not (config.lora or any(term.lora for term in sft_setup.choice_terms(config))):
         raise UsageError("merge_lora: true needs lora: true (or a lora word in trainable_layers)")
     check_tracker(config.report_to, "report_to")

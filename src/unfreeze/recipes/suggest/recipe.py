@@ -132,13 +132,16 @@ def cache_reader(cache, start: int, final_stage: int):
     return None
 
 
-def report_round(rung, folder: Run, log) -> None:
-    """A round's scores: said, and to the tracker (each candidate's validation accuracy and loss at its steps)."""
+def report_round(rung, folder: Run, log, by_loss: bool = False) -> None:
+    """A round's scores: said, and to the tracker (each candidate's validation accuracy and loss at its steps; with
+    `by_loss`, an sft round's, its loss alone)."""
     kept = ", ".join(rung.kept)
-    scores = "; ".join(f"{name} {acc:.3f} at {rung.steps[name]} steps" for name, (acc, _) in rung.scores.items())
+    scores = "; ".join(f"{name} {f'loss {loss:.4f}' if by_loss else f'{acc:.3f}'} at {rung.steps[name]} steps"
+                       for name, (acc, loss) in rung.scores.items())
     log.info(f"round done: {scores}; kept {kept}")
     for name, (accuracy, loss) in rung.scores.items():
-        folder.track({f"{name}/val_acc": accuracy, f"{name}/val_loss": loss}, rung.steps[name])
+        numbers = {f"{name}/val_loss": loss} if by_loss else {f"{name}/val_acc": accuracy, f"{name}/val_loss": loss}
+        folder.track(numbers, rung.steps[name])
 
 
 def rgn_signal(setup: Setup, batch_size: int) -> list[float]:
