@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pause_helpers import GSM8K, PAUSE, save_tiny_tokenizer, toy_rows, write_rows
+from pause_helpers import GSM8K, PAUSE, save_tiny_tokenizer, toy_rows
 from unfreeze.cli import main as cli_main
 from unfreeze.config import parse_args
 from unfreeze.recipes.suggest import candidates as cand
@@ -219,3 +219,12 @@ def test_smollm2_on_gsm8k_through_the_cli(tmp_path, smollm2_gguf, capsys):
     assert all("test_accuracy" in r and r["test_questions"] == 2 for r in rows)
     assert all(1.0 < r["val_loss"] < 5.0 for r in rows)  # a pretrained model's loss on GSM8K answers, not a random one's
     assert rows[0]["trainable_params"] != rows[1]["trainable_params"]
+
+
+def test_the_python_api_takes_an_sft_config_file(tmp_path, pause_data):
+    import unfreeze
+
+    result = unfreeze.suggest(_config(tmp_path, pause_data), candidates="last_layer,all", budget="0.6",
+                              out=str(tmp_path / "s"))
+    assert result.metrics["task"] == "sft" and result.metrics["pick"] in ("last_layer", "all")
+    assert (tmp_path / "s" / "suggestion.json").is_file()

@@ -40,17 +40,19 @@ class Result:
         return self.metrics[key]
 
 
-def _config(task: str, config: Any, options: dict) -> Any:
-    cls = TASKS[task].config
+def _config(task: str, config: Any, options: dict, cls: type | None = None) -> Any:
+    cls = cls or TASKS[task].config
     if config is not None and not isinstance(config, cls):
         raise UsageError(f"unfreeze.{task.replace('-', '_')}: expected a {cls.__name__}, got {type(config).__name__}")
     values = {} if config is None else {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}
     return config_from_mapping(cls, {**values, **options}, where=f"unfreeze.{task}(...)")
 
 
-def _run(task: str, config: Any, options: dict) -> Result:
-    cfg = _config(task, config, options)
-    result = TASKS[task].run(cfg)
+def _run(task: str, config: Any, options: dict, chosen: Any = None) -> Result:
+    """Run `task` (or the `chosen` form of it: suggest's sft form) with a config and/or options."""
+    chosen = chosen or TASKS[task]
+    cfg = _config(task, config, options, chosen.config)
+    result = chosen.run(cfg)
     metrics = result if isinstance(result, dict) else {}
     out = getattr(cfg, "out", None)
     export = getattr(cfg, "export", None)
@@ -73,8 +75,18 @@ def sft(config: Any = None, /, **options: Any) -> Result:
 
 
 def suggest(config: Any = None, /, **options: Any) -> Result:
-    """`unfreeze suggest`: a SuggestConfig and/or its options; `metrics` is suggestion.json (pick, candidates)."""
-    return _run("suggest", config, options)
+    """`unfreeze suggest`: a SuggestConfig and/or its options; for sft candidates an SFTSuggestConfig, an sft YAML
+    file's path (read first, as `unfreeze suggest FILE`) or task="sft". `metrics` is suggestion.json (pick,
+    candidates)."""
+    from unfreeze.recipes.suggest.config import SFTSuggestConfig
+    from unfreeze.registry import SUGGEST_SFT
+
+    if isinstance(config, (str, Path)):
+        from unfreeze.config import parse_args
+
+        config = parse_args(SFTSuggestConfig, [str(config)], "unfreeze suggest", positional=("config",))
+    sft = isinstance(config, SFTSuggestConfig) or options.get("task") == "sft"
+    return _run("suggest", config, options, SUGGEST_SFT if sft else None)
 
 
 def export_choice(config: Any = None, /, **options: Any) -> Result:

@@ -243,7 +243,7 @@ class SFTTraining:
         the normal-token labels (`eval_normal_tokens`), as the reference logs it; so
         eval_loss = eval_lm_loss * eval_normal_tokens / eval_tokens + eval_pause_loss.
         """
-        run, accelerator = self.run, self.accelerator
+        accelerator = self.accelerator
         # A validation pass draws nothing from the run's random stream (iterating a loader draws its base seed from
         # it): the training steps, their dropout included, are the same whatever eval_every, and suggest may score
         # a candidate whenever its rounds end without changing the run it stands for.

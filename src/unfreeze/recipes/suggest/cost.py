@@ -18,10 +18,13 @@ classify's forward passes (periodic, per epoch, final). Saving `final/` is not c
 
 **The sweep** runs its rows in order, each with every seed, all reading `<out>/features` (or the row's
 `feature_cache_dir`): a run builds the cache when the cache of its key does not hold the boundary it
-starts from (`cache/disk.get_or_build`); a build runs the whole frozen network over every example once,
-whichever boundaries it stores, and keeps the boundaries stored before. The key hashes the model's weights,
-every split's token ids, the pooling, precision and device (not the boundaries), so with pretrained weights
-every seed shares one cache, and with random weights (`--weights random`) each seed has its own.
+starts from (`cache/disk.get_or_build`); a build is counted as the whole frozen network over every example
+once, and keeps the boundaries stored before. Since the store stops a build at the deepest boundary asked for and
+continues a missing boundary from the latest one stored before it (issue 24), that is an upper bound for a build
+after the first: the predicted build seconds of a sweep whose rows ask for ever later boundaries are too high
+(measured only on the first build; not yet modelled). The key hashes the model's weights, every split's token
+ids, precision and device (not the boundaries, nor the pooling), so with pretrained weights every seed shares one
+cache, and with random weights (`--weights random`) each seed has its own.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ left, planned pessimistically (the most expensive arms survive); once expensive 
 cheap survivors get the steps held back for them. When the next round does not fit, the rounds stop
 and the result says so.
 
-Arms only need `advance(steps)`, `evaluate() -> (accuracy, loss)`, `steps_done`, `total_steps`,
-`step_cost()` and `eval_cost()` (seconds), so the tests drive it with scripted learning curves.
+Arms only need `advance(steps)`, `evaluate() -> (score, loss)`, `steps_done`, `total_steps`,
+`step_cost()` and `eval_cost()` (seconds), so the tests drive it with scripted learning curves. The score is
+higher-is-better: a classify candidate's validation accuracy, an sft candidate's negated validation loss
+(`sft_arms`), so one ranking rule serves both.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class ArmLike(Protocol):
 @dataclass
 class Rung:
     steps: dict[str, int]  # arm -> steps done when scored
-    scores: dict[str, tuple[float, float]]  # arm -> (val accuracy, val loss)
+    scores: dict[str, tuple[float, float]]  # arm -> (score: val accuracy, or -val loss for sft; val loss)
     kept: list[str]
 
 

@@ -29,7 +29,7 @@ def rank_key(row: dict) -> tuple:
             row["predicted_time_s"])
 
 
-def _size(value: float) -> str:
+def size_text(value: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(value) < 1024 or unit == "GiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
@@ -48,7 +48,7 @@ def render_table(rows: list[dict], run_error: float | None = None) -> str:
         low, high = row["interval"]
         lines.append((str(row["rank"]), row["name"], f"{row['predicted_val_acc']:.3f} ({low:.2f}-{high:.2f})",
                       f"{ev['steps']}/{ev['total_steps']}", f"{row['trainable_params']:,}",
-                      f"{row['predicted_time_s']:.1f}s", _size(row["predicted_peak_bytes"]),
+                      f"{row['predicted_time_s']:.1f}s", size_text(row["predicted_peak_bytes"]),
                       f"round {ev['rounds']}, probe {ev['probe']:.2f}, rgn {ev['rgn_share']:.2f}, cache {ev['cache']}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)

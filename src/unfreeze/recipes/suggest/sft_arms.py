@@ -37,6 +37,18 @@ def own_random_state(holder: "SFTArm"):
             torch.cuda.set_rng_state_all(outside[1])
 
 
+def peak_bytes(config: Any, loop: Any) -> int:
+    """The estimate of a full run's peak memory (`cost.predict_peak_bytes`): activations are kept for backward by
+    the blocks after the cached boundary (every block without a cache; none when only the LM head's side trains)."""
+    hf = loop.accelerator.unwrap_model(loop.run.model).hf_model.config
+    blocks, info = hf.num_hidden_layers, loop.run.cache_info
+    # a stored boundary b holds the states before stage b (stage 0 the embeddings, 1..blocks the blocks)
+    with_grad = blocks if info["kind"] == "none" else max(0, blocks + 1 - int(info.get("boundary", 0)))
+    return cost.predict_peak_bytes(loop.run.trainable.total_params, loop.run.trainable.trainable_params,
+                                   config.batch_size, config.max_length, hf.hidden_size, with_grad,
+                                   hf.num_attention_heads)
+
+
 @dataclass
 class SFTArm:
     name: str
@@ -63,7 +75,8 @@ class SFTArm:
         return cls(name, config, loop, setup_s, state, keep_weights, total_steps=loop.run.total_steps,
                    steps_done=loop.state.step, uses_cpu_time=loop.accelerator.device.type != "cuda",
                    facts={"trainable_params": loop.run.trainable.trainable_params,
-                          "total_params": loop.run.trainable.total_params, "cache": loop.run.cache_info["kind"]})
+                          "total_params": loop.run.trainable.total_params, "cache": loop.run.cache_info["kind"],
+                          "predicted_peak_bytes": peak_bytes(config, loop)})
 
     @property
     def model(self):

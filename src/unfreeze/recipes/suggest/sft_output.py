@@ -11,7 +11,7 @@ import yaml
 from unfreeze.config import fields_where, to_dict
 from unfreeze.recipes.sft.config import SFTConfig
 from unfreeze.recipes.suggest import candidates as cand
-from unfreeze.recipes.suggest.output import row_name, write_sweep  # noqa: F401 - one way to name and write, both tasks
+from unfreeze.recipes.suggest.output import row_name, size_text, write_sweep  # noqa: F401 - one way for both tasks
 
 # sft keys a sweep row or the sweep itself sets, never its settings: what trains, where it writes, the seed.
 _PER_ROW = {"out", "seed", "overwrite", "resume", "trainable_layers", *cand.SFT_SWITCH_WORDS.values()}
@@ -43,13 +43,13 @@ def render_table(rows: list[dict]) -> str:
     """The terminal table, one line per candidate, best first."""
     accuracy = any("test_accuracy" in row for row in rows)
     header = ("rank", "candidate", "val loss", *(("test acc",) if accuracy else ()), "steps", "rounds", "trainable",
-              "time/run", "cache")
+              "time/run", "peak mem (est.)", "cache")
     lines = [header]
     for row in rows:
         acc = (f"{row['test_accuracy']:.3f}" if "test_accuracy" in row else "-",) if accuracy else ()
         lines.append((str(row["rank"]), row["name"], f"{row['val_loss']:.4f}", *acc,
                       f"{row['steps']}/{row['total_steps']}", str(row["rounds"]), f"{row['trainable_params']:,}",
-                      f"{row['predicted_time_s']:.1f}s", row["cache"]))
+                      f"{row['predicted_time_s']:.1f}s", size_text(row["predicted_peak_bytes"]), row["cache"]))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 

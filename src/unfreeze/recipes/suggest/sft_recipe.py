@@ -18,7 +18,7 @@ import torch
 from unfreeze.config import to_dict
 from unfreeze.errors import UsageError, require
 from unfreeze.files import check_output_path
-from unfreeze.lifecycle import Run, Tracking, run_folder
+from unfreeze.lifecycle import Tracking, run_folder
 from unfreeze.recipes.sft import recipe as sft_recipe
 from unfreeze.recipes.sft import setup as sft_setup
 from unfreeze.recipes.sft.config import SFTConfig
@@ -77,9 +77,11 @@ def run(cfg: SFTSuggestConfig) -> dict:
         questions = test_questions(cfg) if cfg.score == "accuracy" else None  # a missing test file: said now
         arms = start_arms(cfg, names, read, log)
         clock.use_cpu = all(arm.uses_cpu_time for arm in arms)
-        for arm in arms:  # a few steps and a validation of each: what the plan's costs are measured on
+        log.info(f"measuring: {WARMUP_STEPS} steps and a validation of each candidate ...")
+        for arm in arms:  # what the plan's costs are measured on
             arm.advance(WARMUP_STEPS)
             arm.evaluate()
+            log.info(f"candidate {arm.name}: {arm.step_cost():.2f}s per step, {arm.eval_cost():.1f}s per validation")
         planned = predict_sweep(cfg, arms)
         kind, value = parse_budget(cfg.budget)
         budget_s = value * planned["total_s"] if kind == "share" else value
