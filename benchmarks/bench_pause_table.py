@@ -1,8 +1,8 @@
 """The pause table (seed 003), reduced to a real small model on this machine: the exhaustive sweep of
 `experiments/pause_warmup.yaml` against `unfreeze suggest --task sft --candidates pause_table`.
 
-    python benchmarks/bench_pause_table.py [--model smollm2] [--train_limit 32] [--test_rows 8] [--max_length 256]
-        [--batch_size 8] [--budget 0.2] [--out runs/bench_pause_table]
+    python benchmarks/bench_pause_table.py [--model smollm2] [--train_limit 48] [--val_fraction 0.1] [--test_rows 8]
+        [--max_length 256] [--batch_size 4] [--budget 0.2] [--out runs/bench_pause_table]
 
 1. a GSM8K subset (`--train_limit` training rows) and its random-pause copy (`unfreeze inject-pauses`, one
    sample per question, pauses between words);
@@ -70,7 +70,8 @@ def make_data(folder: Path, train_rows: int, test_rows: int) -> tuple[Path, Path
 
 
 def shared_settings(args) -> list[str]:
-    return ["precision=fp32", f"max_length={args.max_length}", f"batch_size={args.batch_size}",
+    return ["precision=fp32", f"val_fraction={args.val_fraction}", f"max_length={args.max_length}",
+            f"batch_size={args.batch_size}",
             f"eval_batch_size={args.batch_size}", "test=false", "eval_every=0", "save_steps=0", "keep=last",
             "report_to=none"]
 
@@ -105,7 +106,7 @@ def run_sweep(args, model: str, plain: Path, pauses: Path, out: Path) -> dict:
 
 def run_suggestion(args, pauses: Path, step1: Path, out: Path) -> dict:
     base = yaml.safe_load((REPO / "experiments" / "pause" / "sft.yaml").read_text())
-    base.update(model=str(step1), data=str(pauses), train_limit=args.train_limit)
+    base.update(model=str(step1), data=str(pauses))
     path = out.parent / "suggest_base.yaml"
     path.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
     cfg = parse_args(SFTSuggestConfig, [str(path), *shared_settings(args), "--candidates", "pause_table", "--seeds",
@@ -135,10 +136,11 @@ def tables(sweep: dict, result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--train_limit", type=int, default=32)
+    parser.add_argument("--train_limit", type=int, default=48)
+    parser.add_argument("--val_fraction", type=float, default=0.1)
     parser.add_argument("--test_rows", type=int, default=8)
     parser.add_argument("--max_length", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--budget", default="0.2")
     parser.add_argument("--out", default="runs/bench_pause_table")
     args = parser.parse_args()
