@@ -2,7 +2,7 @@
 
     python benchmarks/bench_suggest.py [--model smollm2|gpt2-small-random] [--sizes LxW,LxW,...]
         [--candidates last_layer,last_block,last_blocks:4,last_blocks:10,lora] [--n_train 1045] [--n_val 149]
-        [--n_test 300] [--epochs 1] [--context_length longest] [--batch_size 8] [--lr 5e-5] [--seeds 3] [--budget 0.2]
+        [--n_test 300] [--epochs 1] [--context_length longest_training_example] [--batch_size 8] [--lr 5e-5] [--seeds 3] [--budget 0.2]
         [--threads 1] [--json FILE]
 
 For each model (one `--model`, or with `--sizes` one random-weight GPT-2-shaped model per size, L blocks of
@@ -236,7 +236,7 @@ def main() -> int:
     parser.add_argument("--n_val", type=int, default=149)
     parser.add_argument("--n_test", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--context_length", default="longest")
+    parser.add_argument("--context_length", default="longest_training_example")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seeds", type=int, default=3)
