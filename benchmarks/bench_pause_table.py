@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_suggest import TimedExecutor  # noqa: E402
+from bench_suggest import drive_timed  # noqa: E402
 
 from unfreeze.cli import main as cli  # noqa: E402
 from unfreeze.config import parse_args  # noqa: E402
@@ -35,7 +35,6 @@ from unfreeze.recipes.suggest import cost  # noqa: E402
 from unfreeze.recipes.suggest.config import SFTSuggestConfig  # noqa: E402
 from unfreeze.recipes.suggest.sft_recipe import run as run_suggest  # noqa: E402
 from unfreeze.recipes.suggest.signals import spearman  # noqa: E402
-from unfreeze.sweep import runner  # noqa: E402
 from unfreeze.sweep.executors import final_dir  # noqa: E402
 from unfreeze.sweep.spec import load_sweep, parse_overrides  # noqa: E402
 
@@ -82,16 +81,7 @@ def run_sweep(args, model: str, plain: Path, pauses: Path, out: Path) -> dict:
                                  f"baseline_peft_2_epochs:data={plain}", f"sft*:data={pauses}"])
     sweep = load_sweep(REPO / "experiments" / "pause_warmup.yaml", overrides, seeds=[SEED])
 
-    def everything():
-        runner.check_rows(sweep, sweep.rows, out)
-        with runner.sweep_lock(out):
-            runner.write_sweep_json(sweep, sweep.rows, out)
-            units, done = runner.plan(sweep, sweep.rows, out, None, "none")
-            with TimedExecutor(sweep.command, out) as executor:
-                counts = runner.drive(units, executor, out, len(units) + done, done)
-        return executor.times, counts
-
-    (times, counts), wall, _ = cost.timed(everything)
+    (times, counts), wall, _ = cost.timed(lambda: drive_timed(sweep, out))
     if counts["failed"]:
         raise SystemExit(f"the sweep had {counts['failed']} failed run(s): see {out}/failed.json")
     rows = {}

@@ -100,6 +100,17 @@ class TimedExecutor(LocalExecutor):
         return unit, outcome
 
 
+def drive_timed(sweep, out: Path, features: Path | None = None) -> tuple[dict, dict]:
+    """Every row checked, then every unit run by the sweep's own runner: (each unit's (wall, CPU), the counts)."""
+    runner.check_rows(sweep, sweep.rows, out)
+    with runner.sweep_lock(out):
+        runner.write_sweep_json(sweep, sweep.rows, out)
+        units, done = runner.plan(sweep, sweep.rows, out, features, "none")
+        with TimedExecutor(sweep.command, out) as executor:
+            counts = runner.drive(units, executor, out, len(units) + done, done)
+    return executor.times, counts
+
+
 def run_real_sweep(args, options: dict, names: list[str], folder: Path) -> dict:
     """`unfreeze sweep` over names x seeds (its checks, its shared cache in <out>/features), timed."""
     sweep_file = folder / "sweep.yaml"

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_suggest import TimedExecutor  # noqa: E402 - the classify benchmark's timed executor: one way to time runs
+from bench_suggest import drive_timed  # noqa: E402 - the classify benchmark's timed executor: one way to time runs
 
 from unfreeze.config import parse_args  # noqa: E402
 from unfreeze.files import read_json  # noqa: E402
@@ -42,7 +42,6 @@ from unfreeze.recipes.suggest.output import row_name  # noqa: E402
 from unfreeze.recipes.suggest.sft_output import row_options  # noqa: E402
 from unfreeze.recipes.suggest.sft_recipe import run as run_suggest  # noqa: E402
 from unfreeze.recipes.suggest.signals import spearman  # noqa: E402
-from unfreeze.sweep import runner  # noqa: E402
 from unfreeze.sweep.executors import final_dir  # noqa: E402
 from unfreeze.sweep.spec import load_sweep  # noqa: E402
 
@@ -76,16 +75,7 @@ def run_real_sweep(base: Path, names: list[str], seeds: list[int], folder: Path)
     sweep_file.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
     sweep, out = load_sweep(sweep_file), folder / "out"
 
-    def everything():
-        runner.check_rows(sweep, sweep.rows, out)
-        with runner.sweep_lock(out):
-            runner.write_sweep_json(sweep, sweep.rows, out)
-            units, done = runner.plan(sweep, sweep.rows, out, None, "none")
-            with TimedExecutor(sweep.command, out) as executor:
-                counts = runner.drive(units, executor, out, len(units) + done, done)
-        return executor.times, counts
-
-    (times, counts), wall, cpu = cost.timed(everything)
+    (times, counts), wall, cpu = cost.timed(lambda: drive_timed(sweep, out))
     if counts["failed"]:
         raise SystemExit(f"the sweep had {counts['failed']} failed run(s): see {out}/failed.json")
     runs = []

@@ -114,6 +114,13 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_xlabel("predicted time of a full run (s, log)")
     ax.set_ylabel("predicted validation accuracy")
     ax.set_title("unfreeze suggest: accuracy vs cost (red: the pick)")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """The PNG written whole or not at all (a temporary file renamed into place); the figure closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -11,7 +11,7 @@ import yaml
 from unfreeze.config import fields_where, to_dict
 from unfreeze.recipes.sft.config import SFTConfig
 from unfreeze.recipes.suggest import candidates as cand
-from unfreeze.recipes.suggest.output import row_name, size_text, write_sweep  # noqa: F401 - one way for both tasks
+from unfreeze.recipes.suggest.output import row_name, save_figure, size_text, write_sweep  # noqa: F401 - one way for both tasks
 
 # sft keys a sweep row or the sweep itself sets, never its settings: what trains, where it writes, the seed.
 _PER_ROW = {"out", "seed", "overwrite", "resume", "trainable_layers", *cand.SFT_SWITCH_WORDS.values()}
@@ -128,10 +128,4 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_xlabel("predicted time of a full run (s, log)")
     ax.set_ylabel("validation loss at its last round")
     ax.set_title("unfreeze suggest --task sft (red: the pick)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
