@@ -127,6 +127,16 @@ def test_a_candidate_trained_to_its_end_is_unfreeze_sft_bit_for_bit(tmp_path, pa
         assert arm.total_steps == metrics["optimizer_steps"]
 
 
+def test_rows_rank_by_rounds_then_loss_then_predicted_time():
+    from unfreeze.recipes.suggest.sft_output import rank_key
+
+    rows = [{"name": "a", "rounds": 1, "val_loss": 1.0, "predicted_time_s": 1.0},
+            {"name": "b", "rounds": 2, "val_loss": 3.0, "predicted_time_s": 1.0},
+            {"name": "c", "rounds": 2, "val_loss": 2.0, "predicted_time_s": 9.0},
+            {"name": "d", "rounds": 2, "val_loss": 2.0, "predicted_time_s": 5.0}]
+    assert [r["name"] for r in sorted(rows, key=rank_key)] == ["d", "c", "b", "a"]
+
+
 # --- the command ----------------------------------------------------------------------------------------
 
 
@@ -184,6 +194,7 @@ def test_a_budget_short_of_one_round_is_one_line_and_writes_nothing(tmp_path, pa
     assert code == 2 and len(errors) == 1 and errors[0] == err[-1]  # above it: the candidates' setups, said
     assert err[-1].startswith("unfreeze suggest: error: --budget 0.01s") and "less than one training step" in err[-1]
     assert not (out / "suggestion.json").exists()
+    assert not out.exists() or not any(out.iterdir())  # refused before the run started: no config, no log
 
 
 @pytest.mark.parametrize("args, message", [
